@@ -1,0 +1,245 @@
+//! `cargo lab test`: the crate's tests, then every notebook executed headless.
+//!
+//! evcxr reports a panic or a `?` error as a cell that ran fine, so passing through nbclient
+//! proves little. After each run we read the executed notebook and fail on any error output,
+//! any panic or compiler-error text and any failed check line.
+
+use crate::setup::{ensure, Paths};
+use crate::CliResult;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// What one notebook run found.
+pub struct Report {
+    pub problems: Vec<String>,
+    pub seconds: f64,
+}
+
+/// Text that means something went wrong even though the kernel called the cell a success.
+/// (Anything on stderr counts too: evcxr prints a `?` error there as its bare message.)
+const BAD_TEXT: [&str; 4] = ["panicked at", "error[E", "FAIL", "thread '"];
+
+/// `cargo lab test`.
+pub fn test(filter: Option<&str>) -> CliResult<()> {
+    let paths = Paths::new();
+    let (mut passed, mut failed) = (0usize, 0usize);
+    let mut failures = Vec::new();
+    if filter.is_none() {
+        let (p, f) = cargo_tests(&paths)?;
+        passed += p;
+        failed += f;
+        if f > 0 {
+            failures.push(format!("{f} lab-support test(s)"));
+        }
+    }
+    ensure(&paths, false)?;
+    let notebooks = list_notebooks(&paths.root.join("notebooks"))?;
+    for nb in notebooks.iter().filter(|nb| filter.is_none_or(|f| nb.to_string_lossy().contains(f))) {
+        let name = nb.strip_prefix(&paths.root).unwrap_or(nb).display().to_string();
+        eprintln!("==> notebook {name}");
+        let report = run_notebook(&paths, nb)?;
+        if report.problems.is_empty() {
+            eprintln!("    ok ({:.0} s)", report.seconds);
+            passed += 1;
+        } else {
+            eprintln!("    FAILED ({:.0} s):", report.seconds);
+            for p in &report.problems {
+                eprintln!("      {p}");
+            }
+            failed += 1;
+            failures.push(name);
+        }
+    }
+    println!();
+    if !failures.is_empty() {
+        println!("failed: {}", failures.join(", "));
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        return Err(format!("{failed} test(s) failed"));
+    }
+    Ok(())
+}
+
+/// Runs `cargo test` on the workspace and counts its results.
+fn cargo_tests(paths: &Paths) -> CliResult<(usize, usize)> {
+    eprintln!("==> cargo test (lab-support)");
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["test", "--release", "--workspace", "--features", "cli"])
+        .current_dir(&paths.root)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("could not run cargo test: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    let (mut passed, mut failed) = (0, 0);
+    for line in stdout.lines().filter(|l| l.starts_with("test result:")) {
+        let count = |word: &str| {
+            line.split(';').find(|p| p.trim_end().ends_with(word)).and_then(|p| p.split_whitespace().rev().nth(1)?.parse::<usize>().ok()).unwrap_or(0)
+        };
+        passed += count("passed");
+        failed += count("failed");
+    }
+    if !out.status.success() && failed == 0 {
+        return Err("cargo test failed before running the tests (a build error?); see above".into());
+    }
+    Ok((passed, failed))
+}
+
+/// Every `.ipynb` in `dir` and its `solutions/` folder, sorted.
+pub fn list_notebooks(dir: &Path) -> CliResult<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for d in [dir.to_path_buf(), dir.join("solutions")] {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "ipynb") {
+                found.push(p);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Executes a notebook headless (its outputs go under target/notebook-runs/, the original is
+/// not touched) and returns what went wrong.
+pub fn run_notebook(paths: &Paths, notebook: &Path) -> CliResult<Report> {
+    let out_dir = paths.root.join("target/notebook-runs");
+    std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    let stem = notebook.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+    let rel = notebook.strip_prefix(paths.root.join("notebooks")).unwrap_or(notebook);
+    let tag = rel.with_extension("").to_string_lossy().replace('/', "__");
+    let out_file = out_dir.join(format!("{tag}.ipynb"));
+    let _ = std::fs::remove_file(&out_file);
+    // nbclient writes its output relative to the notebook's folder; the kernel runs there too, so
+    // the notebook's own relative `:dep` path works.
+    let parent = notebook.parent().unwrap_or(Path::new("."));
+    let depth = parent.strip_prefix(&paths.root).map(|p| p.components().count()).unwrap_or(1);
+    let output_base = format!("{}target/notebook-runs/{tag}", "../".repeat(depth));
+    let start = Instant::now();
+    let mut cmd = Command::new(paths.venv_bin("jupyter"));
+    cmd.args(["execute", "--allow-errors", "--timeout=1200", "--startup_timeout=120", "--kernel_name=rust"])
+        .arg(format!("--output={output_base}"))
+        .arg(notebook)
+        .current_dir(parent);
+    paths.jupyter_env(&mut cmd);
+    let out = cmd.output().map_err(|e| format!("could not run jupyter execute: {e}"))?;
+    let seconds = start.elapsed().as_secs_f64();
+    if !out_file.exists() {
+        return Ok(Report {
+            problems: vec![format!(
+                "{stem}: jupyter execute wrote no output ({}):\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )],
+            seconds,
+        });
+    }
+    let executed: Value = read_json(&out_file)?;
+    let mut problems = check_outputs(&executed);
+    if !out.status.success() {
+        problems.push(format!("jupyter execute exited with {}: {}", out.status, last_lines(&String::from_utf8_lossy(&out.stderr), 5)));
+    }
+    Ok(Report { problems, seconds })
+}
+
+/// Runs the given code cells in a throwaway notebook under `.lab/` (used to warm the cache).
+pub fn run_cells(paths: &Paths, cells: &[&str]) -> CliResult<Report> {
+    let dir = paths.state.join("scratch");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let lab_support = paths.root.join("lab-support");
+    let cells: Vec<Value> = cells
+        .iter()
+        .map(|src| {
+            let src = src.replace("\"../lab-support\"", &format!("{:?}", lab_support.display().to_string()));
+            json!({"cell_type": "code", "execution_count": null, "metadata": {}, "outputs": [], "source": src})
+        })
+        .collect();
+    let nb = json!({"cells": cells, "metadata": kernel_metadata(), "nbformat": 4, "nbformat_minor": 5});
+    let path = dir.join("scratch.ipynb");
+    std::fs::write(&path, serde_json::to_string_pretty(&nb).map_err(|e| e.to_string())?).map_err(|e| format!("{}: {e}", path.display()))?;
+    let start = Instant::now();
+    let mut cmd = Command::new(paths.venv_bin("jupyter"));
+    cmd.args(["execute", "--inplace", "--allow-errors", "--timeout=1800", "--startup_timeout=120", "--kernel_name=rust"]).arg(&path).current_dir(&dir);
+    paths.jupyter_env(&mut cmd);
+    let status = cmd.status().map_err(|e| format!("could not run jupyter execute: {e}"))?;
+    let mut problems = check_outputs(&read_json(&path)?);
+    if !status.success() {
+        problems.push(format!("jupyter execute exited with {status}"));
+    }
+    Ok(Report { problems, seconds: start.elapsed().as_secs_f64() })
+}
+
+/// The kernelspec metadata every lab notebook carries.
+pub fn kernel_metadata() -> Value {
+    json!({
+        "kernelspec": {"display_name": "Rust (lab)", "language": "rust", "name": "rust"},
+        "language_info": {"codemirror_mode": "rust", "file_extension": ".rs", "mimetype": "text/rust", "name": "Rust", "pygment_lexer": "rust", "version": ""}
+    })
+}
+
+fn read_json(path: &Path) -> CliResult<Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{} is not valid notebook JSON: {e}", path.display()))
+}
+
+/// A notebook cell's source as one string.
+pub fn source_text(cell: &Value) -> String {
+    match &cell["source"] {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts.iter().filter_map(Value::as_str).collect(),
+        _ => String::new(),
+    }
+}
+
+/// Every problem in an executed notebook's outputs.
+pub fn check_outputs(nb: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let cells = nb["cells"].as_array().cloned().unwrap_or_default();
+    for (i, cell) in cells.iter().enumerate().filter(|(_, c)| c["cell_type"] == "code") {
+        let first_line = source_text(cell).lines().next().unwrap_or("").chars().take(60).collect::<String>();
+        let label = format!("cell {} (`{first_line}`)", i + 1);
+        if cell["execution_count"].is_null() && !source_text(cell).trim().is_empty() {
+            problems.push(format!("{label}: was not executed"));
+        }
+        for out in cell["outputs"].as_array().into_iter().flatten() {
+            if out["output_type"] == "error" {
+                let text = format!("{}: {}", out["ename"].as_str().unwrap_or(""), out["evalue"].as_str().unwrap_or(""));
+                problems.push(format!("{label}: error output: {}", last_lines(&text, 6)));
+                continue;
+            }
+            let text = output_text(out);
+            if out["name"] == "stderr" && !text.trim().is_empty() {
+                let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+                problems.push(format!("{label}: stderr: {}", line.trim()));
+                continue;
+            }
+            if let Some(line) = text.lines().find(|l| BAD_TEXT.iter().any(|bad| l.contains(bad))) {
+                problems.push(format!("{label}: {}", line.trim()));
+            }
+        }
+    }
+    problems
+}
+
+/// The plain text of a stream or display output.
+pub fn output_text(out: &Value) -> String {
+    let join = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts.iter().filter_map(Value::as_str).collect(),
+        _ => String::new(),
+    };
+    match out["output_type"].as_str() {
+        Some("stream") => join(&out["text"]),
+        Some("execute_result") | Some("display_data") => join(&out["data"]["text/plain"]),
+        _ => String::new(),
+    }
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}

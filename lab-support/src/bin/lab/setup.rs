@@ -1,0 +1,254 @@
+//! `cargo lab up`: everything a fresh machine needs, each step skipped once done.
+//!
+//! 1. a Python venv in `.venv/` with JupyterLab and nbclient (pinned in
+//!    `lab-support/requirements-jupyter.txt`);
+//! 2. evcxr_jupyter 0.22, the Rust kernel, through `cargo install` (once per machine);
+//! 3. rust-src, which evcxr's completions need;
+//! 4. the `rust` kernel spec, written into the venv only, never the user's global Jupyter;
+//! 5. evcxr's build cache, warmed by running the first cell of a notebook, so that a student's
+//!    first `:dep lab-support` takes seconds.
+
+use crate::{repo_root, CliResult};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+pub const EVCXR_VERSION: &str = "0.22.0";
+const REQUIREMENTS: &str = "lab-support/requirements-jupyter.txt";
+
+/// Where the lab keeps its local state.
+pub struct Paths {
+    pub root: PathBuf,
+    pub venv: PathBuf,
+    /// Project-local state: evcxr's config, stamps, logs.
+    pub state: PathBuf,
+}
+
+impl Paths {
+    pub fn new() -> Self {
+        let root = repo_root();
+        Paths { venv: root.join(".venv"), state: root.join(".lab"), root }
+    }
+
+    pub fn venv_bin(&self, name: &str) -> PathBuf {
+        self.venv.join("bin").join(name)
+    }
+
+    pub fn kernel_dir(&self) -> PathBuf {
+        self.venv.join("share/jupyter/kernels/rust")
+    }
+
+    pub fn evcxr_config(&self) -> PathBuf {
+        self.state.join("evcxr")
+    }
+
+    /// The environment every Jupyter process of the lab runs with.
+    pub fn jupyter_env(&self, cmd: &mut Command) {
+        // The venv's kernels come before a user's own `rust` kernel, if they have one.
+        cmd.env("JUPYTER_PREFER_ENV_PATH", "1").env("VIRTUAL_ENV", &self.venv);
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![self.venv.join("bin")];
+        dirs.extend(std::env::split_paths(&path));
+        if let Ok(joined) = std::env::join_paths(dirs) {
+            cmd.env("PATH", joined);
+        }
+    }
+}
+
+fn step(n: usize, total: usize, what: &str) {
+    eprintln!("==> [{n}/{total}] {what}");
+}
+
+fn run(cmd: &mut Command, what: &str) -> CliResult<()> {
+    let status = cmd.status().map_err(|e| format!("{what}: could not start {:?}: {e}", cmd.get_program()))?;
+    if !status.success() {
+        return Err(format!("{what} failed ({status}); see the output above"));
+    }
+    Ok(())
+}
+
+fn output_of(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+/// Makes sure everything is installed. `warm` also warms evcxr's cache.
+pub fn ensure(paths: &Paths, warm: bool) -> CliResult<()> {
+    let total = if warm { 5 } else { 4 };
+    let start = Instant::now();
+    std::fs::create_dir_all(&paths.state).map_err(|e| format!("cannot create {}: {e}", paths.state.display()))?;
+    ensure_venv(paths, 1, total)?;
+    let evcxr = ensure_evcxr(2, total)?;
+    ensure_rust_src(3, total);
+    write_kernel(paths, &evcxr, 4, total)?;
+    if warm {
+        warm_cache(paths, 5, total)?;
+    }
+    eprintln!("==> setup done in {:.0} s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn ensure_venv(paths: &Paths, n: usize, total: usize) -> CliResult<()> {
+    let requirements = std::fs::read_to_string(paths.root.join(REQUIREMENTS)).map_err(|e| format!("{REQUIREMENTS}: {e}"))?;
+    let stamp = paths.venv.join(".lab-requirements");
+    if paths.venv_bin("python").exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&requirements) {
+        step(n, total, "Python venv with JupyterLab: ready");
+        return Ok(());
+    }
+    let py = python();
+    let version = output_of(Command::new(&py).arg("--version")).ok_or_else(|| {
+        format!(
+            "Python 3 was not found (tried `{py}`). Install Python 3.9 or newer with venv and pip \
+             (Debian/Ubuntu: `sudo apt-get install python3 python3-venv python3-pip`; macOS: \
+             `brew install python`), or set PYTHON=/path/to/python3, then run `cargo lab up` again"
+        )
+    })?;
+    if !version.trim().starts_with("Python 3") {
+        return Err(format!("`{py}` is {}, the lab needs Python 3. Set PYTHON=/path/to/python3", version.trim()));
+    }
+    if !paths.venv_bin("python").exists() {
+        step(n, total, &format!("Creating the project venv in .venv/ with {}", version.trim()));
+        let ok = Command::new(&py).args(["-m", "venv"]).arg(&paths.venv).status().map(|s| s.success()).unwrap_or(false);
+        if !ok || !paths.venv_bin("pip").exists() {
+            let _ = std::fs::remove_dir_all(&paths.venv);
+            return Err(format!(
+                "`{py} -m venv` could not create a venv with pip. Install Python's venv and pip \
+                 modules (Debian/Ubuntu: `sudo apt-get install python3-venv python3-pip`), then \
+                 run `cargo lab up` again"
+            ));
+        }
+    }
+    step(n, total, "Installing JupyterLab and nbclient into .venv/ (about 30 s, once)");
+    run(
+        Command::new(paths.venv_bin("pip")).args(["install", "--disable-pip-version-check", "-q", "-r"]).arg(paths.root.join(REQUIREMENTS)),
+        "pip install",
+    )?;
+    std::fs::write(&stamp, requirements).map_err(|e| format!("{}: {e}", stamp.display()))
+}
+
+/// Finds evcxr_jupyter of the right version, installing it with cargo if needed.
+fn ensure_evcxr(n: usize, total: usize) -> CliResult<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let binary = cargo_home().join("bin").join("evcxr_jupyter");
+    // evcxr_jupyter has no --version; cargo's own list of installed crates says which one it is.
+    let installed = || {
+        output_of(Command::new(&cargo).args(["install", "--list"]))
+            .is_some_and(|list| list.contains(&format!("evcxr_jupyter v{EVCXR_VERSION}:")))
+            && binary.exists()
+    };
+    if installed() {
+        step(n, total, &format!("Rust kernel evcxr_jupyter {EVCXR_VERSION}: ready"));
+        return Ok(binary);
+    }
+    step(n, total, &format!("Installing the Rust kernel, evcxr_jupyter {EVCXR_VERSION} (about 7 minutes, once per machine)"));
+    run(
+        Command::new(&cargo).args(["install", "evcxr_jupyter", "--locked", "--force", "--version", EVCXR_VERSION]),
+        "cargo install evcxr_jupyter",
+    )?;
+    if !installed() {
+        return Err(format!("cargo installed evcxr_jupyter, but {} is not there", binary.display()));
+    }
+    Ok(binary)
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from(".cargo"))
+}
+
+fn ensure_rust_src(n: usize, total: usize) {
+    let installed = output_of(Command::new("rustup").args(["component", "list", "--installed"]));
+    match installed {
+        Some(list) if list.lines().any(|l| l.starts_with("rust-src")) => step(n, total, "rust-src: ready"),
+        Some(_) => {
+            step(n, total, "Adding rust-src (for code completion in notebooks)");
+            if run(Command::new("rustup").args(["component", "add", "rust-src"]), "rustup component add rust-src").is_err() {
+                eprintln!("    warning: rust-src could not be added; notebooks run, but without completions");
+            }
+        }
+        None => step(n, total, "rust-src: rustup not found, skipped (only code completion needs it)"),
+    }
+}
+
+fn write_kernel(paths: &Paths, evcxr: &Path, n: usize, total: usize) -> CliResult<()> {
+    step(n, total, "Registering the `rust` kernel in .venv/ (not in your global Jupyter)");
+    let dir = paths.kernel_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let config = paths.evcxr_config();
+    std::fs::create_dir_all(&config).map_err(|e| format!("{}: {e}", config.display()))?;
+    // Loaded at every kernel start: keep compiled dependencies (candle, plotters...) between
+    // kernels, so `:dep lab-support` recompiles only lab-support itself.
+    std::fs::write(config.join("init.evcxr"), ":cache 4096\n").map_err(|e| format!("{}: {e}", config.display()))?;
+    let kernel = serde_json::json!({
+        "argv": [evcxr, "--control_file", "{connection_file}"],
+        "display_name": "Rust (lab)",
+        "language": "rust",
+        "interrupt_mode": "message",
+        "env": { "EVCXR_CONFIG_DIR": config },
+    });
+    let text = serde_json::to_string_pretty(&kernel).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("kernel.json"), text).map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+fn warm_cache(paths: &Paths, n: usize, total: usize) -> CliResult<()> {
+    let stamp = paths.state.join("warm.stamp");
+    let key = format!("{EVCXR_VERSION}\n{}", std::fs::read_to_string(paths.root.join("Cargo.lock")).unwrap_or_default());
+    let key = lab_support::data::sha256_hex(key.as_bytes());
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(&key) {
+        step(n, total, "evcxr build cache: warm");
+        return Ok(());
+    }
+    step(n, total, "Warming evcxr's build cache: compiling candle for notebooks (about 3 minutes, once)");
+    let start = Instant::now();
+    let report = crate::notebooks::run_cells(paths, &[":dep lab-support = { path = \"../lab-support\" }\nuse lab_support::prelude::*;\nprintln!(\"ready\");"])?;
+    if !report.problems.is_empty() {
+        return Err(format!("warming the kernel failed:\n{}", report.problems.join("\n")));
+    }
+    eprintln!("    warmed in {:.0} s", start.elapsed().as_secs_f64());
+    std::fs::write(&stamp, key).map_err(|e| format!("{}: {e}", stamp.display()))
+}
+
+/// `cargo lab up`.
+pub fn up(no_browser: bool, port: u16, setup_only: bool) -> CliResult<()> {
+    let paths = Paths::new();
+    ensure(&paths, true)?;
+    if setup_only {
+        return Ok(());
+    }
+    let token = random_token()?;
+    let mut cmd = Command::new(paths.venv_bin("jupyter"));
+    cmd.arg("lab")
+        .arg("--ServerApp.ip=127.0.0.1")
+        .arg(format!("--ServerApp.port={port}"))
+        .arg("--ServerApp.port_retries=0")
+        .arg(format!("--ServerApp.root_dir={}", paths.root.join("notebooks").display()))
+        .arg(format!("--IdentityProvider.token={token}"));
+    if no_browser {
+        cmd.arg("--no-browser");
+    }
+    paths.jupyter_env(&mut cmd);
+    println!("\nJupyterLab: http://127.0.0.1:{port}/lab?token={token}\n(stop it with Ctrl-C)\n");
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let err = cmd.exec();
+        Err(format!("could not start JupyterLab: {err}"))
+    }
+    #[cfg(not(unix))]
+    run(&mut cmd, "JupyterLab")
+}
+
+fn random_token() -> CliResult<String> {
+    let mut bytes = [0u8; 24];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| format!("cannot read /dev/urandom for a token: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

@@ -1,0 +1,196 @@
+//! `Classifier`, the lab's digit CNN, and what you can ask of it.
+//!
+//! The network, for a batch `x` of shape `(N, 1, 28, 28)`:
+//!
+//! ```text
+//! conv 3x3, 1 -> 32, relu, maxpool 2     (N, 32, 13, 13)
+//! conv 3x3, 32 -> 64, relu, maxpool 2    (N, 64, 5, 5)
+//! flatten, linear 1600 -> 128, relu
+//! linear 128 -> 10                       logits (N, 10)
+//! ```
+//!
+//! [`Classifier::pretrained`] loads the shipped, frozen weights: its tensors are plain tensors, not
+//! `Var`s, so a backward pass through it yields gradients for the input only. Logits and
+//! probabilities are different things: the losses in [`crate::grad`] take logits.
+//!
+//! ```
+//! use lab_support::prelude::*;
+//! let model = Classifier::pretrained()?;
+//! let test = mnist::test()?.take(100)?;
+//! let p = model.predict(&test.images)?;
+//! assert_eq!(p.len(), 100);
+//! assert!(model.accuracy(&test)? > 0.95);
+//! # Ok::<(), LabError>(())
+//! ```
+
+use crate::data::{check_batch, data_dir, verified_bytes, Dataset, DIGIT_NAMES};
+use crate::error::{LabError, Result};
+use candle_core::{DType, Device, Tensor, D};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Where the shipped weights live, relative to the data folder.
+pub const WEIGHTS_FILE: &str = "models/lab-cnn.safetensors";
+
+/// Every parameter of the network with its shape, in PyTorch's naming.
+pub const PARAMETERS: [(&str, &[usize]); 8] = [
+    ("conv1.weight", &[32, 1, 3, 3]),
+    ("conv1.bias", &[32]),
+    ("conv2.weight", &[64, 32, 3, 3]),
+    ("conv2.bias", &[64]),
+    ("fc1.weight", &[128, 1600]),
+    ("fc1.bias", &[128]),
+    ("fc2.weight", &[10, 128]),
+    ("fc2.bias", &[10]),
+];
+
+/// The lab CNN. Cheap to clone: tensors are shared.
+#[derive(Clone, Debug)]
+pub struct Classifier {
+    params: HashMap<String, Tensor>,
+    class_names: &'static [&'static str],
+}
+
+/// One prediction: the class the model picks and its probability.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Prediction {
+    /// Index of the most probable class.
+    pub class: usize,
+    /// Its softmax probability, in `[0, 1]`.
+    pub confidence: f32,
+}
+
+impl Classifier {
+    /// The shipped digit model, frozen, from `data/models/lab-cnn.safetensors` (hash-checked).
+    pub fn pretrained() -> Result<Self> {
+        Self::load_from(&data_dir(), WEIGHTS_FILE)
+    }
+
+    /// Loads weights from `root/rel`, checked against `root/SHA256SUMS`.
+    pub fn load_from(root: &Path, rel: &str) -> Result<Self> {
+        let bytes = verified_bytes(root, rel)?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+            .map_err(|e| LabError::BadFile { path: root.join(rel), reason: e.to_string() })?;
+        Self::from_tensors(tensors)
+    }
+
+    /// Builds the network from named tensors (see [`PARAMETERS`]); every shape is checked.
+    ///
+    /// Pass `Var`s' tensors to train the network, plain tensors to freeze it.
+    pub fn from_tensors(mut tensors: HashMap<String, Tensor>) -> Result<Self> {
+        let mut params = HashMap::new();
+        for (name, shape) in PARAMETERS {
+            let t = tensors.remove(name).ok_or_else(|| LabError::Other(format!(
+                "the weights have no tensor `{name}`; they are not the lab CNN's. Restore data/models/ \
+                 with `git checkout -- data/models` or regenerate it with `cargo lab train`"
+            )))?;
+            if t.dims() != shape {
+                return Err(LabError::Shape { what: format!("weight `{name}`"), expected: format!("{shape:?}"), got: t.dims().to_vec() });
+            }
+            params.insert(name.to_string(), t.to_dtype(DType::F32)?);
+        }
+        Ok(Classifier { params, class_names: &DIGIT_NAMES })
+    }
+
+    /// The same network computing in `dtype` (`DType::F64` for precise gradient checks).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let params = self.params.iter().map(|(k, t)| Ok((k.clone(), t.to_dtype(dtype)?))).collect::<Result<_>>()?;
+        Ok(Classifier { params, class_names: self.class_names })
+    }
+
+    /// The network's parameters by name.
+    pub fn parameters(&self) -> &HashMap<String, Tensor> {
+        &self.params
+    }
+
+    /// Saves the weights as safetensors.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        candle_core::safetensors::save(&self.params, path.as_ref())?;
+        Ok(())
+    }
+
+    /// What each output index means.
+    pub fn class_names(&self) -> &'static [&'static str] {
+        self.class_names
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.class_names.len()
+    }
+
+    fn p(&self, name: &str) -> &Tensor {
+        &self.params[name]
+    }
+
+    /// The forward pass without input checks: for inner loops that already checked their input.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let conv = |x: &Tensor, layer: &str| -> Result<Tensor> {
+            let b = self.p(&format!("{layer}.bias"));
+            let y = x.conv2d(self.p(&format!("{layer}.weight")), 0, 1, 1, 1)?;
+            max_pool_2x2(&y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?.relu()?)
+        };
+        let linear = |x: &Tensor, layer: &str| -> Result<Tensor> {
+            Ok(x.matmul(&self.p(&format!("{layer}.weight")).t()?)?.broadcast_add(self.p(&format!("{layer}.bias")))?)
+        };
+        let h = conv(&conv(x, "conv1")?, "conv2")?.flatten_from(1)?;
+        linear(&linear(&h, "fc1")?.relu()?, "fc2")
+    }
+
+    /// Logits `(N, 10)` for a batch `(N, 1, 28, 28)`; checks the shape and that pixels are finite.
+    pub fn logits(&self, images: &Tensor) -> Result<Tensor> {
+        check_batch(images, "the image batch")?;
+        self.forward(images)
+    }
+
+    /// Class probabilities `(N, 10)`: the softmax of the logits. Each row sums to 1.
+    ///
+    /// For gradients, use the losses in [`crate::grad`], which work on logits: candle's
+    /// `softmax_last_dim` has no backward pass.
+    pub fn probabilities(&self, images: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::softmax(&self.logits(images)?, D::Minus1)?)
+    }
+
+    /// The most probable class of each image and its probability.
+    pub fn predict(&self, images: &Tensor) -> Result<Vec<Prediction>> {
+        let probs = self.probabilities(images)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        Ok(probs.iter().map(|row| top1(row)).collect())
+    }
+
+    /// The fraction of `set` the model classifies correctly, in batches of 1,000.
+    pub fn accuracy(&self, set: &Dataset) -> Result<f32> {
+        if set.is_empty() {
+            return Err(LabError::invalid("set", "an empty dataset", "at least one example"));
+        }
+        let mut correct = 0usize;
+        for start in (0..set.len()).step_by(1000) {
+            let part = set.slice(start, 1000)?;
+            let pred = self.logits(&part.images)?.argmax(D::Minus1)?;
+            correct += pred.eq(&part.labels)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize;
+        }
+        Ok(correct as f32 / set.len() as f32)
+    }
+}
+
+/// 2x2 max pooling with stride 2, dropping an odd last row or column (as PyTorch does).
+///
+/// Not candle's `max_pool2d`: its backward pass upsamples the gradient to the input's size, which
+/// misplaces it when that size is odd (11x11 after conv2 here), and scales it by the fraction of
+/// maxima in the window instead of dividing by their count. A reshape and two max-reductions give
+/// the right gradient: all of it to the window's maximum.
+pub fn max_pool_2x2(x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (h2, w2) = (h / 2, w / 2);
+    let even = if h % 2 == 0 && w % 2 == 0 { x.clone() } else { x.narrow(2, 0, 2 * h2)?.narrow(3, 0, 2 * w2)?.contiguous()? };
+    Ok(even.reshape((n, c, h2, 2, w2, 2))?.max(5)?.max(3)?)
+}
+
+/// The index and value of the largest entry of `row`.
+pub fn top1(row: &[f32]) -> Prediction {
+    let (class, confidence) = row
+        .iter()
+        .copied()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, p)| if p > best.1 { (i, p) } else { best });
+    Prediction { class, confidence }
+}

@@ -1,0 +1,626 @@
+//! Figures that render inline in Jupyter: line plots, probability bar charts and image grids.
+//!
+//! Each figure is a value. In an evcxr notebook, a cell that ends with one shows it, through its
+//! `evcxr_display` method; `.save(path)` writes it to a file. evcxr keeps only the last output of
+//! each kind per cell, so a figure is always one composite picture: [`Figure`] puts several
+//! charts side by side.
+//!
+//! - [`LinePlot`] (SVG): loss curves, fitted functions, several series with a legend.
+//! - [`BarChart`] (SVG): class probabilities, several groups (before/after) side by side.
+//! - [`ImageGrid`] (PNG): images with captions, such as predictions or original / perturbation /
+//!   adversarial.
+//!
+//! Text is laid out with the DejaVu Sans font shipped in `data/fonts/`, so no system font
+//! library is needed.
+//!
+//! ```
+//! use lab_support::plot::{Chart, LinePlot};
+//! let plot = LinePlot::new("log2 and a guess")
+//!     .labels("x", "y")
+//!     .line("log2(x)", (1..=16).map(|x| (x as f64, (x as f64).log2())))
+//!     .points("training points", [(1.0, 0.0), (2.0, 1.0), (4.0, 2.0), (8.0, 3.0), (16.0, 4.0)]);
+//! assert!(plot.to_svg()?.contains("<svg"));
+//! # Ok::<(), lab_support::LabError>(())
+//! ```
+
+use crate::error::{LabError, Result};
+use crate::model::Classifier;
+use candle_core::{DType, Tensor};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use std::path::Path;
+use std::sync::Once;
+
+const FONT: &[u8] = include_bytes!("../../data/fonts/DejaVuSans.ttf");
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // The font is compiled in; registering it cannot fail on a valid build.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+fn draw_err<E: std::fmt::Debug>(e: E) -> LabError {
+    LabError::Other(format!("could not draw the figure: {e:?}"))
+}
+
+/// Prints `content` as one rich evcxr output of MIME type `mime`.
+fn emit(mime: &str, content: &str) {
+    println!("EVCXR_BEGIN_CONTENT {mime}\n{content}\nEVCXR_END_CONTENT");
+}
+
+/// Shows a figure inline, or the reason it could not be drawn as plain text.
+fn display_svg(svg: Result<String>) {
+    match svg {
+        Ok(svg) => emit("image/svg+xml", &svg),
+        Err(e) => emit("text/plain", &format!("error: {e}")),
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|e| LabError::io(path, e))
+}
+
+/// One chart that can take its place in a [`Figure`].
+pub trait Chart {
+    /// Draws the chart into `area`.
+    fn draw(&self, area: &DrawingArea<SVGBackend<'_>, Shift>) -> Result<()>;
+    /// Preferred size in pixels.
+    fn size(&self) -> (u32, u32);
+
+    /// The chart alone as an SVG document.
+    fn to_svg(&self) -> Result<String> {
+        register_font();
+        let mut svg = String::new();
+        {
+            let area = SVGBackend::with_string(&mut svg, self.size()).into_drawing_area();
+            area.fill(&WHITE).map_err(draw_err)?;
+            self.draw(&area)?;
+            area.present().map_err(draw_err)?;
+        }
+        Ok(svg)
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Mark {
+    Line,
+    Points,
+    Dashed,
+}
+
+#[derive(Clone, Debug)]
+struct Series {
+    name: String,
+    points: Vec<(f64, f64)>,
+    mark: Mark,
+}
+
+/// A line plot with any number of named series.
+#[derive(Clone, Debug)]
+pub struct LinePlot {
+    title: String,
+    x_label: String,
+    y_label: String,
+    series: Vec<Series>,
+    y_range: Option<(f64, f64)>,
+    log_y: bool,
+    size: (u32, u32),
+}
+
+impl LinePlot {
+    /// An empty plot with a title.
+    pub fn new(title: impl Into<String>) -> Self {
+        LinePlot { title: title.into(), x_label: "x".into(), y_label: "y".into(), series: vec![], y_range: None, log_y: false, size: (640, 400) }
+    }
+
+    /// Axis labels.
+    pub fn labels(mut self, x: impl Into<String>, y: impl Into<String>) -> Self {
+        self.x_label = x.into();
+        self.y_label = y.into();
+        self
+    }
+
+    /// Adds a solid line.
+    pub fn line(self, name: impl Into<String>, points: impl IntoIterator<Item = (f64, f64)>) -> Self {
+        self.add(name, points, Mark::Line)
+    }
+
+    /// Adds a dashed line (for a reference such as the true function).
+    pub fn dashed(self, name: impl Into<String>, points: impl IntoIterator<Item = (f64, f64)>) -> Self {
+        self.add(name, points, Mark::Dashed)
+    }
+
+    /// Adds points drawn as dots (for training data).
+    pub fn points(self, name: impl Into<String>, points: impl IntoIterator<Item = (f64, f64)>) -> Self {
+        self.add(name, points, Mark::Points)
+    }
+
+    /// Fixes the y range instead of fitting it to the data.
+    pub fn y_range(mut self, lo: f64, hi: f64) -> Self {
+        self.y_range = Some((lo, hi));
+        self
+    }
+
+    /// A logarithmic y axis (for losses that fall over decades); values <= 0 are dropped.
+    pub fn log_y(mut self) -> Self {
+        self.log_y = true;
+        self
+    }
+
+    /// Size in pixels.
+    pub fn with_size(mut self, width: u32, height: u32) -> Self {
+        self.size = (width, height);
+        self
+    }
+
+    fn add(mut self, name: impl Into<String>, points: impl IntoIterator<Item = (f64, f64)>, mark: Mark) -> Self {
+        let points = points.into_iter().filter(|(x, y)| x.is_finite() && y.is_finite() && (!self.log_y || *y > 0.0)).collect();
+        self.series.push(Series { name: name.into(), points, mark });
+        self
+    }
+
+    /// Writes the plot as SVG.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        write_file(path.as_ref(), self.to_svg()?.as_bytes())
+    }
+
+    /// Shows the plot in a notebook cell.
+    pub fn evcxr_display(&self) {
+        display_svg(self.to_svg())
+    }
+
+    fn bounds(&self) -> ((f64, f64), (f64, f64)) {
+        let all = self.series.iter().flat_map(|s| s.points.iter());
+        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+        for &(x, y) in all {
+            (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+        }
+        if x0 > x1 {
+            (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+        }
+        if let Some(r) = self.y_range {
+            (y0, y1) = r;
+        }
+        let pad = |lo: f64, hi: f64| if hi - lo < 1e-12 { (lo - 0.5, hi + 0.5) } else { (lo, hi) };
+        let (x0, x1) = pad(x0, x1);
+        let (y0, y1) = pad(y0, y1);
+        let margin = if self.y_range.is_some() || self.log_y { 0.0 } else { 0.05 * (y1 - y0) };
+        ((x0, x1), (y0 - margin, y1 + margin))
+    }
+}
+
+impl Chart for LinePlot {
+    fn size(&self) -> (u32, u32) {
+        self.size
+    }
+
+    fn draw(&self, area: &DrawingArea<SVGBackend<'_>, Shift>) -> Result<()> {
+        let ((x0, x1), (y0, y1)) = self.bounds();
+        let mut builder = ChartBuilder::on(area);
+        builder.caption(&self.title, ("sans-serif", 18)).margin(12).x_label_area_size(42).y_label_area_size(62);
+        if self.log_y {
+            let mut chart = builder.build_cartesian_2d(x0..x1, (y0..y1).log_scale()).map_err(draw_err)?;
+            chart.configure_mesh().x_desc(&self.x_label).y_desc(&self.y_label).draw().map_err(draw_err)?;
+            draw_series(&mut chart, &self.series)
+        } else {
+            let mut chart = builder.build_cartesian_2d(x0..x1, y0..y1).map_err(draw_err)?;
+            chart.configure_mesh().x_desc(&self.x_label).y_desc(&self.y_label).draw().map_err(draw_err)?;
+            draw_series(&mut chart, &self.series)
+        }
+    }
+}
+
+fn draw_series<'a, X, Y>(chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>, series: &[Series]) -> Result<()>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    for (i, s) in series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let drawn = match s.mark {
+            Mark::Line => chart.draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2))),
+            Mark::Dashed => chart.draw_series(DashedLineSeries::new(s.points.clone(), 6, 4, color.stroke_width(2))),
+            Mark::Points => chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 5, color.filled()))),
+        }
+        .map_err(draw_err)?;
+        drawn.label(&s.name).legend(move |(x, y)| Rectangle::new([(x, y - 4), (x + 16, y + 4)], color.filled()));
+    }
+    if series.iter().any(|s| !s.name.is_empty()) {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.4))
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(draw_err)?;
+    }
+    Ok(())
+}
+
+/// A bar chart of class probabilities; several groups (for example before / after an attack)
+/// are drawn side by side for each class.
+#[derive(Clone, Debug)]
+pub struct BarChart {
+    title: String,
+    classes: Vec<String>,
+    groups: Vec<(String, Vec<f32>)>,
+    y_label: String,
+    size: (u32, u32),
+}
+
+impl BarChart {
+    /// An empty chart over the given class names.
+    pub fn new(title: impl Into<String>, classes: &[&str]) -> Self {
+        BarChart {
+            title: title.into(),
+            classes: classes.iter().map(|s| s.to_string()).collect(),
+            groups: vec![],
+            y_label: "probability".into(),
+            size: (640, 360),
+        }
+    }
+
+    /// Adds a group of bars, one value per class.
+    pub fn group(mut self, name: impl Into<String>, values: &[f32]) -> Self {
+        self.groups.push((name.into(), values.to_vec()));
+        self
+    }
+
+    /// The model's class probabilities for one image `(1, 1, 28, 28)`, as a one-group chart.
+    pub fn probabilities(model: &Classifier, image: &Tensor, title: impl Into<String>) -> Result<Self> {
+        let probs = model.probabilities(image)?.get(0)?.to_vec1::<f32>()?;
+        Ok(BarChart::new(title, model.class_names()).group("", &probs))
+    }
+
+    /// Size in pixels.
+    pub fn with_size(mut self, width: u32, height: u32) -> Self {
+        self.size = (width, height);
+        self
+    }
+
+    /// Writes the chart as SVG.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        write_file(path.as_ref(), self.to_svg()?.as_bytes())
+    }
+
+    /// Shows the chart in a notebook cell.
+    pub fn evcxr_display(&self) {
+        display_svg(self.to_svg())
+    }
+}
+
+impl Chart for BarChart {
+    fn size(&self) -> (u32, u32) {
+        self.size
+    }
+
+    fn draw(&self, area: &DrawingArea<SVGBackend<'_>, Shift>) -> Result<()> {
+        let n = self.classes.len();
+        if let Some((name, values)) = self.groups.iter().find(|(_, v)| v.len() != n) {
+            return Err(LabError::invalid("bar group", format!("`{name}` with {} values", values.len()), format!("one value per class ({n})")));
+        }
+        let top = self.groups.iter().flat_map(|(_, v)| v.iter().copied()).fold(1.0f32, f32::max) as f64;
+        let mut chart = ChartBuilder::on(area)
+            .caption(&self.title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(if n > 5 && self.classes.iter().any(|c| c.len() > 3) { 70 } else { 36 })
+            .y_label_area_size(56)
+            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..top * 1.08)
+            .map_err(draw_err)?;
+        let names = self.classes.clone();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n + 1)
+            .x_label_formatter(&move |x| {
+                let i = x.round();
+                if (x - i).abs() < 1e-6 && i >= 0.0 { names.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
+            })
+            .x_desc("class")
+            .y_desc(&self.y_label)
+            .draw()
+            .map_err(draw_err)?;
+        let k = self.groups.len().max(1) as f64;
+        let width = 0.8 / k;
+        for (g, (name, values)) in self.groups.iter().enumerate() {
+            let color = PALETTE[g % PALETTE.len()];
+            let left = -0.4 + g as f64 * width;
+            let bars = values.iter().enumerate().map(move |(i, &v)| {
+                let x = i as f64 + left;
+                Rectangle::new([(x, 0.0), (x + width * 0.92, v as f64)], color.filled())
+            });
+            let drawn = chart.draw_series(bars).map_err(draw_err)?;
+            if !name.is_empty() {
+                drawn.label(name).legend(move |(x, y)| Rectangle::new([(x, y - 4), (x + 16, y + 4)], color.filled()));
+            }
+            // The winning class gets its value written on top.
+            if let Some((i, &v)) = values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)) {
+                let x = i as f64 + left + width * 0.46;
+                chart
+                    .draw_series(std::iter::once(Text::new(
+                        format!("{:.0}%", v * 100.0),
+                        (x, v as f64),
+                        ("sans-serif", 13).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Bottom)),
+                    )))
+                    .map_err(draw_err)?;
+            }
+        }
+        if self.groups.iter().any(|(name, _)| !name.is_empty()) {
+            chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK.mix(0.4)).draw().map_err(draw_err)?;
+        }
+        Ok(())
+    }
+}
+
+/// Several charts side by side (`columns` per row) in one SVG output.
+pub struct Figure {
+    title: String,
+    columns: usize,
+    charts: Vec<Box<dyn Chart>>,
+}
+
+impl Figure {
+    /// An empty figure that lays charts out `columns` to a row.
+    pub fn new(title: impl Into<String>, columns: usize) -> Self {
+        Figure { title: title.into(), columns: columns.max(1), charts: vec![] }
+    }
+
+    /// Adds a chart.
+    pub fn add(mut self, chart: impl Chart + 'static) -> Self {
+        self.charts.push(Box::new(chart));
+        self
+    }
+
+    /// Writes the figure as SVG.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        write_file(path.as_ref(), self.to_svg()?.as_bytes())
+    }
+
+    /// Shows the figure in a notebook cell.
+    pub fn evcxr_display(&self) {
+        display_svg(self.to_svg())
+    }
+
+    fn cell(&self) -> (u32, u32) {
+        self.charts.iter().map(|c| c.size()).fold((0, 0), |a, b| (a.0.max(b.0), a.1.max(b.1)))
+    }
+}
+
+impl Chart for Figure {
+    fn size(&self) -> (u32, u32) {
+        let (w, h) = self.cell();
+        let cols = self.columns.min(self.charts.len()).max(1) as u32;
+        let rows = self.charts.len().div_ceil(self.columns).max(1) as u32;
+        (w * cols, h * rows + 36)
+    }
+
+    fn draw(&self, area: &DrawingArea<SVGBackend<'_>, Shift>) -> Result<()> {
+        let area = area.titled(&self.title, ("sans-serif", 22)).map_err(draw_err)?;
+        let rows = self.charts.len().div_ceil(self.columns).max(1);
+        let cols = self.columns.min(self.charts.len()).max(1);
+        for (chart, cell) in self.charts.iter().zip(area.split_evenly((rows, cols))) {
+            chart.draw(&cell)?;
+        }
+        Ok(())
+    }
+}
+
+/// How a grid cell's values map to colours.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Shade {
+    /// `[0, 1]` as black to white, like the model sees it.
+    Grey,
+    /// Signed values scaled so the largest magnitude is fully saturated: blue negative, white
+    /// zero, red positive. For perturbations too small to see otherwise.
+    Diverging,
+}
+
+#[derive(Clone, Debug)]
+struct Cell {
+    pixels: Vec<f32>,
+    caption: String,
+    shade: Shade,
+    highlight: bool,
+}
+
+/// A grid of 28x28 images with captions, rendered as one PNG.
+#[derive(Clone, Debug)]
+pub struct ImageGrid {
+    title: String,
+    columns: usize,
+    scale: u32,
+    cells: Vec<Cell>,
+}
+
+impl ImageGrid {
+    /// An empty grid with `columns` images per row.
+    pub fn new(title: impl Into<String>, columns: usize) -> Self {
+        ImageGrid { title: title.into(), columns: columns.max(1), scale: 4, cells: vec![] }
+    }
+
+    /// Adds one image: any tensor of 784 values, such as `(1, 1, 28, 28)` or `(28, 28)`.
+    pub fn image(self, image: &Tensor, caption: impl Into<String>) -> Result<Self> {
+        self.push(image, caption, Shade::Grey, false)
+    }
+
+    /// Adds one image whose caption is drawn in red, to flag it (a wrong prediction, say).
+    pub fn flagged(self, image: &Tensor, caption: impl Into<String>) -> Result<Self> {
+        self.push(image, caption, Shade::Grey, true)
+    }
+
+    /// Adds a perturbation (signed values), scaled up to be visible.
+    pub fn perturbation(self, delta: &Tensor, caption: impl Into<String>) -> Result<Self> {
+        self.push(delta, caption, Shade::Diverging, false)
+    }
+
+    fn push(mut self, image: &Tensor, caption: impl Into<String>, shade: Shade, highlight: bool) -> Result<Self> {
+        let pixels = image.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        if pixels.len() != 28 * 28 {
+            return Err(LabError::Shape { what: "a grid image".into(), expected: "784 values (28x28)".into(), got: image.dims().to_vec() });
+        }
+        self.cells.push(Cell { pixels, caption: caption.into(), shade, highlight });
+        Ok(self)
+    }
+
+    /// The first images of a batch with the model's prediction and confidence as captions;
+    /// predictions that disagree with `labels` (if given) are flagged in red.
+    pub fn predictions(model: &Classifier, images: &Tensor, labels: Option<&Tensor>, columns: usize) -> Result<Self> {
+        let preds = model.predict(images)?;
+        let labels = labels.map(|l| l.to_dtype(DType::U32)?.to_vec1::<u32>()).transpose()?;
+        let names = model.class_names();
+        let mut grid = ImageGrid::new("What the model sees", columns);
+        for (i, p) in preds.iter().enumerate() {
+            let image = images.get(i)?;
+            let caption = format!("{} ({:.0}%)", names[p.class], p.confidence * 100.0);
+            grid = match labels.as_ref().and_then(|l| l.get(i)) {
+                Some(&l) if l as usize != p.class => grid.flagged(&image, format!("{caption} true {}", names[l as usize]))?,
+                _ => grid.image(&image, caption)?,
+            };
+        }
+        Ok(grid)
+    }
+
+    /// One row per image: original, perturbation (scaled up), adversarial, each captioned with
+    /// the model's prediction and confidence.
+    pub fn attack(model: &Classifier, original: &Tensor, adversarial: &Tensor) -> Result<Self> {
+        let before = model.predict(original)?;
+        let after = model.predict(adversarial)?;
+        let names = model.class_names();
+        let mut grid = ImageGrid::new("original | perturbation (scaled) | adversarial", 3);
+        for i in 0..before.len() {
+            let (x, adv) = (original.get(i)?, adversarial.get(i)?);
+            let delta = (&adv - &x)?;
+            let linf = delta.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            let (b, a) = (before[i], after[i]);
+            grid = grid
+                .image(&x, format!("{} ({:.0}%)", names[b.class], b.confidence * 100.0))?
+                .perturbation(&delta, format!("max |delta| {linf:.3}"))?;
+            let caption = format!("{} ({:.0}%)", names[a.class], a.confidence * 100.0);
+            grid = if a.class != b.class { grid.flagged(&adv, caption)? } else { grid.image(&adv, caption)? };
+        }
+        Ok(grid)
+    }
+
+    /// Pixels per image pixel (default 4).
+    pub fn with_scale(mut self, scale: u32) -> Self {
+        self.scale = scale.clamp(1, 16);
+        self
+    }
+
+    /// The grid as PNG bytes.
+    pub fn to_png(&self) -> Result<Vec<u8>> {
+        register_font();
+        let side = 28 * self.scale;
+        let (pad, caption_h, title_h) = (8u32, 22u32, if self.title.is_empty() { 0 } else { 30 });
+        let cols = self.columns.min(self.cells.len()).max(1) as u32;
+        let rows = self.cells.len().div_ceil(self.columns).max(1) as u32;
+        let cell_w = (side + pad).max(150);
+        let (w, h) = (cols * cell_w + pad, title_h + rows * (side + caption_h + pad) + pad);
+        let mut rgb = vec![255u8; (w * h * 3) as usize];
+        {
+            let area = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
+            if !self.title.is_empty() {
+                area.draw_text(&self.title, &("sans-serif", 18).into_font().color(&BLACK), (pad as i32, 6)).map_err(draw_err)?;
+            }
+            for (i, cell) in self.cells.iter().enumerate() {
+                let (r, c) = (i as u32 / cols, i as u32 % cols);
+                let x0 = pad + c * cell_w + (cell_w - pad - side) / 2;
+                let y0 = title_h + r * (side + caption_h + pad);
+                let max_abs = cell.pixels.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
+                for (j, &v) in cell.pixels.iter().enumerate() {
+                    let color = shade(v, cell.shade, max_abs);
+                    let (px, py) = (x0 + (j as u32 % 28) * self.scale, y0 + (j as u32 / 28) * self.scale);
+                    area.draw(&Rectangle::new([(px as i32, py as i32), ((px + self.scale) as i32, (py + self.scale) as i32)], color.filled()))
+                        .map_err(draw_err)?;
+                }
+                let color = if cell.highlight { RGBColor(200, 0, 0) } else { BLACK };
+                let style = ("sans-serif", 14).into_font().color(&color).pos(Pos::new(HPos::Center, VPos::Top));
+                let cx = (pad + c * cell_w + (cell_w - pad) / 2) as i32;
+                area.draw_text(&cell.caption, &style, (cx, (y0 + side + 3) as i32)).map_err(draw_err)?;
+            }
+            area.present().map_err(draw_err)?;
+        }
+        let img = image::RgbImage::from_raw(w, h, rgb).ok_or_else(|| LabError::Other("image buffer has the wrong size".into()))?;
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .map_err(|e| LabError::Other(format!("could not encode PNG: {e}")))?;
+        Ok(png)
+    }
+
+    /// Writes the grid as a PNG file.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        write_file(path.as_ref(), &self.to_png()?)
+    }
+
+    /// Shows the grid in a notebook cell.
+    pub fn evcxr_display(&self) {
+        use base64::Engine;
+        match self.to_png() {
+            Ok(png) => emit("image/png", &base64::engine::general_purpose::STANDARD.encode(png)),
+            Err(e) => emit("text/plain", &format!("error: {e}")),
+        }
+    }
+}
+
+fn shade(v: f32, shade: Shade, max_abs: f32) -> RGBColor {
+    match shade {
+        Shade::Grey => {
+            let g = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+            RGBColor(g, g, g)
+        }
+        Shade::Diverging => {
+            let t = (v / max_abs).clamp(-1.0, 1.0);
+            let fade = |t: f32| (255.0 * (1.0 - t.abs())).round() as u8;
+            if t >= 0.0 { RGBColor(255, fade(t), fade(t)) } else { RGBColor(fade(t), fade(t), 255) }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::mnist;
+
+    #[test]
+    fn line_plot_svg_has_title_labels_and_legend() {
+        let svg = LinePlot::new("Loss per step").labels("step", "loss").line("loss", [(0.0, 2.0), (1.0, 1.0), (2.0, 0.5)]).to_svg().unwrap();
+        for text in ["Loss per step", "step", "loss", "<polyline", "<svg"] {
+            assert!(svg.contains(text), "missing {text}");
+        }
+        let log = LinePlot::new("log").log_y().line("l", [(0.0, 1.0), (1.0, 0.01), (2.0, 0.0)]).to_svg().unwrap();
+        assert!(log.contains("<svg"));
+    }
+
+    #[test]
+    fn bar_chart_checks_its_groups() {
+        let ok = BarChart::new("p", &["a", "b", "c"]).group("before", &[0.1, 0.7, 0.2]).to_svg().unwrap();
+        assert!(ok.contains("70%") && ok.contains("before"));
+        let bad = BarChart::new("p", &["a", "b", "c"]).group("g", &[0.5, 0.5]).to_svg().unwrap_err().to_string();
+        assert!(bad.contains("one value per class"), "{bad}");
+    }
+
+    #[test]
+    fn image_grid_renders_a_png_of_the_right_size() {
+        let model = Classifier::pretrained().unwrap();
+        let set = mnist::test().unwrap().take(8).unwrap();
+        let grid = ImageGrid::predictions(&model, &set.images, Some(&set.labels), 4).unwrap();
+        let png = grid.to_png().unwrap();
+        let img = image::load_from_memory(&png).unwrap().to_rgb8();
+        assert_eq!(img.width(), 4 * 150 + 8);
+        // The digits are there: some pixels are white, some black.
+        assert!(img.pixels().any(|p| p.0 == [0, 0, 0]) && img.pixels().any(|p| p.0 == [255, 255, 255]));
+        let wrong = ImageGrid::new("", 2).image(&Tensor::zeros((3, 3), DType::F32, &candle_core::Device::Cpu).unwrap(), "x");
+        assert!(wrong.unwrap_err().to_string().contains("784"));
+    }
+}

@@ -1,0 +1,111 @@
+//! The shipped model and the reference attacks, on real test digits.
+
+use lab_support::attack::{fgsm, pgd, targeted_descent, DescentConfig, Norm, PgdConfig};
+use lab_support::data::mnist;
+use lab_support::grad::{per_image_l2, per_image_linf, Objective};
+use lab_support::model::Classifier;
+use lab_support::prelude::*;
+
+fn model() -> Classifier {
+    Classifier::pretrained().expect("the shipped model loads")
+}
+
+#[test]
+fn shipped_model_reaches_99_percent_on_the_test_set() {
+    let acc = model().accuracy(&mnist::test().unwrap()).unwrap();
+    assert!(acc >= 0.990, "test accuracy {acc}");
+}
+
+#[test]
+fn pgd_linf_at_0_3_fools_the_model_on_95_percent_of_500_digits() {
+    let model = model();
+    let set = mnist::test().unwrap().take(500).unwrap();
+    let objective = Objective::untargeted(&set.labels).unwrap();
+    let result = pgd(&model, &set.images, &objective, &PgdConfig::linf(0.3)).unwrap();
+    let rate = result.success_rate(&model, &objective).unwrap();
+    assert!(rate >= 0.95, "only {rate} misclassified");
+    let delta = (&result.adversarial - &set.images).unwrap();
+    let linf = per_image_linf(&delta).unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(linf <= 0.3 + 1e-6, "perturbation {linf} breaks eps");
+    let (lo, hi) = (
+        result.adversarial.min_all().unwrap().to_scalar::<f32>().unwrap(),
+        result.adversarial.max_all().unwrap().to_scalar::<f32>().unwrap(),
+    );
+    assert!(lo >= 0.0 && hi <= 1.0, "pixels outside [0,1]: {lo}..{hi}");
+    // The trace starts at the (random) start and ends at the result, 41 lines for 40 steps.
+    assert_eq!(result.trace.len(), 41);
+    assert!(result.trace.last().unwrap().class_prob < result.trace[0].class_prob);
+}
+
+#[test]
+fn targeted_pgd_reaches_its_target_on_most_digits() {
+    let model = model();
+    let set = mnist::test().unwrap().take(100).unwrap();
+    let targets: Vec<u32> = set.label_vec().unwrap().iter().map(|l| (l + 1) % 10).collect();
+    let objective = Objective::Targeted(targets);
+    let config = PgdConfig { steps: 60, ..PgdConfig::linf(0.3) };
+    let result = pgd(&model, &set.images, &objective, &config).unwrap();
+    let rate = result.success_rate(&model, &objective).unwrap();
+    assert!(rate >= 0.8, "only {rate} reached their target");
+}
+
+#[test]
+fn pgd_l2_stays_inside_its_ball() {
+    let model = model();
+    let set = mnist::test().unwrap().take(50).unwrap();
+    let objective = Objective::untargeted(&set.labels).unwrap();
+    let result = pgd(&model, &set.images, &objective, &PgdConfig::l2(3.0)).unwrap();
+    let norms = per_image_l2(&(&result.adversarial - &set.images).unwrap()).unwrap().to_vec1::<f32>().unwrap();
+    assert!(norms.iter().all(|&n| n <= 3.0 + 1e-3), "{norms:?}");
+    let rate = result.success_rate(&model, &objective).unwrap();
+    assert!(rate >= 0.5, "L2 PGD at 3.0 fooled only {rate}");
+    assert_eq!(PgdConfig::l2(3.0).norm, Norm::L2);
+}
+
+#[test]
+fn fgsm_is_weaker_than_pgd_at_the_same_budget() {
+    let model = model();
+    let set = mnist::test().unwrap().take(200).unwrap();
+    let objective = Objective::untargeted(&set.labels).unwrap();
+    let one_step = fgsm(&model, &set.images, &objective, 0.1).unwrap().success_rate(&model, &objective).unwrap();
+    let many = pgd(&model, &set.images, &objective, &PgdConfig::linf(0.1)).unwrap().success_rate(&model, &objective).unwrap();
+    assert!(many > one_step, "PGD {many} should beat FGSM {one_step}");
+}
+
+#[test]
+fn the_seeds_targeted_descent_turns_a_digit_into_the_target() {
+    let model = model();
+    let (x, label) = mnist::test().unwrap().get(0).unwrap();
+    let target = (label + 3) % 10;
+    let result = targeted_descent(&model, &x, target, &DescentConfig { step_size: 0.05, steps: 200, eps: None }).unwrap();
+    let p = model.predict(&result.adversarial).unwrap()[0];
+    assert_eq!(p.class, target as usize, "predicted {p:?}");
+    let losses: Vec<f32> = result.trace.iter().map(|t| t.loss).collect();
+    assert!(losses.last().unwrap() < &losses[0]);
+}
+
+#[test]
+fn attacks_reject_bad_budgets_and_targets() {
+    let model = model();
+    let (x, label) = mnist::test().unwrap().get(0).unwrap();
+    let objective = Objective::Untargeted(vec![label]);
+    let msg = |e: LabError| e.to_string();
+    assert!(msg(pgd(&model, &x, &objective, &PgdConfig::linf(-0.1)).unwrap_err()).contains("eps"));
+    assert!(msg(fgsm(&model, &x, &objective, f32::INFINITY).unwrap_err()).contains("eps"));
+    assert!(msg(targeted_descent(&model, &x, 10, &DescentConfig::default()).unwrap_err()).contains("0..=9"));
+    let zero_step = DescentConfig { step_size: 0.0, ..DescentConfig::default() };
+    assert!(msg(targeted_descent(&model, &x, 1, &zero_step).unwrap_err()).contains("step_size"));
+    assert!(msg(pgd(&model, &x, &Objective::Targeted(vec![12]), &PgdConfig::linf(0.1)).unwrap_err()).contains("0..=9"));
+}
+
+#[test]
+fn weights_file_errors_name_the_file() {
+    let dir = std::env::temp_dir().join(format!("lab-weights-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    std::fs::copy(lab_support::data::data_dir().join("SHA256SUMS"), dir.join("SHA256SUMS")).unwrap();
+    let missing = Classifier::load_from(&dir, "models/lab-cnn.safetensors").unwrap_err().to_string();
+    assert!(missing.contains("lab-cnn.safetensors") && missing.contains("git checkout"), "{missing}");
+    std::fs::write(dir.join("models/lab-cnn.safetensors"), b"not weights").unwrap();
+    let corrupt = Classifier::load_from(&dir, "models/lab-cnn.safetensors").unwrap_err();
+    assert!(matches!(corrupt, LabError::HashMismatch { .. }), "{corrupt}");
+}
