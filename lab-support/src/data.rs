@@ -266,6 +266,12 @@ pub fn load_image(path: impl AsRef<Path>) -> Result<Tensor> {
     Ok(Tensor::from_vec(pixels, (1, 1, SIDE, SIDE), &Device::Cpu)?)
 }
 
+/// One of the shipped photos (`chelsea.png`, `astronaut.png`, `coffee.png`, `camera.png`,
+/// `rocket.jpg`) as a `(1, 1, 28, 28)` tensor, through [`load_image`].
+pub fn photo(name: &str) -> Result<Tensor> {
+    load_image(data_dir().join("photos").join(name))
+}
+
 /// Turns a drawing of a digit into a `(1, 1, 28, 28)` tensor framed the way MNIST frames digits.
 ///
 /// MNIST digits are light on dark, scaled to fit a 20x20 box and centred by their centre of mass

@@ -1,6 +1,7 @@
 //! Support crate for the adversarial-examples lab.
 //!
-//! One module per concept: [`data`] (datasets and images), [`model`] (the digit CNN), [`train`]
+//! One module per concept: [`approx`] (the tiny approximator of Problem #1), [`check`] (the
+//! notebooks' instant checks), [`data`] (datasets and images), [`model`] (the digit CNN), [`train`]
 //! (gradient descent on the weights), [`grad`] (gradients with respect to the *input*),
 //! [`attack`] (FGSM, PGD and the seed's targeted descent), [`plot`] (figures that render inline in
 //! Jupyter). Notebooks start with:
@@ -9,7 +10,9 @@
 //! use lab_support::prelude::*;
 //! ```
 
+pub mod approx;
 pub mod attack;
+pub mod check;
 pub mod data;
 pub mod error;
 pub mod grad;
@@ -18,14 +21,20 @@ pub mod plot;
 pub mod train;
 
 pub use error::{LabError, Result};
+/// The tensor library, for notebooks that need more than the prelude.
+pub use candle_core;
+pub use candle_nn;
 
 /// Everything a notebook needs, in one `use`.
 pub mod prelude {
-    pub use crate::data::{fashion_mnist, load_drawing, load_image, mnist, Dataset};
+    pub use crate::check::{self, Challenge};
+    pub use crate::data::{fashion_mnist, load_drawing, load_image, mnist, photo, Dataset};
     pub use crate::error::{LabError, Result};
+    pub use crate::approx::{log2_points, Mlp};
     pub use crate::attack::{fgsm, pgd, targeted_descent, AttackResult, DescentConfig, Norm, PgdConfig, TraceStep};
-    pub use crate::grad::{clamp_pixels, input_gradient, project_l2, project_linf, InputGradient, Objective};
+    pub use crate::grad::{clamp_pixels, input_gradient, noise_images, project_l2, project_linf, InputGradient, Objective};
     pub use crate::model::{Classifier, Prediction};
-    pub use crate::plot::{BarChart, Chart, Figure, ImageGrid, LinePlot};
+    pub use crate::plot::{crafting_progress, indexed, BarChart, Chart, Figure, ImageGrid, LinePlot, Table};
     pub use candle_core::{DType, Device, Tensor, Var, D};
+    pub use candle_nn::{loss, ops};
 }

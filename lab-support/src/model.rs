@@ -125,15 +125,17 @@ impl Classifier {
 
     /// The forward pass without input checks: for inner loops that already checked their input.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = fresh_id(x)?;
+        let p = |name: String| fresh_id(self.p(&name));
         let conv = |x: &Tensor, layer: &str| -> Result<Tensor> {
-            let b = self.p(&format!("{layer}.bias"));
-            let y = x.conv2d(self.p(&format!("{layer}.weight")), 0, 1, 1, 1)?;
+            let b = p(format!("{layer}.bias"))?;
+            let y = x.conv2d(&p(format!("{layer}.weight"))?, 0, 1, 1, 1)?;
             max_pool_2x2(&y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?.relu()?)
         };
         let linear = |x: &Tensor, layer: &str| -> Result<Tensor> {
-            Ok(x.matmul(&self.p(&format!("{layer}.weight")).t()?)?.broadcast_add(self.p(&format!("{layer}.bias")))?)
+            Ok(x.matmul(&p(format!("{layer}.weight"))?.t()?)?.broadcast_add(&p(format!("{layer}.bias"))?)?)
         };
-        let h = conv(&conv(x, "conv1")?, "conv2")?.flatten_from(1)?;
+        let h = conv(&conv(&x, "conv1")?, "conv2")?.flatten_from(1)?;
         linear(&linear(&h, "fc1")?.relu()?, "fc2")
     }
 
@@ -151,10 +153,18 @@ impl Classifier {
         Ok(candle_nn::ops::softmax(&self.logits(images)?, D::Minus1)?)
     }
 
-    /// The most probable class of each image and its probability.
+    /// The most probable class of each image and its probability (in batches of 1,000, so any
+    /// number of images fits in memory).
     pub fn predict(&self, images: &Tensor) -> Result<Vec<Prediction>> {
-        let probs = self.probabilities(images)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-        Ok(probs.iter().map(|row| top1(row)).collect())
+        check_batch(images, "the image batch")?;
+        let mut out = Vec::with_capacity(images.dim(0)?);
+        for start in (0..images.dim(0)?).step_by(1000) {
+            let part = images.narrow(0, start, 1000.min(images.dim(0)? - start))?;
+            let logits = self.forward(&part)?;
+            let probs = candle_nn::ops::softmax(&logits, D::Minus1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            out.extend(probs.iter().map(|row| top1(row)));
+        }
+        Ok(out)
     }
 
     /// The fraction of `set` the model classifies correctly, in batches of 1,000.
@@ -172,17 +182,39 @@ impl Classifier {
     }
 }
 
+/// The same tensor under a new id, unless it takes part in autograd (a `Var` or the result of
+/// one), which keeps its identity.
+///
+/// Why: evcxr links each notebook cell with its own copy of candle, and each copy numbers the
+/// tensors it creates from 1. A tensor kept from an earlier cell (the model's weights, a loaded
+/// digit) can share its id with one made in the current cell, and candle's backward pass, which
+/// keys gradients by id, then mixes them up ("shape mismatch in add" at best, a wrong gradient
+/// at worst). Giving every constant a fresh id from the current cell's numbering before it enters
+/// a graph avoids that. It costs nothing: the storage is shared.
+pub fn fresh_id(t: &Tensor) -> Result<Tensor> {
+    if t.is_variable() || t.track_op() {
+        return Ok(t.clone());
+    }
+    Ok(t.reshape(t.shape())?)
+}
+
 /// 2x2 max pooling with stride 2, dropping an odd last row or column (as PyTorch does).
 ///
 /// Not candle's `max_pool2d`: its backward pass upsamples the gradient to the input's size, which
 /// misplaces it when that size is odd (11x11 after conv2 here), and scales it by the fraction of
 /// maxima in the window instead of dividing by their count. A reshape and two max-reductions give
 /// the right gradient: all of it to the window's maximum.
+///
+/// Ties need care: a clean digit is mostly exact zeros, so whole windows hold equal values, and
+/// candle's max-reduction passes the full gradient to *every* tied entry, counting it up to four
+/// times. Offsets of -1e-6 per position make the first maximum win, as in PyTorch, at a cost of at
+/// most 3e-6 in any activation.
 pub fn max_pool_2x2(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let (h2, w2) = (h / 2, w / 2);
     let even = if h % 2 == 0 && w % 2 == 0 { x.clone() } else { x.narrow(2, 0, 2 * h2)?.narrow(3, 0, 2 * w2)?.contiguous()? };
-    Ok(even.reshape((n, c, h2, 2, w2, 2))?.max(5)?.max(3)?)
+    let ties = Tensor::new(&[0f32, -1e-6, -2e-6, -3e-6], x.device())?.to_dtype(x.dtype())?.reshape((1, 1, 1, 2, 1, 2))?;
+    Ok(even.reshape((n, c, h2, 2, w2, 2))?.broadcast_add(&ties)?.max(5)?.max(3)?)
 }
 
 /// The index and value of the largest entry of `row`.

@@ -33,13 +33,17 @@ use std::path::Path;
 use std::sync::Once;
 
 const FONT: &[u8] = include_bytes!("../../data/fonts/DejaVuSans.ttf");
-const PALETTE: [RGBColor; 6] = [
+const PALETTE: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 
 fn register_font() {
@@ -69,6 +73,11 @@ fn display_svg(svg: Result<String>) {
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes).map_err(|e| LabError::io(path, e))
+}
+
+/// `(i, value)` pairs for a sequence such as losses per step, ready for [`LinePlot::line`].
+pub fn indexed(values: &[f32]) -> Vec<(f64, f64)> {
+    values.iter().enumerate().map(|(i, &v)| (i as f64, v as f64)).collect()
 }
 
 /// One chart that can take its place in a [`Figure`].
@@ -141,6 +150,14 @@ impl LinePlot {
         self.add(name, points, Mark::Dashed)
     }
 
+    /// Adds several solid lines at once, from `(name, points)` pairs.
+    pub fn lines(mut self, series: &[(String, Vec<(f64, f64)>)]) -> Self {
+        for (name, points) in series {
+            self = self.line(name.clone(), points.iter().copied());
+        }
+        self
+    }
+
     /// Adds points drawn as dots (for training data).
     pub fn points(self, name: impl Into<String>, points: impl IntoIterator<Item = (f64, f64)>) -> Self {
         self.add(name, points, Mark::Points)
@@ -209,16 +226,36 @@ impl Chart for LinePlot {
         let ((x0, x1), (y0, y1)) = self.bounds();
         let mut builder = ChartBuilder::on(area);
         builder.caption(&self.title, ("sans-serif", 18)).margin(12).x_label_area_size(42).y_label_area_size(62);
+        let tick = |v: &f64| tick_label(*v);
         if self.log_y {
             let mut chart = builder.build_cartesian_2d(x0..x1, (y0..y1).log_scale()).map_err(draw_err)?;
-            chart.configure_mesh().x_desc(&self.x_label).y_desc(&self.y_label).draw().map_err(draw_err)?;
+            chart
+                .configure_mesh()
+                .x_desc(&self.x_label)
+                .y_desc(&self.y_label)
+                .x_label_formatter(&tick)
+                .y_label_formatter(&|v| format!("{v:.0e}"))
+                .draw()
+                .map_err(draw_err)?;
             draw_series(&mut chart, &self.series)
         } else {
             let mut chart = builder.build_cartesian_2d(x0..x1, y0..y1).map_err(draw_err)?;
-            chart.configure_mesh().x_desc(&self.x_label).y_desc(&self.y_label).draw().map_err(draw_err)?;
+            chart.configure_mesh().x_desc(&self.x_label).y_desc(&self.y_label).x_label_formatter(&tick).y_label_formatter(&tick).draw().map_err(draw_err)?;
             draw_series(&mut chart, &self.series)
         }
     }
+}
+
+/// A short axis label: `500` rather than `500.0`, `0.25`, `1e-6`.
+fn tick_label(v: f64) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
+    if !(1e-3..1e6).contains(&v.abs()) {
+        return format!("{v:.0e}");
+    }
+    let s = format!("{v:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 fn draw_series<'a, X, Y>(chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>, series: &[Series]) -> Result<()>
@@ -227,7 +264,8 @@ where
     Y: Ranged<ValueType = f64>,
 {
     for (i, s) in series.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
+        // Data points are black, so they never share a colour with a line.
+        let color = if matches!(s.mark, Mark::Points) { BLACK } else { PALETTE[i % PALETTE.len()] };
         let drawn = match s.mark {
             Mark::Line => chart.draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2))),
             Mark::Dashed => chart.draw_series(DashedLineSeries::new(s.points.clone(), 6, 4, color.stroke_width(2))),
@@ -287,6 +325,15 @@ impl BarChart {
     pub fn with_size(mut self, width: u32, height: u32) -> Self {
         self.size = (width, height);
         self
+    }
+
+    /// A figure of one probability chart per named image, `columns` to a row.
+    pub fn probability_panels(model: &Classifier, images: &[(&str, Tensor)], columns: usize, title: &str) -> Result<Figure> {
+        let mut figure = Figure::new(title, columns);
+        for (name, image) in images {
+            figure = figure.add(BarChart::probabilities(model, image, *name)?.with_size(340, 230));
+        }
+        Ok(figure)
     }
 
     /// Writes the chart as SVG.
@@ -416,6 +463,69 @@ impl Chart for Figure {
     }
 }
 
+/// Loss and target-class probability for each step of a crafting history (the images after each
+/// step), side by side; step 0 is the original.
+pub fn crafting_progress(model: &Classifier, original: &Tensor, history: &[Tensor], target: u32) -> Result<Figure> {
+    crate::grad::check_class(target)?;
+    let mut images = vec![original.clone()];
+    images.extend(history.iter().cloned());
+    let batch = Tensor::cat(&images, 0)?;
+    let logits = model.logits(&batch)?;
+    let log_p = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?.narrow(1, target as usize, 1)?.flatten_all()?.to_vec1::<f32>()?;
+    let loss: Vec<(f64, f64)> = log_p.iter().enumerate().map(|(i, &l)| (i as f64, -l as f64)).collect();
+    let prob: Vec<(f64, f64)> = log_p.iter().enumerate().map(|(i, &l)| (i as f64, l.exp() as f64)).collect();
+    Ok(Figure::new(format!("Gradient descent on the input, toward class {target}"), 3)
+        .add(LinePlot::new("loss E = -log p(target)").labels("step", "loss").line("loss", loss).with_size(480, 340))
+        .add(LinePlot::new(format!("p({target})")).labels("step", "probability").y_range(0.0, 1.0).line(format!("p({target})"), prob).with_size(480, 340)))
+}
+
+/// A small table of numbers, shown as HTML in a notebook (plain text elsewhere).
+#[derive(Clone, Debug)]
+pub struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// An empty table with these column headers.
+    pub fn new(headers: &[&str]) -> Self {
+        Table { headers: headers.iter().map(|h| h.to_string()).collect(), rows: vec![] }
+    }
+
+    /// Adds a row of already formatted cells.
+    pub fn row(mut self, cells: Vec<String>) -> Self {
+        self.rows.push(cells);
+        self
+    }
+
+    /// Shows the table in a notebook cell.
+    pub fn evcxr_display(&self) {
+        let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;");
+        let head: String = self.headers.iter().map(|h| format!("<th>{}</th>", esc(h))).collect();
+        let body: String = self
+            .rows
+            .iter()
+            .map(|r| format!("<tr>{}</tr>", r.iter().map(|c| format!("<td style=\"text-align:right\">{}</td>", esc(c))).collect::<String>()))
+            .collect();
+        emit("text/html", &format!("<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"));
+        emit("text/plain", &self.to_string());
+    }
+}
+
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let widths: Vec<usize> = (0..self.headers.len())
+            .map(|i| self.rows.iter().filter_map(|r| r.get(i)).map(|c| c.len()).chain([self.headers[i].len()]).max().unwrap_or(0))
+            .collect();
+        let line = |cells: &[String]| cells.iter().zip(&widths).map(|(c, w)| format!("{c:>w$}")).collect::<Vec<_>>().join("  ");
+        writeln!(f, "{}", line(&self.headers))?;
+        for r in &self.rows {
+            writeln!(f, "{}", line(r))?;
+        }
+        Ok(())
+    }
+}
+
 /// How a grid cell's values map to colours.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Shade {
@@ -487,6 +597,17 @@ impl ImageGrid {
                 Some(&l) if l as usize != p.class => grid.flagged(&image, format!("{caption} true {}", names[l as usize]))?,
                 _ => grid.image(&image, caption)?,
             };
+        }
+        Ok(grid)
+    }
+
+    /// Named images, each captioned with its name and the model's answer and confidence.
+    pub fn named_predictions(model: &Classifier, images: &[(&str, Tensor)], columns: usize) -> Result<Self> {
+        let names = model.class_names();
+        let mut grid = ImageGrid::new("What the model answers", columns);
+        for (name, image) in images {
+            let p = model.predict(image)?[0];
+            grid = grid.image(image, format!("{name}: {} ({:.0}%)", names[p.class], p.confidence * 100.0))?;
         }
         Ok(grid)
     }

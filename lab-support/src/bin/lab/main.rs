@@ -4,10 +4,12 @@
 //!   (evcxr_jupyter) into that venv only, warms evcxr's build cache and starts JupyterLab.
 //! - `cargo lab test` runs the crate's tests and executes every notebook headless, failing on
 //!   any error or panic text, since evcxr reports those as successful cells.
+//! - `cargo lab student` writes the student notebooks from the solutions.
 //! - `cargo lab train` regenerates `data/models/lab-cnn.safetensors`.
 
 mod notebooks;
 mod setup;
+mod student;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -43,6 +45,12 @@ enum Command {
         #[arg(long)]
         notebook: Option<String>,
     },
+    /// Write the student notebooks (notebooks/*.ipynb) from notebooks/solutions/.
+    Student {
+        /// Overwrite student notebooks even if their code was edited since they were generated.
+        #[arg(long)]
+        force: bool,
+    },
     /// Retrain the shipped digit model and update data/models/ and data/SHA256SUMS.
     Train {
         #[arg(long, default_value_t = lab_support::train::TrainConfig::default().epochs)]
@@ -63,6 +71,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Up { no_browser, port, setup_only } => setup::up(no_browser, port, setup_only),
         Command::Test { notebook } => notebooks::test(notebook.as_deref()),
+        Command::Student { force } => student::run(force),
         Command::Train { epochs, seed } => train(epochs, seed),
     };
     match outcome {

@@ -190,7 +190,8 @@ fn write_kernel(paths: &Paths, evcxr: &Path, n: usize, total: usize) -> CliResul
         "display_name": "Rust (lab)",
         "language": "rust",
         "interrupt_mode": "message",
-        "env": { "EVCXR_CONFIG_DIR": config },
+        // A panic in a cell (a `todo!()` not yet written) shows its message, not a backtrace.
+        "env": { "EVCXR_CONFIG_DIR": config, "RUST_BACKTRACE": "0" },
     });
     let text = serde_json::to_string_pretty(&kernel).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("kernel.json"), text).map_err(|e| format!("{}: {e}", dir.display()))

@@ -1,0 +1,589 @@
+//! Instant checks for the notebooks' TODO cells.
+//!
+//! Each check runs your function on fixed inputs, compares it with the reference implementation
+//! (and, for gradients, with finite differences), and answers with one line: a pass, or a fail
+//! that says what was expected, what came back and the most likely cause. A check never panics
+//! on a wrong answer, and a function still holding `todo!()` gets a friendly reminder instead of a
+//! crash; the kernel keeps all its variables.
+//!
+//! ```
+//! use lab_support::prelude::*;
+//! fn step(x: &Tensor, grad: &Tensor, step_size: f64) -> Result<Tensor> {
+//!     clamp_pixels(&(x - (grad * step_size)?)?)
+//! }
+//! assert!(check::descent_step(step).passed());
+//! # Ok::<(), LabError>(())
+//! ```
+
+use crate::approx::{log2_points, Mlp};
+use crate::data::mnist;
+use crate::error::{LabError, Result};
+use crate::grad::{clamp_pixels, input_gradient, project_linf, Objective};
+use crate::model::Classifier;
+use crate::train::SeededRng;
+use candle_core::{DType, Tensor, Var, D};
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// The outcome of calling a student's function.
+pub enum StudentCall<T> {
+    /// It returned (maybe an `Err`).
+    Returned(T),
+    /// It hit a `todo!()`; the message is the todo's text.
+    Todo(String),
+    /// It panicked for another reason.
+    Panicked(String),
+}
+
+/// Calls `f`, catching a panic without printing it: a `todo!()` or a bug in a student's code
+/// must not crash the check that runs it.
+pub fn call_student<T>(f: impl FnOnce() -> T) -> StudentCall<T> {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let outcome = catch_unwind(AssertUnwindSafe(f));
+    std::panic::set_hook(previous);
+    match outcome {
+        Ok(v) => StudentCall::Returned(v),
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic without a message".into());
+            match msg.strip_prefix("not yet implemented") {
+                Some(rest) => StudentCall::Todo(rest.trim_start_matches(':').trim().to_string()),
+                None => StudentCall::Panicked(msg),
+            }
+        }
+    }
+}
+
+/// What a check concluded. In a notebook it shows as one line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    /// Which TODO it checks, such as "TODO 1 (input gradient)".
+    pub todo: &'static str,
+    pub outcome: Outcome,
+    pub message: String,
+}
+
+/// Pass, fail, or not written yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Pass,
+    Fail,
+    NotDone,
+}
+
+impl Verdict {
+    fn pass(todo: &'static str, message: impl Into<String>) -> Self {
+        Verdict { todo, outcome: Outcome::Pass, message: message.into() }
+    }
+
+    fn fail(todo: &'static str, expected: impl fmt::Display, got: impl fmt::Display, cause: impl fmt::Display) -> Self {
+        Verdict { todo, outcome: Outcome::Fail, message: format!("expected {expected}, got {got}. Likely cause: {cause}") }
+    }
+
+    /// True if the check passed.
+    pub fn passed(&self) -> bool {
+        self.outcome == Outcome::Pass
+    }
+
+    /// Shows the verdict in a notebook cell (coloured in HTML, one plain line otherwise).
+    pub fn evcxr_display(&self) {
+        let color = match self.outcome {
+            Outcome::Pass => "#1a7f37",
+            Outcome::Fail => "#cf222e",
+            Outcome::NotDone => "#9a6700",
+        };
+        let html = format!(
+            "<div style=\"border-left:4px solid {color};padding:4px 10px;font-family:sans-serif\"><b style=\"color:{color}\">{}</b> {}</div>",
+            escape_html(&self.headline()),
+            escape_html(&self.message)
+        );
+        println!("EVCXR_BEGIN_CONTENT text/html\n{html}\nEVCXR_END_CONTENT");
+        println!("EVCXR_BEGIN_CONTENT text/plain\n{self}\nEVCXR_END_CONTENT");
+    }
+
+    fn headline(&self) -> String {
+        match self.outcome {
+            Outcome::Pass => format!("PASS · {}:", self.todo),
+            Outcome::Fail => format!("FAIL · {}:", self.todo),
+            Outcome::NotDone => format!("NOT DONE · {}:", self.todo),
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.headline(), self.message)
+    }
+}
+
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// Runs a student's function and turns a todo, a panic or an `Err` into a verdict.
+fn run_student<T>(todo: &'static str, f: impl FnOnce() -> Result<T>) -> std::result::Result<T, Verdict> {
+    match call_student(f) {
+        StudentCall::Returned(Ok(v)) => Ok(v),
+        StudentCall::Returned(Err(e)) => Err(Verdict::fail(todo, "a value", format!("an error: {e}"), cause_of_error(&e.to_string()))),
+        StudentCall::Todo(msg) => Err(Verdict {
+            todo,
+            outcome: Outcome::NotDone,
+            message: format!("replace the `todo!()` with your code{}, run that cell, then run this check again.", if msg.is_empty() { String::new() } else { format!(" ({msg})") }),
+        }),
+        StudentCall::Panicked(msg) => Err(Verdict::fail(todo, "a value", format!("a panic: {msg}"), cause_of_error(&msg))),
+    }
+}
+
+fn cause_of_error(msg: &str) -> &'static str {
+    if msg.contains("None") || msg.contains("no gradient") {
+        "the gradient is None: it did not reach your input. Make the input a `Var` (`Var::from_tensor`) and ask `grads.get(x.as_tensor())`; and compute the loss from logits with log-softmax or cross-entropy, because `softmax_last_dim` has no backward pass"
+    } else if msg.contains("shape") {
+        "a shape mismatch: keep the batch shape [1, 1, 28, 28] all the way through"
+    } else if msg.contains("dtype") {
+        "a dtype mismatch: class indices are u32, pixels f32"
+    } else {
+        "read the error above; the reference steps are in the notebook's text"
+    }
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F32)?.to_scalar::<f32>()?)
+}
+
+fn max_abs(a: &Tensor) -> Result<f32> {
+    Ok(a.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F32)?.to_scalar::<f32>()?)
+}
+
+fn dot(a: &Tensor, b: &Tensor) -> Result<f64> {
+    Ok((a.flatten_all()?.to_dtype(DType::F64)? * b.flatten_all()?.to_dtype(DType::F64)?)?.sum_all()?.to_scalar::<f64>()?)
+}
+
+/// Cosine similarity of two tensors, and the ratio of their lengths.
+fn compare(got: &Tensor, want: &Tensor) -> Result<(f64, f64)> {
+    let (gg, ww, gw) = (dot(got, got)?, dot(want, want)?, dot(got, want)?);
+    Ok((gw / (gg.sqrt() * ww.sqrt()).max(1e-30), (gg / ww.max(1e-30)).sqrt()))
+}
+
+fn check_checks(verdict: std::result::Result<Verdict, LabError>, todo: &'static str) -> Verdict {
+    verdict.unwrap_or_else(|e| Verdict { todo, outcome: Outcome::Fail, message: format!("the check itself could not run: {e}") })
+}
+
+/// Notebook 01, TODO: one gradient-descent step on an [`Mlp`]'s weights,
+/// `fn train_step(mlp: &Mlp, xs: &Tensor, ys: &Tensor, lr: f64) -> Result<f32>`, returning the
+/// loss before the step.
+pub fn train_step<F>(f: F) -> Verdict
+where
+    F: Fn(&Mlp, &Tensor, &Tensor, f64) -> Result<f32>,
+{
+    const TODO: &str = "TODO (training step)";
+    check_checks(
+        (|| {
+            let (xs, ys) = log2_points()?;
+            let lr = 0.01;
+            let student = Mlp::new(8, 42)?;
+            let reference = student.deep_clone()?;
+            let before = student.snapshot()?;
+            let got_loss = match run_student(TODO, || f(&student, &xs, &ys, lr)) {
+                Ok(l) => l,
+                Err(v) => return Ok(v),
+            };
+            let want_loss = reference.reference_step(&xs, &ys, lr)?;
+            let after = student.snapshot()?;
+            let want = reference.snapshot()?;
+            let (mut moved, mut worst, mut dot_sw, mut dot_ww, mut dot_ss) = (0f32, 0f32, 0f64, 0f64, 0f64);
+            for ((b, a), w) in before.iter().zip(&after).zip(&want) {
+                moved = moved.max(max_abs_diff(a, b)?);
+                worst = worst.max(max_abs_diff(a, w)?);
+                let (ds, dw) = ((a - b)?, (w - b)?);
+                (dot_sw, dot_ww, dot_ss) = (dot_sw + dot(&ds, &dw)?, dot_ww + dot(&dw, &dw)?, dot_ss + dot(&ds, &ds)?);
+            }
+            let scale = dot_sw / dot_ww.max(1e-30);
+            let cos = dot_sw / (dot_ss.sqrt() * dot_ww.sqrt()).max(1e-30);
+            if moved == 0.0 {
+                return Ok(Verdict::fail(TODO, "every weight to move by -lr * dE/dw", "weights that did not change", "the new values were never written back: use `var.set(&new_value)?` for each var in `mlp.vars()`"));
+            }
+            if worst > 1e-5 {
+                let cause = if cos < -0.99 {
+                    "the sign is flipped: moving *with* the gradient (w + lr * g) climbs the loss; step against it, w - lr * g".to_string()
+                } else if cos > 0.99 {
+                    format!("the step is {scale:.3} times the right size: multiply the gradient by exactly lr")
+                } else {
+                    "the update is not -lr * dE/dw for every weight: take the gradient of the mean squared error and update all six vars".into()
+                };
+                return Ok(Verdict::fail(TODO, "the weights after one step of w - lr * dE/dw", format!("weights off by up to {worst:.2e}"), cause));
+            }
+            if (got_loss - want_loss).abs() > 1e-4 * want_loss.abs().max(1.0) {
+                return Ok(Verdict::fail(TODO, format!("the loss before the step, {want_loss:.5}"), format!("{got_loss:.5}"), "return the mean squared error computed before updating the weights"));
+            }
+            Ok(Verdict::pass(TODO, format!("your step moves every weight by -lr * dE/dw (loss {got_loss:.4} matches the reference).")))
+        })(),
+        TODO,
+    )
+}
+
+/// The digits and targets the gradient checks use: test digits #0 and #1 toward other classes.
+fn probe_inputs() -> Result<Vec<(Tensor, u32)>> {
+    let test = mnist::test()?;
+    let mut out = Vec::new();
+    for (i, shift) in [(0usize, 3u32), (1, 5)] {
+        let (x, label) = test.get(i)?;
+        out.push((x, (label + shift) % 10));
+    }
+    Ok(out)
+}
+
+/// Notebook 03, TODO 1: the gradient of the cross-entropy toward `target` with respect to the
+/// input, `fn input_grad(model: &Classifier, x: &Tensor, target: u32) -> Result<Tensor>`.
+pub fn input_grad<F>(f: F) -> Verdict
+where
+    F: Fn(&Classifier, &Tensor, u32) -> Result<Tensor>,
+{
+    const TODO: &str = "TODO 1 (input gradient)";
+    check_checks(
+        (|| {
+            let model = Classifier::pretrained()?;
+            let model64 = model.to_dtype(DType::F64)?;
+            for (x, target) in probe_inputs()? {
+                let got = match run_student(TODO, || f(&model, &x, target)) {
+                    Ok(g) => g,
+                    Err(v) => return Ok(v),
+                };
+                if got.dims() != x.dims() {
+                    return Ok(Verdict::fail(TODO, format!("a gradient of shape {:?}, like the image", x.dims()), format!("shape {:?}", got.dims()), "return grads.get(x.as_tensor()), the gradient for the input itself"));
+                }
+                if let Err(e) = crate::data::check_finite(&got, "your gradient") {
+                    return Ok(Verdict::fail(TODO, "finite numbers", e.to_string(), "a log of 0: take log-softmax of the logits instead of the log of probabilities"));
+                }
+                let want = input_gradient(&model, &x, &Objective::targeted(target, 1)?)?.grad;
+                if max_abs(&got)? == 0.0 {
+                    return Ok(Verdict::fail(TODO, "a non-zero gradient", "all zeros", "the loss does not depend on x: it was computed from a detached tensor or from argmax"));
+                }
+                let (cos, ratio) = compare(&got, &want)?;
+                if cos < -0.99 {
+                    return Ok(Verdict::fail(TODO, "dE/dx for E = cross-entropy toward the target", "the same gradient with the opposite sign", "the sign is flipped: E = -log p_target (you took +log p_target, or the loss away from the target)"));
+                }
+                // Compare with the gradient of the classic mistake: cross-entropy of probabilities.
+                let xv = Var::from_tensor(&x)?;
+                let probs = candle_nn::ops::softmax(&model.forward(xv.as_tensor())?, D::Minus1)?;
+                let wrong = Objective::targeted(target, 1)?.loss(&probs)?.backward()?;
+                if let Some(w) = wrong.get(xv.as_tensor()) {
+                    if compare(&got, w)?.0 > 0.999 && cos < 0.99 {
+                        return Ok(Verdict::fail(TODO, "the gradient of the loss of the logits", "the gradient of the loss of the probabilities", "the step used probabilities instead of logits: cross-entropy already applies log-softmax, so pass it the logits"));
+                    }
+                }
+                if cos < 0.999 || (ratio - 1.0).abs() > 1e-3 {
+                    return Ok(Verdict::fail(TODO, "the reference gradient", format!("a gradient with cosine {cos:.4} and length ratio {ratio:.4} to it"), "a different loss: use E = cross_entropy(logits, target), summed (or averaged, for one image) over the batch"));
+                }
+                // Finite differences along a random direction, in f64.
+                let d = SeededRng::new(5).uniform_tensor(x.dims(), -1.0, 1.0)?.to_dtype(DType::F64)?;
+                let x64 = x.to_dtype(DType::F64)?;
+                let loss_at = |t: &Tensor| -> Result<f64> {
+                    Ok(Objective::targeted(target, 1)?.loss(&model64.forward(t)?)?.to_scalar::<f64>()?)
+                };
+                // h far below the pooling tie-breaker (1e-6), so the differences never straddle
+                // one of the loss's kinks.
+                let h = 1e-8;
+                let numeric = (loss_at(&(&x64 + (&d * h)?)?)? - loss_at(&(&x64 - (&d * h)?)?)?) / (2.0 * h);
+                let analytic = dot(&got, &d)?;
+                if (numeric - analytic).abs() > 1e-2 * numeric.abs().max(1e-3) {
+                    return Ok(Verdict::fail(TODO, format!("a directional derivative of {numeric:.5} (finite differences)"), format!("{analytic:.5} from your gradient"), "the gradient does not match the loss's slope: check which loss you differentiate"));
+                }
+            }
+            Ok(Verdict::pass(TODO, "your gradient matches the reference and finite differences (within 1%) on two digits."))
+        })(),
+        TODO,
+    )
+}
+
+/// Notebook 03, TODO 2: one descent step on the input,
+/// `fn descent_step(x: &Tensor, grad: &Tensor, step_size: f64) -> Result<Tensor>`: move against
+/// the gradient and keep pixels in [0, 1].
+pub fn descent_step<F>(f: F) -> Verdict
+where
+    F: Fn(&Tensor, &Tensor, f64) -> Result<Tensor>,
+{
+    const TODO: &str = "TODO 2 (descent step)";
+    check_checks(
+        (|| {
+            let (x, _) = mnist::test()?.get(0)?;
+            let grad = SeededRng::new(9).uniform_tensor(x.dims(), -1.0, 1.0)?;
+            let step = 0.3;
+            let got = match run_student(TODO, || f(&x, &grad, step)) {
+                Ok(g) => g,
+                Err(v) => return Ok(v),
+            };
+            if got.dims() != x.dims() {
+                return Ok(Verdict::fail(TODO, format!("an image of shape {:?}", x.dims()), format!("shape {:?}", got.dims()), "return the whole updated image"));
+            }
+            let want = clamp_pixels(&(&x - (&grad * step)?)?)?;
+            if max_abs_diff(&got, &want)? < 1e-6 {
+                return Ok(Verdict::pass(TODO, "x - step_size * grad, clamped to [0, 1]."));
+            }
+            let (lo, hi) = (got.min_all()?.to_scalar::<f32>()?, got.max_all()?.to_scalar::<f32>()?);
+            let candidates = [
+                (clamp_pixels(&(&x + (&grad * step)?)?)?, "the sign is flipped: x + step_size * grad climbs the loss; descend with x - step_size * grad"),
+                ((&x - (&grad * step)?)?, "the values were not clamped: pixels must stay in [0, 1] (`clamp_pixels` or `.clamp(0f32, 1f32)`)"),
+                ((&x + (&grad * step)?)?, "the sign is flipped and the values were not clamped"),
+                (clamp_pixels(&(&x - (grad.sign()? * step)?)?)?, "you stepped along the sign of the gradient (FGSM's step); here move by step_size times the gradient itself"),
+                (clamp_pixels(&(&x - &grad)?)?, "step_size was not used: multiply the gradient by step_size"),
+            ];
+            for (candidate, cause) in candidates {
+                if max_abs_diff(&got, &candidate)? < 1e-6 {
+                    return Ok(Verdict::fail(TODO, "x - step_size * grad, clamped to [0, 1]", format!("values in [{lo:.3}, {hi:.3}]"), cause));
+                }
+            }
+            Ok(Verdict::fail(TODO, "x - step_size * grad, clamped to [0, 1]", format!("pixels off by up to {:.3}", max_abs_diff(&got, &want)?), "compute x - step_size * grad, then clamp to [0, 1]"))
+        })(),
+        TODO,
+    )
+}
+
+/// Notebook 03, TODO 3: the crafting loop,
+/// `fn craft(model: &Classifier, original: &Tensor, target: u32, eps: f32, steps: usize, step_size: f64) -> Result<Vec<Tensor>>`,
+/// returning the image after each step.
+pub fn craft<F>(f: F) -> Verdict
+where
+    F: Fn(&Classifier, &Tensor, u32, f32, usize, f64) -> Result<Vec<Tensor>>,
+{
+    const TODO: &str = "TODO 3 (crafting loop)";
+    check_checks(
+        (|| {
+            let model = Classifier::pretrained()?;
+            let (x, label) = mnist::test()?.get(0)?;
+            let (target, eps, steps, step_size) = ((label + 1) % 10, 0.15f32, 30usize, 0.02);
+            let history = match run_student(TODO, || f(&model, &x, target, eps, steps, step_size)) {
+                Ok(h) => h,
+                Err(v) => return Ok(v),
+            };
+            if history.len() != steps && history.len() != steps + 1 {
+                return Ok(Verdict::fail(TODO, format!("{steps} images, one per step"), format!("{}", history.len()), "push the image into the history once per step"));
+            }
+            for (i, img) in history.iter().enumerate() {
+                if img.dims() != x.dims() {
+                    return Ok(Verdict::fail(TODO, format!("images of shape {:?}", x.dims()), format!("shape {:?} at step {i}", img.dims()), "keep the batch shape through the loop"));
+                }
+                let moved = max_abs_diff(img, &x)?;
+                if moved > eps + 1e-5 {
+                    return Ok(Verdict::fail(TODO, format!("no pixel moved more than eps = {eps}"), format!("a pixel moved {moved:.3} at step {i}"), "eps was broken: after each step, project back with `project_linf(&x, original, eps)` (clamp x - original to [-eps, eps])"));
+                }
+                let (lo, hi) = (img.min_all()?.to_scalar::<f32>()?, img.max_all()?.to_scalar::<f32>()?);
+                if lo < 0.0 || hi > 1.0 {
+                    return Ok(Verdict::fail(TODO, "pixels in [0, 1]", format!("pixels in [{lo:.3}, {hi:.3}] at step {i}"), "the values were not clamped: clamp to [0, 1] after projecting"));
+                }
+            }
+            let p = |img: &Tensor| -> Result<f32> { Ok(model.probabilities(img)?.get(0)?.get(target as usize)?.to_scalar::<f32>()?) };
+            let (p0, p1) = (p(&x)?, p(history.last().unwrap_or(&x))?);
+            let want = reference_craft(&model, &x, target, eps, steps, step_size)?;
+            let pw = p(want.last().unwrap_or(&x))?;
+            if p1 <= p0 {
+                return Ok(Verdict::fail(TODO, format!("p(target) to rise from {p0:.4}"), format!("{p1:.4}"), "the loop moves the wrong way: step against the gradient of the loss toward the target"));
+            }
+            if p1 < 0.5 * pw {
+                return Ok(Verdict::fail(TODO, format!("p(target) near the reference's {pw:.3} after {steps} steps"), format!("{p1:.3}"), "the steps are too small or not repeated: each step needs a fresh gradient at the current image"));
+            }
+            Ok(Verdict::pass(TODO, format!("after {steps} steps p({target}) rose from {p0:.4} to {p1:.3} (reference {pw:.3}), within eps and [0, 1].")))
+        })(),
+        TODO,
+    )
+}
+
+/// The reference crafting loop: gradient steps toward `target`, projected onto the eps-ball and
+/// into [0, 1] after each; returns the image after each step.
+pub fn reference_craft(model: &Classifier, original: &Tensor, target: u32, eps: f32, steps: usize, step_size: f64) -> Result<Vec<Tensor>> {
+    let objective = Objective::targeted(target, original.dim(0)?)?;
+    let mut x = original.clone();
+    let mut history = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let g = input_gradient(model, &x, &objective)?.grad;
+        x = clamp_pixels(&project_linf(&(&x - (g * step_size)?)?, original, eps)?)?;
+        history.push(x.clone());
+    }
+    Ok(history)
+}
+
+/// The challenge of notebook 03: turn one test digit into another class with at least 90%
+/// confidence, no pixel moving more than `eps`.
+#[derive(Clone, Debug)]
+pub struct Challenge {
+    /// The digit to change, `(1, 1, 28, 28)`.
+    pub original: Tensor,
+    pub index: usize,
+    pub label: u32,
+    pub target: u32,
+    pub eps: f32,
+    pub min_confidence: f32,
+}
+
+impl Challenge {
+    /// The lab's challenge. See the notebook for how eps was chosen.
+    pub fn new() -> Result<Self> {
+        let index = CHALLENGE_INDEX;
+        let (original, label) = mnist::test()?.get(index)?;
+        Ok(Challenge { original, index, label, target: CHALLENGE_TARGET, eps: CHALLENGE_EPS, min_confidence: 0.9 })
+    }
+
+    /// Shows the digit and the task.
+    pub fn evcxr_display(&self) {
+        let grid = crate::plot::ImageGrid::new(
+            format!("Challenge: make this {} read as a {} (>= {:.0}%), eps = {}", self.label, self.target, self.min_confidence * 100.0, self.eps),
+            1,
+        )
+        .image(&self.original, format!("test digit #{}", self.index));
+        match grid {
+            Ok(g) => g.evcxr_display(),
+            Err(e) => println!("{e}"),
+        }
+    }
+}
+
+/// Test digit used for the challenge, and its target; eps from the measurement in the notebook.
+pub const CHALLENGE_INDEX: usize = 1;
+pub const CHALLENGE_TARGET: u32 = 8;
+pub const CHALLENGE_EPS: f32 = 0.2;
+
+/// Notebook 03, TODO 4: checks the challenge by predicting again.
+/// `f` is `fn solve(model: &Classifier, challenge: &Challenge) -> Result<Tensor>`.
+pub fn challenge<F>(f: F) -> Verdict
+where
+    F: Fn(&Classifier, &Challenge) -> Result<Tensor>,
+{
+    const TODO: &str = "TODO 4 (the challenge)";
+    check_checks(
+        (|| {
+            let model = Classifier::pretrained()?;
+            let c = Challenge::new()?;
+            let adv = match run_student(TODO, || f(&model, &c)) {
+                Ok(a) => a,
+                Err(v) => return Ok(v),
+            };
+            Ok(judge_challenge(&model, &c, &adv))
+        })(),
+        TODO,
+    )
+}
+
+/// The challenge's rules, applied to an image.
+pub fn judge_challenge(model: &Classifier, c: &Challenge, adv: &Tensor) -> Verdict {
+    const TODO: &str = "TODO 4 (the challenge)";
+    check_checks(
+        (|| {
+            if adv.dims() != c.original.dims() {
+                return Ok(Verdict::fail(TODO, format!("an image of shape {:?}", c.original.dims()), format!("shape {:?}", adv.dims()), "return one image, like challenge.original"));
+            }
+            crate::data::check_finite(adv, "your image")?;
+            let (lo, hi) = (adv.min_all()?.to_scalar::<f32>()?, adv.max_all()?.to_scalar::<f32>()?);
+            if lo < 0.0 || hi > 1.0 {
+                return Ok(Verdict::fail(TODO, "pixels in [0, 1]", format!("[{lo:.3}, {hi:.3}]"), "the values were not clamped"));
+            }
+            let moved = max_abs_diff(adv, &c.original)?;
+            if moved > c.eps + 1e-6 {
+                return Ok(Verdict::fail(TODO, format!("no pixel moved more than eps = {}", c.eps), format!("a pixel moved {moved:.4}"), "eps was broken: project onto the eps-ball after every step"));
+            }
+            let p = model.predict(adv)?[0];
+            let target_p = model.probabilities(adv)?.get(0)?.get(c.target as usize)?.to_scalar::<f32>()?;
+            if p.class != c.target as usize || target_p < c.min_confidence {
+                return Ok(Verdict::fail(
+                    TODO,
+                    format!("the model to say {} with >= {:.0}%", c.target, c.min_confidence * 100.0),
+                    format!("{} with {:.1}% (p({}) = {:.1}%)", p.class, p.confidence * 100.0, c.target, target_p * 100.0),
+                    "not there yet: more steps, a larger step size early on, or a step along the gradient's sign use the budget better",
+                ));
+            }
+            Ok(Verdict::pass(TODO, format!("the model now reads a {} with {:.1}% confidence; largest pixel change {moved:.3} <= eps {}.", c.target, target_p * 100.0, c.eps)))
+        })(),
+        TODO,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grad::per_image_linf;
+
+    fn reference_grad(model: &Classifier, x: &Tensor, target: u32) -> Result<Tensor> {
+        Ok(input_gradient(model, x, &Objective::targeted(target, 1)?)?.grad)
+    }
+
+    fn assert_fails_with(v: Verdict, cause: &str) {
+        assert_eq!(v.outcome, Outcome::Fail, "{v}");
+        assert!(v.message.contains(cause), "expected the cause `{cause}` in: {v}");
+    }
+
+    #[test]
+    fn train_step_check_passes_the_reference_and_names_typical_mistakes() {
+        assert!(train_step(Mlp::reference_step).passed());
+        let flipped = |mlp: &Mlp, xs: &Tensor, ys: &Tensor, lr: f64| mlp.reference_step(xs, ys, -lr);
+        assert_fails_with(train_step(flipped), "sign is flipped");
+        let forgot_set = |mlp: &Mlp, xs: &Tensor, ys: &Tensor, _lr: f64| -> Result<f32> { Ok(mlp.loss(xs, ys)?.to_scalar::<f32>()?) };
+        assert_fails_with(train_step(forgot_set), "never written back");
+        let doubled = |mlp: &Mlp, xs: &Tensor, ys: &Tensor, lr: f64| mlp.reference_step(xs, ys, 2.0 * lr);
+        assert_fails_with(train_step(doubled), "times the right size");
+    }
+
+    #[test]
+    fn input_grad_check_passes_the_reference_and_names_typical_mistakes() {
+        assert!(input_grad(reference_grad).passed());
+        let flipped = |m: &Classifier, x: &Tensor, t: u32| Ok(reference_grad(m, x, t)?.neg()?);
+        assert_fails_with(input_grad(flipped), "sign is flipped");
+        let on_probabilities = |m: &Classifier, x: &Tensor, t: u32| -> Result<Tensor> {
+            let xv = Var::from_tensor(x)?;
+            let probs = candle_nn::ops::softmax(&m.forward(xv.as_tensor())?, D::Minus1)?;
+            let loss = candle_nn::loss::cross_entropy(&probs, &Tensor::new(&[t], x.device())?)?;
+            Ok(loss.backward()?.get(xv.as_tensor()).cloned().unwrap())
+        };
+        assert_fails_with(input_grad(on_probabilities), "probabilities instead of logits");
+        let via_softmax_last_dim = |m: &Classifier, x: &Tensor, t: u32| -> Result<Tensor> {
+            let xv = Var::from_tensor(x)?;
+            let probs = candle_nn::ops::softmax_last_dim(&m.forward(xv.as_tensor())?)?;
+            let loss = probs.narrow(1, t as usize, 1)?.log()?.neg()?.sum_all()?;
+            Ok(loss.backward()?.get(xv.as_tensor()).cloned().unwrap())
+        };
+        assert_fails_with(input_grad(via_softmax_last_dim), "softmax_last_dim");
+        let unfinished = |_: &Classifier, _: &Tensor, _: u32| -> Result<Tensor> { todo!("TODO 1") };
+        let v = input_grad(unfinished);
+        assert_eq!(v.outcome, Outcome::NotDone, "{v}");
+        assert!(v.to_string().contains("todo!()"), "{v}");
+    }
+
+    #[test]
+    fn descent_step_check_passes_the_reference_and_names_typical_mistakes() {
+        assert!(descent_step(|x: &Tensor, g: &Tensor, s: f64| clamp_pixels(&(x - (g * s)?)?)).passed());
+        assert_fails_with(descent_step(|x: &Tensor, g: &Tensor, s: f64| Ok((x - (g * s)?)?)), "not clamped");
+        assert_fails_with(descent_step(|x: &Tensor, g: &Tensor, s: f64| clamp_pixels(&(x + (g * s)?)?)), "sign is flipped");
+        assert_fails_with(descent_step(|x: &Tensor, g: &Tensor, s: f64| clamp_pixels(&(x - (g.sign()? * s)?)?)), "FGSM");
+    }
+
+    #[test]
+    fn craft_check_passes_the_reference_and_catches_a_broken_budget() {
+        assert!(craft(reference_craft).passed());
+        let no_projection = |m: &Classifier, x: &Tensor, t: u32, _eps: f32, steps: usize, s: f64| reference_craft(m, x, t, 10.0, steps, s);
+        assert_fails_with(craft(no_projection), "eps was broken");
+        let uphill = |m: &Classifier, x: &Tensor, t: u32, eps: f32, steps: usize, s: f64| reference_craft(m, x, t, eps, steps, -s);
+        assert_fails_with(craft(uphill), "wrong way");
+    }
+
+    #[test]
+    fn the_challenge_is_solvable_within_its_rules_by_the_loop() {
+        let model = Classifier::pretrained().unwrap();
+        let c = Challenge::new().unwrap();
+        let solution = |m: &Classifier, c: &Challenge| -> Result<Tensor> {
+            Ok(reference_craft(m, &c.original, c.target, c.eps, 200, 0.2)?.pop().unwrap())
+        };
+        let v = challenge(solution);
+        assert!(v.passed(), "{v}");
+        let adv = solution(&model, &c).unwrap();
+        let moved = per_image_linf(&(&adv - &c.original).unwrap()).unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(moved <= c.eps + 1e-6);
+        assert!(model.probabilities(&adv).unwrap().get(0).unwrap().get(c.target as usize).unwrap().to_scalar::<f32>().unwrap() >= 0.9);
+        // Not by luck: one FGSM step at the same eps does not get there.
+        let objective = Objective::targeted(c.target, 1).unwrap();
+        let one_step = crate::attack::fgsm(&model, &c.original, &objective, c.eps).unwrap().adversarial;
+        assert!(!judge_challenge(&model, &c, &one_step).passed());
+        // And doing nothing fails.
+        assert_fails_with(challenge(|_: &Classifier, c: &Challenge| Ok(c.original.clone())), "not there yet");
+    }
+}
