@@ -21,6 +21,9 @@ pub struct Report {
 /// (Anything on stderr counts too: evcxr prints a `?` error there as its bare message.)
 const BAD_TEXT: [&str; 5] = ["panicked at", "error[E", "FAIL", "NOT DONE", "thread '"];
 
+/// lab-support's displayable types.
+const FIGURES: [&str; 7] = ["LinePlot", "BarChart", "ImageGrid", "Figure", "Table", "Verdict", "Challenge"];
+
 /// `cargo lab test`.
 pub fn test(filter: Option<&str>) -> CliResult<()> {
     let paths = Paths::new();
@@ -223,6 +226,11 @@ pub fn check_outputs(nb: &Value, student: bool) -> Vec<String> {
             problems.push(format!("{label}: stderr: {}", line.trim()));
         }
         let text: String = outputs.iter().filter(|o| o["name"] != "stderr").map(output_text).collect();
+        // When evcxr cannot compile a call to `evcxr_display` for a cell's final value, it prints
+        // the value's Debug text instead of the figure, silently.
+        if let Some(kind) = FIGURES.iter().find(|f| text.trim_start().starts_with(&format!("{f} {{"))) {
+            problems.push(format!("{label}: shows a {kind} as Debug text instead of drawing it (evcxr fell back from evcxr_display; define the cell's new variables in an earlier cell)"));
+        }
         let allowed: &[&str] = if student { &["FAIL ·", "NOT DONE ·"] } else { &[] };
         for line in text.lines() {
             let bad = BAD_TEXT.iter().any(|b| line.contains(b)) && !allowed.iter().any(|a| line.contains(a));
@@ -252,4 +260,52 @@ pub fn output_text(out: &Value) -> String {
 fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nb(outputs: Value) -> Value {
+        json!({"cells": [{"cell_type": "code", "execution_count": 1, "source": "x", "outputs": outputs}]})
+    }
+
+    fn stream(name: &str, text: &str) -> Value {
+        json!({"output_type": "stream", "name": name, "text": text})
+    }
+
+    fn result(text: &str) -> Value {
+        json!({"output_type": "execute_result", "data": {"text/plain": text}})
+    }
+
+    #[test]
+    fn a_question_mark_error_on_stderr_fails_the_cell() {
+        // What evcxr prints for `Err(e)?`: the bare message on stderr, nothing else.
+        assert_eq!(check_outputs(&nb(json!([stream("stderr", "cannot read `x.png`\n")])), false).len(), 1);
+        assert!(check_outputs(&nb(json!([stream("stdout", "fine\n")])), false).is_empty());
+    }
+
+    #[test]
+    fn todo_panics_and_verdicts_pass_only_in_student_notebooks() {
+        let todo = json!([stream("stderr", "\n"), stream("stderr", "thread '<unnamed>' panicked at src/lib.rs:3:5:\n"), stream("stderr", "not yet implemented: write it\n")]);
+        assert!(check_outputs(&nb(todo.clone()), true).is_empty());
+        assert!(!check_outputs(&nb(todo), false).is_empty());
+        let other_panic = json!([stream("stderr", "thread '<unnamed>' panicked at src/lib.rs:3:5:\nindex out of bounds\n")]);
+        assert!(!check_outputs(&nb(other_panic), true).is_empty());
+        for verdict in ["FAIL · TODO 1 (x): expected a, got b", "NOT DONE · TODO 1 (x): replace the todo!()"] {
+            assert!(check_outputs(&nb(json!([result(verdict)])), true).is_empty());
+            assert!(!check_outputs(&nb(json!([result(verdict)])), false).is_empty());
+        }
+        assert!(check_outputs(&nb(json!([result("PASS · TODO 1 (x): ok")])), false).is_empty());
+    }
+
+    #[test]
+    fn compile_errors_and_figures_shown_as_debug_text_always_fail() {
+        let error = json!([{"output_type": "error", "ename": "Error", "evalue": "cannot find value `x`", "traceback": []}]);
+        assert!(!check_outputs(&nb(error), true).is_empty());
+        let debug = json!([result("LinePlot { title: \"t\", x_label: \"x\" }")]);
+        assert!(check_outputs(&nb(debug), true)[0].contains("Debug text"));
+        let unexecuted = json!({"cells": [{"cell_type": "code", "execution_count": null, "source": "let x = 1;", "outputs": []}]});
+        assert!(check_outputs(&unexecuted, true)[0].contains("not executed"));
+    }
 }

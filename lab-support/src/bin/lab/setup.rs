@@ -233,6 +233,10 @@ pub fn up(no_browser: bool, port: u16, setup_only: bool) -> CliResult<()> {
     if no_browser {
         cmd.arg("--no-browser");
     }
+    // Jupyter refuses to start as root (a container, a CI box) unless told that it is meant.
+    if output_of(Command::new("id").arg("-u")).is_some_and(|uid| uid.trim() == "0") {
+        cmd.arg("--allow-root");
+    }
     paths.jupyter_env(&mut cmd);
     println!("\nJupyterLab: http://127.0.0.1:{port}/lab?token={token}\n(stop it with Ctrl-C)\n");
     #[cfg(unix)]
