@@ -104,19 +104,6 @@ impl Dataset {
     pub fn label_vec(&self) -> Result<Vec<u32>> {
         Ok(self.labels.to_vec1::<u32>()?)
     }
-
-    /// The index of the first example of each class label in `wanted`, in that order.
-    pub fn first_of_each(&self, wanted: &[u32]) -> Result<Vec<usize>> {
-        let labels = self.label_vec()?;
-        wanted
-            .iter()
-            .map(|w| {
-                labels.iter().position(|l| l == w).ok_or_else(|| {
-                    LabError::invalid("class", w, format!("a class present in the set (0..{})", self.class_names.len()))
-                })
-            })
-            .collect()
-    }
 }
 
 /// MNIST handwritten digits (60,000 training and 10,000 test images).
