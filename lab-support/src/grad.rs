@@ -25,7 +25,7 @@
 use crate::data::check_batch;
 use crate::error::{LabError, Result};
 use crate::model::Classifier;
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Tensor, Var, D};
 
 /// What an attack wants the model to do, for each image of a batch.
 #[derive(Clone, Debug)]
@@ -205,6 +205,7 @@ pub fn noise_images(n: usize, seed: u64) -> Result<Tensor> {
 mod tests {
     use super::*;
     use crate::data::mnist;
+    use candle_core::Device;
 
     fn model() -> Classifier {
         Classifier::pretrained().expect("shipped model loads")
