@@ -168,7 +168,8 @@ fn compare(got: &Tensor, want: &Tensor) -> Result<(f64, f64)> {
     Ok((gw / (gg.sqrt() * ww.sqrt()).max(1e-30), (gg / ww.max(1e-30)).sqrt()))
 }
 
-fn check_checks(verdict: std::result::Result<Verdict, LabError>, todo: &'static str) -> Verdict {
+/// The verdict, or a FAIL that says the check itself could not run (a missing data file, say).
+fn verdict_or_check_error(verdict: std::result::Result<Verdict, LabError>, todo: &'static str) -> Verdict {
     verdict.unwrap_or_else(|e| Verdict { todo, outcome: Outcome::Fail, message: format!("the check itself could not run: {e}") })
 }
 
@@ -180,7 +181,7 @@ where
     F: Fn(&Mlp, &Tensor, &Tensor, f64) -> Result<f32>,
 {
     const TODO: &str = "TODO (training step)";
-    check_checks(
+    verdict_or_check_error(
         (|| {
             let (xs, ys) = log2_points()?;
             let lr = 0.01;
@@ -243,7 +244,7 @@ where
     F: Fn(&Classifier, &Tensor, u32) -> Result<Tensor>,
 {
     const TODO: &str = "TODO 1 (input gradient)";
-    check_checks(
+    verdict_or_check_error(
         (|| {
             let model = Classifier::pretrained()?;
             let model64 = model.to_dtype(DType::F64)?;
@@ -307,7 +308,7 @@ where
     F: Fn(&Tensor, &Tensor, f64) -> Result<Tensor>,
 {
     const TODO: &str = "TODO 2 (descent step)";
-    check_checks(
+    verdict_or_check_error(
         (|| {
             let (x, _) = mnist::test()?.get(0)?;
             let grad = SeededRng::new(9).uniform_tensor(x.dims(), -1.0, 1.0)?;
@@ -350,7 +351,7 @@ where
     F: Fn(&Classifier, &Tensor, u32, f32, usize, f64) -> Result<Vec<Tensor>>,
 {
     const TODO: &str = "TODO 3 (crafting loop)";
-    check_checks(
+    verdict_or_check_error(
         (|| {
             let model = Classifier::pretrained()?;
             let (x, label) = mnist::test()?.get(0)?;
@@ -452,7 +453,7 @@ where
     F: Fn(&Classifier, &Challenge) -> Result<Tensor>,
 {
     const TODO: &str = "TODO 4 (the challenge)";
-    check_checks(
+    verdict_or_check_error(
         (|| {
             let model = Classifier::pretrained()?;
             let c = Challenge::new()?;
@@ -469,7 +470,7 @@ where
 /// The challenge's rules, applied to an image.
 pub fn judge_challenge(model: &Classifier, c: &Challenge, adv: &Tensor) -> Verdict {
     const TODO: &str = "TODO 4 (the challenge)";
-    check_checks(
+    verdict_or_check_error(
         (|| {
             if adv.dims() != c.original.dims() {
                 return Ok(Verdict::fail(TODO, format!("an image of shape {:?}", c.original.dims()), format!("shape {:?}", adv.dims()), "return one image, like challenge.original"));
