@@ -218,8 +218,11 @@ pub fn check_outputs(nb: &Value, student: bool) -> Vec<String> {
             let text = format!("{}: {}", out["ename"].as_str().unwrap_or(""), out["evalue"].as_str().unwrap_or(""));
             problems.push(format!("{label}: error output: {}", last_lines(&text, 6)));
         }
-        // evcxr sends a panic or an error in several stderr pieces: judge them together.
+        // evcxr sends a panic in several stderr pieces, and the last pieces (the backtrace) can
+        // land in the next cell's outputs. In a student notebook, drop the panic's frame lines;
+        // what remains must be a todo!() message.
         let stderr: String = outputs.iter().filter(|o| o["name"] == "stderr").map(output_text).collect();
+        let stderr = if student { stderr.lines().filter(|l| !is_panic_frame(l)).collect::<Vec<_>>().join("\n") } else { stderr };
         let todo_panic = student && stderr.contains("not yet implemented");
         if !stderr.trim().is_empty() && !todo_panic {
             let line = stderr.lines().find(|l| !l.trim().is_empty() && !l.contains("panicked at")).unwrap_or("");
@@ -241,6 +244,17 @@ pub fn check_outputs(nb: &Value, student: bool) -> Vec<String> {
         }
     }
     problems
+}
+
+/// A line of a panic report other than its message: the header, the backtrace, its footnote.
+fn is_panic_frame(line: &str) -> bool {
+    let t = line.trim();
+    t.is_empty()
+        || (t.starts_with("thread '") && t.contains("panicked at"))
+        || t == "stack backtrace:"
+        || t.starts_with("at ")
+        || t.starts_with("note: Some details are omitted")
+        || t.split_once(": ").is_some_and(|(n, _)| n.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// The plain text of a stream or display output.
@@ -290,6 +304,10 @@ mod tests {
         let todo = json!([stream("stderr", "\n"), stream("stderr", "thread '<unnamed>' panicked at src/lib.rs:3:5:\n"), stream("stderr", "not yet implemented: write it\n")]);
         assert!(check_outputs(&nb(todo.clone()), true).is_empty());
         assert!(!check_outputs(&nb(todo), false).is_empty());
+        // The tail of a todo!() panic's backtrace, delivered into the next cell.
+        let tail = json!([stream("stderr", "   3: evcxr::runtime::Runtime::run_loop\n"), stream("stderr", "note: Some details are omitted, run with `RUST_BACKTRACE=full` for a verbose backtrace.\n")]);
+        assert!(check_outputs(&nb(tail.clone()), true).is_empty());
+        assert!(!check_outputs(&nb(tail), false).is_empty());
         let other_panic = json!([stream("stderr", "thread '<unnamed>' panicked at src/lib.rs:3:5:\nindex out of bounds\n")]);
         assert!(!check_outputs(&nb(other_panic), true).is_empty());
         for verdict in ["FAIL · TODO 1 (x): expected a, got b", "NOT DONE · TODO 1 (x): replace the todo!()"] {
