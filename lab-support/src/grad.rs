@@ -244,9 +244,8 @@ mod tests {
                 assert_eq!(l[0], label, "test digit {index} changed");
             }
             // A clean digit is mostly exact zeros, so max-pool windows hold exact ties, where the
-            // loss has a kink: central differences then average two one-sided slopes, and candle's
-            // max-pool backward passes the gradient to every tied entry. Small noise (unclamped,
-            // since clamping would bring the zeros back) moves the check off those kinks.
+            // loss has a kink: central differences then average two one-sided slopes. Small noise
+            // (unclamped, since clamping would bring the zeros back) moves the check off those kinks.
             let x = (x + uniform_noise(&[1, 1, 28, 28], 0.02, 11).unwrap()).unwrap();
             let x64 = x.to_dtype(DType::F64).unwrap();
             let g64 = input_gradient(&model64, &x64, &objective).unwrap().grad.flatten_all().unwrap().to_vec1::<f64>().unwrap();

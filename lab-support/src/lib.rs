@@ -3,7 +3,7 @@
 //! One module per concept: [`approx`] (the tiny approximator of Problem #1), [`check`] (the
 //! notebooks' instant checks), [`data`] (datasets and images), [`model`] (the digit CNN), [`train`]
 //! (gradient descent on the weights), [`grad`] (gradients with respect to the *input*),
-//! [`attack`] (FGSM, PGD and the seed's targeted descent), [`plot`] (figures that render inline in
+//! [`attack`] (FGSM, PGD and the seed's targeted descent), [`kernels`] (the fast CPU conv blocks), [`plot`] (figures that render inline in
 //! Jupyter). Notebooks start with:
 //!
 //! ```
@@ -16,6 +16,7 @@ pub mod check;
 pub mod data;
 pub mod error;
 pub mod grad;
+pub mod kernels;
 pub mod model;
 pub mod plot;
 pub mod train;

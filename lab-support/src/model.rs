@@ -124,14 +124,26 @@ impl Classifier {
     }
 
     /// The forward pass without input checks: for inner loops that already checked their input.
+    ///
+    /// On the CPU the conv blocks run as [`crate::kernels::conv_relu_pool`], whose backward pass
+    /// computes only the gradients that are needed; elsewhere, as [`Self::forward_reference`].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) {
+            return self.forward_reference(x);
+        }
+        self.forward_with(x, &|x, w, b| Ok(crate::kernels::conv_relu_pool(x, w, b)?))
+    }
+
+    /// The same network on plain candle ops (`conv2d`, relu, [`max_pool_2x2`]): slower, and the
+    /// yardstick the fast path is tested against.
+    pub fn forward_reference(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, &|x, w, b| max_pool_2x2(&x.conv2d(w, 0, 1, 1, 1)?.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?.relu()?))
+    }
+
+    fn forward_with(&self, x: &Tensor, conv_block: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
         let x = fresh_id(x)?;
         let p = |name: String| fresh_id(self.p(&name));
-        let conv = |x: &Tensor, layer: &str| -> Result<Tensor> {
-            let b = p(format!("{layer}.bias"))?;
-            let y = x.conv2d(&p(format!("{layer}.weight"))?, 0, 1, 1, 1)?;
-            max_pool_2x2(&y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?.relu()?)
-        };
+        let conv = |x: &Tensor, layer: &str| conv_block(x, &p(format!("{layer}.weight"))?, &p(format!("{layer}.bias"))?);
         let linear = |x: &Tensor, layer: &str| -> Result<Tensor> {
             Ok(x.matmul(&p(format!("{layer}.weight"))?.t()?)?.broadcast_add(&p(format!("{layer}.bias"))?)?)
         };
@@ -207,13 +219,14 @@ pub fn fresh_id(t: &Tensor) -> Result<Tensor> {
 ///
 /// Ties need care: a clean digit is mostly exact zeros, so whole windows hold equal values, and
 /// candle's max-reduction passes the full gradient to *every* tied entry, counting it up to four
-/// times. Offsets of -1e-6 per position make the first maximum win, as in PyTorch, at a cost of at
-/// most 3e-6 in any activation.
+/// times. Offsets of -1e-6 per position (-1e-13 in f64) make the first maximum win, as in PyTorch,
+/// at a cost of at most 3e-6 (3e-13) in any activation.
 pub fn max_pool_2x2(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let (h2, w2) = (h / 2, w / 2);
     let even = if h % 2 == 0 && w % 2 == 0 { x.clone() } else { x.narrow(2, 0, 2 * h2)?.narrow(3, 0, 2 * w2)?.contiguous()? };
-    let ties = Tensor::new(&[0f32, -1e-6, -2e-6, -3e-6], x.device())?.to_dtype(x.dtype())?.reshape((1, 1, 1, 2, 1, 2))?;
+    let tie = if x.dtype() == DType::F64 { 1e-13 } else { 1e-6 };
+    let ties = Tensor::new(&[0.0, -tie, -2.0 * tie, -3.0 * tie], x.device())?.to_dtype(x.dtype())?.reshape((1, 1, 1, 2, 1, 2))?;
     Ok(even.reshape((n, c, h2, 2, w2, 2))?.broadcast_add(&ties)?.max(5)?.max(3)?)
 }
 

@@ -6,7 +6,9 @@
 //!   any error or panic text, since evcxr reports those as successful cells.
 //! - `cargo lab student` writes the student notebooks from the solutions.
 //! - `cargo lab train` regenerates `data/models/lab-cnn.safetensors`.
+//! - `cargo lab bench` times the CNN's steps against PyTorch on the same weights.
 
+mod bench;
 mod notebooks;
 mod setup;
 mod student;
@@ -51,6 +53,8 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Time input-gradient, forward and training steps against PyTorch (installs torch into .venv/).
+    Bench,
     /// Retrain the shipped digit model and update data/models/ and data/SHA256SUMS.
     Train {
         #[arg(long, default_value_t = lab_support::train::TrainConfig::default().epochs)]
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
         Command::Test { notebook } => notebooks::test(notebook.as_deref()),
         Command::Student { force } => student::run(force),
         Command::Train { epochs, seed } => train(epochs, seed),
+        Command::Bench => bench::bench(),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

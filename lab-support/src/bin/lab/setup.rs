@@ -59,7 +59,7 @@ fn step(n: usize, total: usize, what: &str) {
     eprintln!("==> [{n}/{total}] {what}");
 }
 
-fn run(cmd: &mut Command, what: &str) -> CliResult<()> {
+pub fn run(cmd: &mut Command, what: &str) -> CliResult<()> {
     let status = cmd.status().map_err(|e| format!("{what}: could not start {:?}: {e}", cmd.get_program()))?;
     if !status.success() {
         return Err(format!("{what} failed ({status}); see the output above"));
@@ -92,7 +92,7 @@ fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
-fn ensure_venv(paths: &Paths, n: usize, total: usize) -> CliResult<()> {
+pub fn ensure_venv(paths: &Paths, n: usize, total: usize) -> CliResult<()> {
     let requirements = std::fs::read_to_string(paths.root.join(REQUIREMENTS)).map_err(|e| format!("{REQUIREMENTS}: {e}"))?;
     let stamp = paths.venv.join(".lab-requirements");
     if paths.venv_bin("python").exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&requirements) {

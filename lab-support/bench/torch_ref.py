@@ -1,0 +1,109 @@
+"""The PyTorch side of `cargo lab bench`: the lab CNN in PyTorch, timed and checked on request.
+
+`cargo lab bench` starts this script in the project venv and talks to it in JSON lines: one
+command per line on stdin, one answer per line on stdout. Weights and inputs come from the
+safetensors files the bench names, so both sides compute on the same numbers.
+"""
+
+import json
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+class LabCnn(nn.Module):
+    """lab-support's Classifier: conv3x3 1->32, relu, pool, conv3x3 32->64, relu, pool, fc, fc."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3)
+        self.conv2 = nn.Conv2d(32, 64, 3)
+        self.fc1 = nn.Linear(1600, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+def targeted_loss(logits, targets):
+    """The lab's targeted objective: -log p(target), summed over the batch."""
+    return -F.log_softmax(logits, dim=1).gather(1, targets[:, None]).sum()
+
+
+class Bench:
+    def __init__(self, weights, inputs):
+        state = load_file(weights)
+        self.frozen = LabCnn()
+        self.frozen.load_state_dict(state)
+        self.frozen.requires_grad_(False)
+        self.trained = LabCnn()
+        self.trained.load_state_dict(state)
+        self.opt = torch.optim.Adam(self.trained.parameters(), lr=1e-3)
+        data = load_file(inputs)
+        self.images = data["images"].float().contiguous()
+        self.targets = data["targets"].long()
+        self.labels = data["labels"].long()
+
+    def check(self, out):
+        x = self.images.clone().requires_grad_(True)
+        logits = self.frozen(x)
+        (grad,) = torch.autograd.grad(targeted_loss(logits, self.targets), x)
+        save_file({"logits": logits.detach().contiguous(), "grad": grad.contiguous()}, out)
+        return {}
+
+    def time(self, case, batch, iters):
+        step = getattr(self, case)
+        state = step(batch, None)
+        times = []
+        for _ in range(iters):
+            start = time.perf_counter()
+            state = step(batch, state)
+            times.append((time.perf_counter() - start) * 1e3)
+        return {"ms": times}
+
+    def input_grad_step(self, batch, x):
+        if x is None:
+            return self.images[:batch].clone()
+        x = x.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(targeted_loss(self.frozen(x), self.targets[:batch]), x)
+        return (x - 0.01 * grad.sign()).clamp(0.0, 1.0).detach()
+
+    def forward(self, batch, _):
+        with torch.no_grad():
+            return self.frozen(self.images[:batch])
+
+    def train_step(self, batch, _):
+        self.opt.zero_grad()
+        loss = F.cross_entropy(self.trained(self.images[:batch]), self.labels[:batch])
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
+
+def main():
+    bench = None
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        try:
+            if cmd["cmd"] == "load":
+                bench = Bench(cmd["weights"], cmd["inputs"])
+                answer = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+            elif cmd["cmd"] == "check":
+                answer = bench.check(cmd["out"])
+            elif cmd["cmd"] == "time":
+                answer = bench.time(cmd["case"], cmd["batch"], cmd["iters"])
+            else:
+                answer = {"error": f"unknown command {cmd['cmd']!r}"}
+        except Exception as e:  # the bench prints it and stops
+            answer = {"error": f"{type(e).__name__}: {e}"}
+        print(json.dumps(answer), flush=True)
+
+
+if __name__ == "__main__":
+    main()

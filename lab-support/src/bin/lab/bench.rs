@@ -1,0 +1,227 @@
+//! `cargo lab bench`: lab-support's CNN steps timed side by side with PyTorch on the CPU.
+//!
+//! Both sides load the shipped weights and the same 100 test digits. The PyTorch side is
+//! `lab-support/bench/torch_ref.py`, run in the project venv, where the bench installs torch the
+//! first time (students never need it). Before timing, the bench checks that both sides compute
+//! the same logits and input gradients, and stops if they do not: a fast wrong answer counts for
+//! nothing. Then, for each case, it warms both sides up and alternates blocks of steps between
+//! them, so that the machine's load drifts onto both alike, and compares medians.
+
+use crate::setup::{ensure_venv, run, Paths};
+use crate::CliResult;
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use lab_support::data::{data_dir, mnist};
+use lab_support::grad::{clamp_pixels, input_gradient, Objective};
+use lab_support::model::{Classifier, WEIGHTS_FILE};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Instant;
+
+const REQUIREMENTS: &str = "lab-support/bench/requirements-bench.txt";
+const SCRIPT: &str = "lab-support/bench/torch_ref.py";
+/// Digits both sides compute on.
+const IMAGES: usize = 100;
+/// Alternating rounds per case, after one warm-up round.
+const ROUNDS: usize = 5;
+/// Largest |lab - torch| of a logit, and of the input gradient relative to its largest entry.
+const LOGIT_TOLERANCE: f32 = 1e-4;
+const GRAD_TOLERANCE: f32 = 1e-3;
+
+/// A timed case: its name, batch size and steps per block.
+struct Case {
+    name: &'static str,
+    batch: usize,
+    iters: usize,
+}
+
+const CASES: [Case; 4] = [
+    Case { name: "input_grad_step", batch: 1, iters: 200 },
+    Case { name: "input_grad_step", batch: 100, iters: 10 },
+    Case { name: "forward", batch: 100, iters: 20 },
+    Case { name: "train_step", batch: 64, iters: 10 },
+];
+
+/// The PyTorch process.
+struct Torch {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Torch {
+    fn start(paths: &Paths) -> CliResult<Self> {
+        let mut child = Command::new(paths.venv_bin("python"))
+            .arg(paths.root.join(SCRIPT))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("could not start {SCRIPT} with the venv's python: {e}"))?;
+        let (stdin, stdout) = (child.stdin.take(), child.stdout.take());
+        Ok(Torch { stdin: stdin.ok_or("no stdin for the PyTorch process")?, stdout: BufReader::new(stdout.ok_or("no stdout for the PyTorch process")?), child })
+    }
+
+    fn ask(&mut self, command: Value) -> CliResult<Value> {
+        writeln!(self.stdin, "{command}").map_err(|e| format!("the PyTorch process stopped listening: {e}"))?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).map_err(|e| format!("no answer from the PyTorch process: {e}"))?;
+        let answer: Value = serde_json::from_str(&line).map_err(|_| format!("the PyTorch process answered {line:?} to {command}; its error is above"))?;
+        match answer.get("error") {
+            Some(e) => Err(format!("PyTorch failed on {command}: {e}")),
+            None => Ok(answer),
+        }
+    }
+}
+
+impl Drop for Torch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Installs torch into the project venv unless it is there.
+fn ensure_torch(paths: &Paths) -> CliResult<()> {
+    ensure_venv(paths, 1, 2)?;
+    let have = Command::new(paths.venv_bin("python")).args(["-c", "import torch, safetensors"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if have {
+        eprintln!("==> [2/2] PyTorch in .venv/: ready");
+        return Ok(());
+    }
+    eprintln!("==> [2/2] Installing PyTorch into .venv/ for the bench only (a few GB with its CUDA libraries, 1-3 min, once)");
+    run(Command::new(paths.venv_bin("pip")).args(["install", "--disable-pip-version-check", "-q", "-r"]).arg(paths.root.join(REQUIREMENTS)), "pip install torch")
+}
+
+/// The shared inputs: 100 test digits, a target class for each (label + 1) and the labels.
+fn write_inputs(path: &Path) -> CliResult<(Tensor, Vec<u32>, Tensor)> {
+    let set = mnist::test().and_then(|s| s.take(IMAGES)).map_err(|e| e.to_string())?;
+    let labels = set.labels.to_dtype(DType::U32).and_then(|l| l.to_vec1::<u32>()).map_err(|e| e.to_string())?;
+    let targets: Vec<u32> = labels.iter().map(|l| (l + 1) % 10).collect();
+    let as_i64 = |v: &[u32]| Tensor::new(v.iter().map(|&c| c as i64).collect::<Vec<_>>(), &Device::Cpu);
+    let tensors: HashMap<String, Tensor> = [
+        ("images".to_string(), set.images.clone()),
+        ("targets".to_string(), as_i64(&targets).map_err(|e| e.to_string())?),
+        ("labels".to_string(), as_i64(&labels).map_err(|e| e.to_string())?),
+    ]
+    .into();
+    candle_core::safetensors::save(&tensors, path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((set.images, targets, set.labels))
+}
+
+/// Compares lab-support's logits and input gradients with PyTorch's on the same digits.
+fn check_agreement(torch: &mut Torch, model: &Classifier, images: &Tensor, targets: &[u32], dir: &Path) -> CliResult<String> {
+    let out = dir.join("torch-check.safetensors");
+    torch.ask(json!({"cmd": "check", "out": out}))?;
+    let theirs = candle_core::safetensors::load(&out, &Device::Cpu).map_err(|e| format!("{}: {e}", out.display()))?;
+    let ours = input_gradient(model, images, &Objective::Targeted(targets.to_vec())).map_err(|e| e.to_string())?;
+    let max_abs = |t: &Tensor| -> CliResult<f32> { t.abs().and_then(|a| a.flatten_all()?.max(0)?.to_scalar::<f32>()).map_err(|e| e.to_string()) };
+    let diff = |a: &Tensor, b: &Tensor| -> CliResult<f32> { max_abs(&(a - b).map_err(|e| e.to_string())?) };
+    let logit_diff = diff(&ours.logits, &theirs["logits"])?;
+    let grad_diff = diff(&ours.grad, &theirs["grad"])? / max_abs(&theirs["grad"])?;
+    let summary = format!(
+        "agreement with PyTorch on {IMAGES} digits: logits within {logit_diff:.1e} (tolerance {LOGIT_TOLERANCE:.0e}), \
+         input gradients within {grad_diff:.1e} of their largest entry (tolerance {GRAD_TOLERANCE:.0e})"
+    );
+    if !(logit_diff <= LOGIT_TOLERANCE && grad_diff <= GRAD_TOLERANCE) {
+        return Err(format!("lab-support and PyTorch disagree; {summary}. A fast wrong answer counts for nothing: fix the kernels first"));
+    }
+    Ok(summary)
+}
+
+/// lab-support's side of one case: per-step times in ms.
+fn time_lab(case: &Case, model: &Classifier, images: &Tensor, targets: &[u32], labels: &Tensor) -> lab_support::Result<Vec<f64>> {
+    let x0 = images.narrow(0, 0, case.batch)?;
+    let mut times = Vec::with_capacity(case.iters);
+    let mut timed = |mut step: Box<dyn FnMut() -> lab_support::Result<()> + '_>| -> lab_support::Result<()> {
+        step()?;
+        for _ in 0..case.iters {
+            let start = Instant::now();
+            step()?;
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(())
+    };
+    match case.name {
+        "input_grad_step" => {
+            let objective = Objective::Targeted(targets[..case.batch].to_vec());
+            let mut x = x0.clone();
+            timed(Box::new(move || {
+                let g = input_gradient(model, &x, &objective)?;
+                x = clamp_pixels(&(&x - (g.grad.sign()? * 0.01)?)?)?;
+                Ok(())
+            }))?;
+        }
+        "forward" => timed(Box::new(|| model.logits(&x0).map(drop)))?,
+        "train_step" => {
+            let vars: Vec<(String, Var)> = model.parameters().iter().map(|(k, t)| Ok((k.clone(), Var::from_tensor(t)?))).collect::<candle_core::Result<_>>()?;
+            let trained = Classifier::from_tensors(vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect())?;
+            let mut opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), ParamsAdamW { lr: 1e-3, weight_decay: 0.0, ..Default::default() })?;
+            let y = labels.narrow(0, 0, case.batch)?;
+            timed(Box::new(move || {
+                let loss = candle_nn::loss::cross_entropy(&trained.forward(&x0)?, &y)?;
+                opt.backward_step(&loss)?;
+                loss.to_scalar::<f32>()?;
+                Ok(())
+            }))?;
+        }
+        other => unreachable!("no lab side for case {other}"),
+    }
+    Ok(times)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+pub fn bench() -> CliResult<()> {
+    let paths = Paths::new();
+    ensure_torch(&paths)?;
+    let dir = paths.root.join("target/bench");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let inputs = dir.join("inputs.safetensors");
+    let (images, targets, labels) = write_inputs(&inputs)?;
+    let model = Classifier::pretrained().map_err(|e| e.to_string())?;
+    let mut torch = Torch::start(&paths)?;
+    let info = torch.ask(json!({"cmd": "load", "weights": data_dir().join(WEIGHTS_FILE), "inputs": inputs}))?;
+    eprintln!(
+        "lab-support on candle {} ({} threads) against PyTorch {} ({} threads), {} cores",
+        "0.11.1",
+        rayon::current_num_threads(),
+        info["torch"].as_str().unwrap_or("?"),
+        info["threads"],
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    eprintln!("{}", check_agreement(&mut torch, &model, &images, &targets, &dir)?);
+
+    let mut rows = Vec::new();
+    for case in &CASES {
+        let (mut lab, mut theirs) = (Vec::new(), Vec::new());
+        for round in 0..=ROUNDS {
+            let l = time_lab(case, &model, &images, &targets, &labels).map_err(|e| format!("{} (lab side): {e}", case.name))?;
+            let answer = torch.ask(json!({"cmd": "time", "case": case.name, "batch": case.batch, "iters": case.iters}))?;
+            let t: Vec<f64> = answer["ms"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+            if round > 0 {
+                lab.extend(l);
+                theirs.extend(t);
+            }
+        }
+        let (lab_ms, torch_ms) = (median(lab), median(theirs));
+        let row = json!({"case": case.name, "batch": case.batch, "lab_ms": round3(lab_ms), "torch_ms": round3(torch_ms), "ratio": round3(torch_ms / lab_ms)});
+        println!("{row}");
+        rows.push((case, lab_ms, torch_ms));
+    }
+    println!("\n| case | batch | lab-support ms | PyTorch ms | ratio (torch/lab) |\n| --- | --- | --- | --- | --- |");
+    for (case, lab_ms, torch_ms) in rows {
+        println!("| {} | {} | {lab_ms:.2} | {torch_ms:.2} | {:.2} |", case.name, case.batch, torch_ms / lab_ms);
+    }
+    Ok(())
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}

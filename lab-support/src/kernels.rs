@@ -1,0 +1,339 @@
+//! The fast path of the lab CNN on the CPU: each conv block (3x3 convolution, bias, relu, 2x2 max
+//! pooling) is one candle custom op with its own backward pass.
+//!
+//! Plain candle runs a conv block as five ops and its backward pass as many more, each allocating
+//! full-size tensors; the backward of `conv2d` alone costs several forward passes. Here one op
+//! does the block image by image on all cores: `im2col` plus one matrix product (the `gemm` crate
+//! candle itself uses) forward, and in the backward pass only what is asked for:
+//!
+//! - the input gradient, when the input takes part in autograd (an attack's `Var` image);
+//! - the weight and bias gradients, when the weights do (training), summed in a fixed order so a
+//!   seeded run gives the same weights bit for bit.
+//!
+//! Frozen weights (plain tensors) get no gradient, and a constant input (a training batch) gets
+//! none either. The op keeps the pooling choice of each window (one byte per output) for its
+//! backward pass; a window's first maximum wins, as in PyTorch.
+//!
+//! Nothing changes for the student: the input is still a `Var`, `backward()` still fills its
+//! gradient. [`crate::model::Classifier::forward_reference`] runs the same network on plain
+//! candle ops, and the tests compare the two.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// Images per partial sum of the weight gradient. Fixed (not the thread count) so the sum's order,
+/// and so its rounding, is the same on every run.
+const GROUP: usize = 8;
+
+/// 3x3 convolution (no padding, stride 1), plus bias, relu, then 2x2 max pooling with stride 2
+/// (an odd last row or column dropped), as one op.
+///
+/// `x` is `(N, C, H, W)`, `w` is `(O, C, 3, 3)`, `b` is `(O)`; the result is
+/// `(N, O, (H - 2) / 2, (W - 2) / 2)`. CPU only, f32 or f64.
+pub fn conv_relu_pool(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    let (_, c, h, wd) = x.dims4()?;
+    let (o, wc, kh, kw) = w.dims4()?;
+    if wc != c || kh != 3 || kw != 3 || b.dims() != [o] || h < 4 || wd < 4 {
+        candle_core::bail!(
+            "conv_relu_pool: input {:?}, weight {:?}, bias {:?} do not fit a 3x3 convolution of an image at least 4x4",
+            x.dims(),
+            w.dims(),
+            b.dims()
+        );
+    }
+    let op = ConvReluPool { argmax: Mutex::new(Vec::new()) };
+    x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op)
+}
+
+/// The sizes of one conv block.
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    /// Convolution output height and width.
+    ho: usize,
+    wo: usize,
+    /// Pooled height and width.
+    hp: usize,
+    wp: usize,
+}
+
+impl Geom {
+    fn new(x: &[usize], o: usize) -> Self {
+        let (n, c, h, w) = (x[0], x[1], x[2], x[3]);
+        let (ho, wo) = (h - 2, w - 2);
+        Geom { n, c, h, w, o, ho, wo, hp: ho / 2, wp: wo / 2 }
+    }
+    /// im2col rows: one per input channel and kernel position.
+    fn k(&self) -> usize {
+        self.c * 9
+    }
+    fn p(&self) -> usize {
+        self.ho * self.wo
+    }
+    fn pooled(&self) -> usize {
+        self.o * self.hp * self.wp
+    }
+    fn image(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    /// Where in the convolution output window `i` (`o * hp * wp` numbering) has its corner `pick`.
+    fn window(&self, i: usize, pick: u8) -> usize {
+        let (oc, rest) = (i / (self.hp * self.wp), i % (self.hp * self.wp));
+        let (py, px) = (rest / self.wp, rest % self.wp);
+        let (dy, dx) = ((pick >> 1) as usize, (pick & 1) as usize);
+        oc * self.p() + (2 * py + dy) * self.wo + 2 * px + dx
+    }
+    /// Inner `gemm` threads: the images already run in parallel unless there are too few.
+    fn parallelism(&self) -> Parallelism {
+        let threads = rayon::current_num_threads();
+        if self.n.div_ceil(GROUP) >= threads || threads == 1 {
+            Parallelism::None
+        } else {
+            Parallelism::Rayon(threads)
+        }
+    }
+}
+
+/// Element types the kernels run on.
+trait Float: WithDType {}
+impl Float for f32 {}
+impl Float for f64 {}
+
+struct ConvReluPool {
+    /// For each pooled output, which corner of its window was the maximum (0..4, row-major).
+    argmax: Mutex<Vec<u8>>,
+}
+
+/// `col` (K x P) holds, for each input channel and kernel offset, the shifted image.
+fn im2col<T: Copy>(x: &[T], g: &Geom, col: &mut [T]) {
+    let p = g.p();
+    for c in 0..g.c {
+        for ky in 0..3 {
+            for kx in 0..3 {
+                let row = &mut col[(c * 9 + ky * 3 + kx) * p..][..p];
+                for oy in 0..g.ho {
+                    let src = &x[c * g.h * g.w + (oy + ky) * g.w + kx..][..g.wo];
+                    row[oy * g.wo..][..g.wo].copy_from_slice(src);
+                }
+            }
+        }
+    }
+}
+
+/// The inverse scatter of [`im2col`]: adds each column entry back onto the pixel it came from.
+fn col2im<T: Float>(col: &[T], g: &Geom, x: &mut [T]) {
+    let p = g.p();
+    x.fill(T::from_f64(0.0));
+    for c in 0..g.c {
+        for ky in 0..3 {
+            for kx in 0..3 {
+                let row = &col[(c * 9 + ky * 3 + kx) * p..][..p];
+                for oy in 0..g.ho {
+                    let dst = &mut x[c * g.h * g.w + (oy + ky) * g.w + kx..][..g.wo];
+                    for (d, s) in dst.iter_mut().zip(&row[oy * g.wo..][..g.wo]) {
+                        *d += *s;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst (m x n) = [dst +] lhs (m x k) * rhs (k x n)`, each given with its row and column strides.
+#[allow(clippy::too_many_arguments)]
+fn matmul<T: Float>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    (dst_rs, dst_cs): (usize, usize),
+    accumulate: bool,
+    lhs: &[T],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[T],
+    (rhs_rs, rhs_cs): (usize, usize),
+    par: Parallelism,
+) {
+    let last = |rs: usize, cs: usize, rows: usize, cols: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(last(dst_rs, dst_cs, m, n) < dst.len() && last(lhs_rs, lhs_cs, m, k) < lhs.len() && last(rhs_rs, rhs_cs, k, n) < rhs.len());
+    let one = T::from_f64(1.0);
+    // SAFETY: the assert above keeps every access inside the three slices; `dst` is borrowed mutably.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            one,
+            one,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+fn forward<T: Float>(x: &[T], w: &[T], b: &[T], g: Geom) -> (Vec<T>, Vec<u8>) {
+    let (k, p, pooled) = (g.k(), g.p(), g.pooled());
+    let mut out = vec![T::from_f64(0.0); g.n * pooled];
+    let mut argmax = vec![0u8; g.n * pooled];
+    let par = g.parallelism();
+    let zero = T::from_f64(0.0);
+    out.par_chunks_mut(pooled).zip(argmax.par_chunks_mut(pooled)).enumerate().for_each_init(
+        || (vec![zero; k * p], vec![zero; g.o * p]),
+        |(col, pre), (i, (out, argmax))| {
+            im2col(&x[i * g.image()..][..g.image()], &g, col);
+            matmul((g.o, p, k), pre, (p, 1), false, w, (k, 1), col, (p, 1), par);
+            for (j, (out, am)) in out.iter_mut().zip(argmax.iter_mut()).enumerate() {
+                let (mut best, mut pick) = (pre[g.window(j, 0)], 0u8);
+                for corner in 1..4u8 {
+                    let v = pre[g.window(j, corner)];
+                    if v > best {
+                        (best, pick) = (v, corner);
+                    }
+                }
+                let v = best + b[j / (g.hp * g.wp)];
+                *out = if v > zero { v } else { zero };
+                *am = pick;
+            }
+        },
+    );
+    (out, argmax)
+}
+
+/// Gradients of the block: `(dx, dw, db)`, each only when asked for.
+#[allow(clippy::type_complexity)]
+fn backward<T: Float>(
+    x: &[T],
+    w: &[T],
+    res: &[T],
+    grad: &[T],
+    argmax: &[u8],
+    g: Geom,
+    (want_x, want_w): (bool, bool),
+) -> (Option<Vec<T>>, Option<(Vec<T>, Vec<T>)>) {
+    let (k, p, pooled) = (g.k(), g.p(), g.pooled());
+    let zero = T::from_f64(0.0);
+    let par = g.parallelism();
+    // Without an input gradient, `dx` is a placeholder with one entry per group of images.
+    let groups = g.n.div_ceil(GROUP);
+    let mut dx = vec![zero; if want_x { g.n * g.image() } else { groups }];
+    let chunk = if want_x { GROUP * g.image() } else { 1 };
+    // One (dw, db) partial sum per group of images, in group order.
+    let partials: Vec<(Vec<T>, Vec<T>)> = dx
+        .par_chunks_mut(chunk)
+        .enumerate()
+        .map(|(group, dx_group)| {
+            let (mut col, mut dpre, mut dcol) = (vec![zero; k * p], vec![zero; g.o * p], vec![zero; if want_x { k * p } else { 0 }]);
+            let mut dw = vec![zero; if want_w { g.o * k } else { 0 }];
+            let mut db = vec![zero; if want_w { g.o } else { 0 }];
+            for i in group * GROUP..((group + 1) * GROUP).min(g.n) {
+                dpre.fill(zero);
+                let at = i * pooled;
+                for j in 0..pooled {
+                    if res[at + j] > zero {
+                        let d = grad[at + j];
+                        dpre[g.window(j, argmax[at + j])] = d;
+                        if want_w {
+                            db[j / (g.hp * g.wp)] += d;
+                        }
+                    }
+                }
+                if want_x {
+                    // dcol (K x P) = w^T (K x O) * dpre (O x P)
+                    matmul((k, p, g.o), &mut dcol, (p, 1), false, w, (1, k), &dpre, (p, 1), par);
+                    col2im(&dcol, &g, &mut dx_group[(i - group * GROUP) * g.image()..][..g.image()]);
+                }
+                if want_w {
+                    // dw (O x K) += dpre (O x P) * col^T (P x K)
+                    im2col(&x[i * g.image()..][..g.image()], &g, &mut col);
+                    matmul((g.o, k, p), &mut dw, (k, 1), true, &dpre, (p, 1), &col, (1, p), par);
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    let dwb = want_w.then(|| {
+        let mut parts = partials.into_iter();
+        let (mut dw, mut db) = parts.next().unwrap_or_default();
+        for (pw, pb) in parts {
+            dw.iter_mut().zip(&pw).for_each(|(a, b)| *a += *b);
+            db.iter_mut().zip(&pb).for_each(|(a, b)| *a += *b);
+        }
+        (dw, db)
+    });
+    (want_x.then_some(dx), dwb)
+}
+
+fn slice<'a, T: Float>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
+    let (start, end) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("conv_relu_pool: a non-contiguous argument".into()))?;
+    Ok(&T::cpu_storage_as_slice(s)?[start..end])
+}
+
+fn to_vec<T: Float>(t: &Tensor) -> candle_core::Result<Vec<T>> {
+    t.flatten_all()?.to_vec1::<T>()
+}
+
+impl ConvReluPool {
+    fn fwd<T: Float>(&self, s: [(&CpuStorage, &Layout); 3]) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = Geom::new(s[0].1.dims(), s[1].1.dims()[0]);
+        let (out, argmax) = forward::<T>(slice(s[0].0, s[0].1)?, slice(s[1].0, s[1].1)?, slice(s[2].0, s[2].1)?, g);
+        *self.argmax.lock().map_err(|_| candle_core::Error::Msg("conv_relu_pool: poisoned lock".into()))? = argmax;
+        Ok((T::to_cpu_storage_owned(out), Shape::from((g.n, g.o, g.hp, g.wp))))
+    }
+
+    fn bwd_typed<T: Float>(&self, x: &Tensor, w: &Tensor, b: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = Geom::new(x.dims(), w.dim(0)?);
+        let want = (x.track_op(), w.track_op() || b.track_op());
+        if !want.0 && !want.1 {
+            return Ok((None, None, None));
+        }
+        let argmax = self.argmax.lock().map_err(|_| candle_core::Error::Msg("conv_relu_pool: poisoned lock".into()))?;
+        let xs = if want.1 { to_vec::<T>(x)? } else { Vec::new() };
+        let (dx, dwb) = backward(&xs, &to_vec::<T>(w)?, &to_vec::<T>(res)?, &to_vec::<T>(grad)?, &argmax, g, want);
+        let dx = dx.map(|d| Tensor::from_vec(d, x.shape(), x.device())).transpose()?;
+        let (dw, db) = match dwb {
+            Some((dw, db)) => (Some(Tensor::from_vec(dw, w.shape(), w.device())?), Some(Tensor::from_vec(db, b.shape(), b.device())?)),
+            None => (None, None),
+        };
+        Ok((dx, dw, db))
+    }
+}
+
+impl CustomOp3 for ConvReluPool {
+    fn name(&self) -> &'static str {
+        "conv-relu-pool"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let args = [(s1, l1), (s2, l2), (s3, l3)];
+        match (s1.dtype(), s2.dtype(), s3.dtype()) {
+            (DType::F32, DType::F32, DType::F32) => self.fwd::<f32>(args),
+            (DType::F64, DType::F64, DType::F64) => self.fwd::<f64>(args),
+            other => candle_core::bail!("conv_relu_pool runs on f32 or f64, all three alike; got {other:?}"),
+        }
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        match x.dtype() {
+            DType::F32 => self.bwd_typed::<f32>(x, w, b, res, grad),
+            DType::F64 => self.bwd_typed::<f64>(x, w, b, res, grad),
+            other => candle_core::bail!("conv_relu_pool runs on f32 or f64, got {other:?}"),
+        }
+    }
+}
