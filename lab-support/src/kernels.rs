@@ -48,6 +48,90 @@ pub fn conv_relu_pool(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result
     x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op)
 }
 
+/// `x w^T + b` for `x (N, in)`, `w (out, in)`, `b (out)`, as one op whose backward pass skips the
+/// weight gradient of frozen weights. CPU only, f32 or f64.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    let (_, inputs) = x.dims2()?;
+    let (outputs, w_in) = w.dims2()?;
+    if w_in != inputs || b.dims() != [outputs] {
+        candle_core::bail!("linear: input {:?}, weight {:?}, bias {:?} do not fit together", x.dims(), w.dims(), b.dims());
+    }
+    x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, Linear)
+}
+
+struct Linear;
+
+/// `gemm` threads for a product of `macs` multiply-adds: small ones stay on one thread.
+fn threads_for(macs: usize) -> Parallelism {
+    let threads = rayon::current_num_threads();
+    if threads > 1 && macs >= 1 << 20 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    }
+}
+
+impl Linear {
+    fn fwd<T: Float>(&self, s: [(&CpuStorage, &Layout); 3]) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (slice::<T>(s[0].0, s[0].1)?, slice::<T>(s[1].0, s[1].1)?, slice::<T>(s[2].0, s[2].1)?);
+        let (n, inputs, outputs) = (s[0].1.dims()[0], s[0].1.dims()[1], b.len());
+        let mut y: Vec<T> = b.iter().copied().cycle().take(n * outputs).collect();
+        if n > 0 {
+            // y (N x out) += x (N x in) * w^T (in x out)
+            matmul((n, outputs, inputs), &mut y, (outputs, 1), true, x, (inputs, 1), w, (1, inputs), threads_for(n * inputs * outputs));
+        }
+        Ok((T::to_cpu_storage_owned(y), Shape::from((n, outputs))))
+    }
+
+    fn bwd_typed<T: Float>(x: &Tensor, w: &Tensor, b: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let ((n, inputs), outputs) = (x.dims2()?, w.dim(0)?);
+        let g = to_vec::<T>(grad)?;
+        let par = threads_for(n * inputs * outputs);
+        let dx = if x.track_op() && n > 0 {
+            let mut dx = vec![T::from_f64(0.0); n * inputs];
+            // dx (N x in) = g (N x out) * w (out x in)
+            matmul((n, inputs, outputs), &mut dx, (inputs, 1), false, &g, (outputs, 1), &to_vec::<T>(w)?, (inputs, 1), par);
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?)
+        } else {
+            None
+        };
+        if !(w.track_op() || b.track_op()) || n == 0 {
+            return Ok((dx, None, None));
+        }
+        let mut dw = vec![T::from_f64(0.0); outputs * inputs];
+        // dw (out x in) = g^T (out x N) * x (N x in)
+        matmul((outputs, inputs, n), &mut dw, (inputs, 1), false, &g, (1, outputs), &to_vec::<T>(x)?, (inputs, 1), par);
+        let mut db = vec![T::from_f64(0.0); outputs];
+        for row in g.chunks(outputs) {
+            db.iter_mut().zip(row).for_each(|(d, v)| *d += *v);
+        }
+        Ok((dx, Some(Tensor::from_vec(dw, w.shape(), w.device())?), Some(Tensor::from_vec(db, b.shape(), b.device())?)))
+    }
+}
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let args = [(s1, l1), (s2, l2), (s3, l3)];
+        match (s1.dtype(), s2.dtype(), s3.dtype()) {
+            (DType::F32, DType::F32, DType::F32) => self.fwd::<f32>(args),
+            (DType::F64, DType::F64, DType::F64) => self.fwd::<f64>(args),
+            other => candle_core::bail!("linear runs on f32 or f64, all three alike; got {other:?}"),
+        }
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        match x.dtype() {
+            DType::F32 => Self::bwd_typed::<f32>(x, w, b, grad),
+            DType::F64 => Self::bwd_typed::<f64>(x, w, b, grad),
+            other => candle_core::bail!("linear runs on f32 or f64, got {other:?}"),
+        }
+    }
+}
+
 /// The sizes of one conv block.
 #[derive(Clone, Copy, Debug)]
 struct Geom {
@@ -83,17 +167,22 @@ impl Geom {
     fn image(&self) -> usize {
         self.c * self.h * self.w
     }
-    /// Where in the convolution output window `i` (`o * hp * wp` numbering) has its corner `pick`.
-    fn window(&self, i: usize, pick: u8) -> usize {
-        let (oc, rest) = (i / (self.hp * self.wp), i % (self.hp * self.wp));
-        let (py, px) = (rest / self.wp, rest % self.wp);
-        let (dy, dx) = ((pick >> 1) as usize, (pick & 1) as usize);
-        oc * self.p() + (2 * py + dy) * self.wo + 2 * px + dx
+    /// Where each pooling window (in `o * hp * wp` order) starts in the convolution output, and
+    /// the offsets of its four corners, row-major.
+    fn windows(&self) -> (Vec<usize>, [usize; 4]) {
+        let mut starts = Vec::with_capacity(self.pooled());
+        for oc in 0..self.o {
+            for py in 0..self.hp {
+                starts.extend((0..self.wp).map(|px| oc * self.p() + 2 * py * self.wo + 2 * px));
+            }
+        }
+        (starts, [0, 1, self.wo, self.wo + 1])
     }
-    /// Inner `gemm` threads: the images already run in parallel unless there are too few.
-    fn parallelism(&self) -> Parallelism {
+    /// Inner `gemm` threads when images go `group` at a time to the threads: none, unless there are
+    /// fewer groups than threads.
+    fn parallelism(&self, group: usize) -> Parallelism {
         let threads = rayon::current_num_threads();
-        if self.n.div_ceil(GROUP) >= threads || threads == 1 {
+        if self.n.div_ceil(group) >= threads || threads == 1 {
             Parallelism::None
         } else {
             Parallelism::Rayon(threads)
@@ -127,19 +216,20 @@ fn im2col<T: Copy>(x: &[T], g: &Geom, col: &mut [T]) {
     }
 }
 
-/// The inverse scatter of [`im2col`]: adds each column entry back onto the pixel it came from.
-fn col2im<T: Float>(col: &[T], g: &Geom, x: &mut [T]) {
-    let p = g.p();
+/// The input gradient of one image from the rows of `dcol_t` (P x K) marked in `touched`: each row
+/// holds the gradient of the 3x3 patch under one convolution output position.
+fn patches_to_image<T: Float>(dcol_t: &[T], touched: &[bool], g: &Geom, x: &mut [T]) {
+    let k = g.k();
     x.fill(T::from_f64(0.0));
-    for c in 0..g.c {
-        for ky in 0..3 {
-            for kx in 0..3 {
-                let row = &col[(c * 9 + ky * 3 + kx) * p..][..p];
-                for oy in 0..g.ho {
-                    let dst = &mut x[c * g.h * g.w + (oy + ky) * g.w + kx..][..g.wo];
-                    for (d, s) in dst.iter_mut().zip(&row[oy * g.wo..][..g.wo]) {
-                        *d += *s;
-                    }
+    for (pos, _) in touched.iter().enumerate().filter(|(_, &t)| t) {
+        let (oy, ox) = (pos / g.wo, pos % g.wo);
+        for c in 0..g.c {
+            let patch = &dcol_t[pos * k + c * 9..][..9];
+            let at = c * g.h * g.w + oy * g.w + ox;
+            for ky in 0..3 {
+                let dst = &mut x[at + ky * g.w..][..3];
+                for (d, s) in dst.iter_mut().zip(&patch[ky * 3..][..3]) {
+                    *d += *s;
                 }
             }
         }
@@ -192,22 +282,24 @@ fn forward<T: Float>(x: &[T], w: &[T], b: &[T], g: Geom) -> (Vec<T>, Vec<u8>) {
     let (k, p, pooled) = (g.k(), g.p(), g.pooled());
     let mut out = vec![T::from_f64(0.0); g.n * pooled];
     let mut argmax = vec![0u8; g.n * pooled];
-    let par = g.parallelism();
+    let par = g.parallelism(1);
     let zero = T::from_f64(0.0);
+    let (starts, corners) = g.windows();
+    let plane = g.hp * g.wp;
     out.par_chunks_mut(pooled).zip(argmax.par_chunks_mut(pooled)).enumerate().for_each_init(
         || (vec![zero; k * p], vec![zero; g.o * p]),
         |(col, pre), (i, (out, argmax))| {
             im2col(&x[i * g.image()..][..g.image()], &g, col);
             matmul((g.o, p, k), pre, (p, 1), false, w, (k, 1), col, (p, 1), par);
-            for (j, (out, am)) in out.iter_mut().zip(argmax.iter_mut()).enumerate() {
-                let (mut best, mut pick) = (pre[g.window(j, 0)], 0u8);
-                for corner in 1..4u8 {
-                    let v = pre[g.window(j, corner)];
-                    if v > best {
-                        (best, pick) = (v, corner);
+            for (j, ((out, am), &start)) in out.iter_mut().zip(argmax.iter_mut()).zip(&starts).enumerate() {
+                let window = &pre[start..];
+                let (mut best, mut pick) = (window[0], 0u8);
+                for (corner, &offset) in corners.iter().enumerate().skip(1) {
+                    if window[offset] > best {
+                        (best, pick) = (window[offset], corner as u8);
                     }
                 }
-                let v = best + b[j / (g.hp * g.wp)];
+                let v = best + b[j / plane];
                 *out = if v > zero { v } else { zero };
                 *am = pick;
             }
@@ -229,35 +321,52 @@ fn backward<T: Float>(
 ) -> (Option<Vec<T>>, Option<(Vec<T>, Vec<T>)>) {
     let (k, p, pooled) = (g.k(), g.p(), g.pooled());
     let zero = T::from_f64(0.0);
-    let par = g.parallelism();
+    // Weight gradients are summed over fixed groups of images; an input gradient alone is
+    // computed image by image, which spreads more evenly over the threads.
+    let group_size = if want_w { GROUP } else { 1 };
+    let par = g.parallelism(group_size);
+    let (starts, corners) = g.windows();
+    let plane = g.hp * g.wp;
     // Without an input gradient, `dx` is a placeholder with one entry per group of images.
-    let groups = g.n.div_ceil(GROUP);
+    let groups = g.n.div_ceil(group_size);
     let mut dx = vec![zero; if want_x { g.n * g.image() } else { groups }];
-    let chunk = if want_x { GROUP * g.image() } else { 1 };
+    let chunk = if want_x { group_size * g.image() } else { 1 };
     // One (dw, db) partial sum per group of images, in group order.
     let partials: Vec<(Vec<T>, Vec<T>)> = dx
         .par_chunks_mut(chunk)
         .enumerate()
         .map(|(group, dx_group)| {
-            let (mut col, mut dpre, mut dcol) = (vec![zero; k * p], vec![zero; g.o * p], vec![zero; if want_x { k * p } else { 0 }]);
+            let (mut col, mut dpre) = (vec![zero; if want_w { k * p } else { 0 }], vec![zero; if want_w { g.o * p } else { 0 }]);
+            let (mut dcol_t, mut touched) = (vec![zero; if want_x { p * k } else { 0 }], vec![false; p]);
             let mut dw = vec![zero; if want_w { g.o * k } else { 0 }];
             let mut db = vec![zero; if want_w { g.o } else { 0 }];
-            for i in group * GROUP..((group + 1) * GROUP).min(g.n) {
+            for i in group * group_size..((group + 1) * group_size).min(g.n) {
                 dpre.fill(zero);
+                dcol_t.fill(zero);
+                touched.fill(false);
                 let at = i * pooled;
-                for j in 0..pooled {
+                // The gradient reaches one corner of each window whose output passed the relu: at
+                // most a quarter of the convolution outputs, so the input gradient is built from
+                // those alone, one weight row per nonzero (dense, it would be w^T * dpre).
+                for (j, &start) in starts.iter().enumerate() {
                     if res[at + j] > zero {
-                        let d = grad[at + j];
-                        dpre[g.window(j, argmax[at + j])] = d;
+                        let (d, oc) = (grad[at + j], j / plane);
+                        let at_conv = start + corners[argmax[at + j] as usize];
                         if want_w {
-                            db[j / (g.hp * g.wp)] += d;
+                            dpre[at_conv] = d;
+                            db[oc] += d;
+                        }
+                        if want_x {
+                            let pos = at_conv - oc * p;
+                            touched[pos] = true;
+                            for (r, &wv) in dcol_t[pos * k..][..k].iter_mut().zip(&w[oc * k..][..k]) {
+                                *r += d * wv;
+                            }
                         }
                     }
                 }
                 if want_x {
-                    // dcol (K x P) = w^T (K x O) * dpre (O x P)
-                    matmul((k, p, g.o), &mut dcol, (p, 1), false, w, (1, k), &dpre, (p, 1), par);
-                    col2im(&dcol, &g, &mut dx_group[(i - group * GROUP) * g.image()..][..g.image()]);
+                    patches_to_image(&dcol_t, &touched, &g, &mut dx_group[(i - group * group_size) * g.image()..][..g.image()]);
                 }
                 if want_w {
                     // dw (O x K) += dpre (O x P) * col^T (P x K)

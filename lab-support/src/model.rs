@@ -44,6 +44,9 @@ pub const PARAMETERS: [(&str, &[usize]); 8] = [
     ("fc2.bias", &[10]),
 ];
 
+/// A layer of the network: input, weight, bias to output.
+type Layer = dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>;
+
 /// The lab CNN. Cheap to clone: tensors are shared.
 #[derive(Clone, Debug)]
 pub struct Classifier {
@@ -125,28 +128,31 @@ impl Classifier {
 
     /// The forward pass without input checks: for inner loops that already checked their input.
     ///
-    /// On the CPU the conv blocks run as [`crate::kernels::conv_relu_pool`], whose backward pass
-    /// computes only the gradients that are needed; elsewhere, as [`Self::forward_reference`].
+    /// On the CPU the layers run as [`crate::kernels::conv_relu_pool`] and [`crate::kernels::linear`],
+    /// whose backward passes compute only the gradients that are needed; elsewhere, as
+    /// [`Self::forward_reference`].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) {
             return self.forward_reference(x);
         }
-        self.forward_with(x, &|x, w, b| Ok(crate::kernels::conv_relu_pool(x, w, b)?))
+        self.forward_with(x, &|x, w, b| Ok(crate::kernels::conv_relu_pool(x, w, b)?), &|x, w, b| Ok(crate::kernels::linear(x, w, b)?))
     }
 
-    /// The same network on plain candle ops (`conv2d`, relu, [`max_pool_2x2`]): slower, and the
+    /// The same network on plain candle ops (`conv2d`, relu, [`max_pool_2x2`], `matmul`): slower, and the
     /// yardstick the fast path is tested against.
     pub fn forward_reference(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_with(x, &|x, w, b| max_pool_2x2(&x.conv2d(w, 0, 1, 1, 1)?.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?.relu()?))
+        self.forward_with(
+            x,
+            &|x, w, b| max_pool_2x2(&x.conv2d(w, 0, 1, 1, 1)?.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?.relu()?),
+            &|x, w, b| Ok(x.matmul(&w.t()?)?.broadcast_add(b)?),
+        )
     }
 
-    fn forward_with(&self, x: &Tensor, conv_block: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    fn forward_with(&self, x: &Tensor, conv_block: &Layer, linear_layer: &Layer) -> Result<Tensor> {
         let x = fresh_id(x)?;
         let p = |name: String| fresh_id(self.p(&name));
         let conv = |x: &Tensor, layer: &str| conv_block(x, &p(format!("{layer}.weight"))?, &p(format!("{layer}.bias"))?);
-        let linear = |x: &Tensor, layer: &str| -> Result<Tensor> {
-            Ok(x.matmul(&p(format!("{layer}.weight"))?.t()?)?.broadcast_add(&p(format!("{layer}.bias"))?)?)
-        };
+        let linear = |x: &Tensor, layer: &str| linear_layer(x, &p(format!("{layer}.weight"))?, &p(format!("{layer}.bias"))?);
         let h = conv(&conv(&x, "conv1")?, "conv2")?.flatten_from(1)?;
         linear(&linear(&h, "fc1")?.relu()?, "fc2")
     }
