@@ -16,7 +16,7 @@
 //! # Ok::<(), LabError>(())
 //! ```
 
-use crate::data::check_batch;
+use crate::data::{check_batch, Dataset};
 use crate::error::{LabError, Result};
 use crate::grad::{
     check_eps, clamp_pixels, input_gradient_unchecked, normalize_l2, per_image_l2, per_image_linf, project_l2,
@@ -166,6 +166,55 @@ pub fn pgd(model: &Classifier, images: &Tensor, objective: &Objective, config: &
     })?;
     result.adversarial = result.adversarial.detach();
     Ok(result)
+}
+
+/// One point of a robustness curve: the model's accuracy on a dataset attacked with budget `eps`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SweepPoint {
+    pub eps: f32,
+    /// Fraction of the set still classified correctly after the attack (clean accuracy at 0).
+    pub accuracy: f32,
+}
+
+/// The robustness curve of a whole dataset in one call: for each budget in `eps`, untargeted PGD
+/// (`PgdConfig::linf(eps)` or `PgdConfig::l2(eps)` with `steps` steps) on every image, and the
+/// accuracy that remains. Runs in batches of 500, so all 10,000 MNIST test digits fit in memory.
+///
+/// ```no_run
+/// use lab_support::prelude::*;
+/// let curve = epsilon_sweep(&Classifier::pretrained()?, &mnist::test()?, Norm::Linf, &[0.0, 0.1, 0.2, 0.3], 40)?;
+/// for p in &curve {
+///     println!("eps {:.2}: accuracy {:.3}", p.eps, p.accuracy);
+/// }
+/// # Ok::<(), LabError>(())
+/// ```
+pub fn epsilon_sweep(model: &Classifier, set: &Dataset, norm: Norm, eps: &[f32], steps: usize) -> Result<Vec<SweepPoint>> {
+    if set.is_empty() {
+        return Err(LabError::invalid("set", "an empty dataset", "at least one image"));
+    }
+    if steps == 0 {
+        return Err(LabError::invalid("steps", 0, "at least 1 step of PGD"));
+    }
+    eps.iter().try_for_each(|&e| check_eps(e))?;
+    let mut correct = vec![0usize; eps.len()];
+    for start in (0..set.len()).step_by(500) {
+        let part = set.slice(start, 500.min(set.len() - start))?;
+        let objective = Objective::untargeted(&part.labels)?;
+        for (count, &e) in correct.iter_mut().zip(eps) {
+            let attacked = if e == 0.0 {
+                part.images.clone()
+            } else {
+                let config = match norm {
+                    Norm::Linf => PgdConfig::linf(e),
+                    Norm::L2 => PgdConfig::l2(e),
+                };
+                pgd(model, &part.images, &objective, &PgdConfig { steps, ..config })?.adversarial
+            };
+            let predictions = model.predict(&attacked)?;
+            *count += predictions.iter().zip(objective.classes()).filter(|(p, &c)| p.class == c as usize).count();
+        }
+    }
+    Ok(eps.iter().zip(correct).map(|(&eps, c)| SweepPoint { eps, accuracy: c as f32 / set.len() as f32 }).collect())
 }
 
 fn run(

@@ -434,7 +434,14 @@ impl Challenge {
     /// Shows the digit and the task.
     pub fn evcxr_display(&self) {
         let grid = crate::plot::ImageGrid::new(
-            format!("Challenge: make this {} read as a {} (>= {:.0}%), eps = {}", self.label, self.target, self.min_confidence * 100.0, self.eps),
+            format!(
+                "Challenge: make this {} read as {} {} (>= {:.0}%), eps = {}",
+                self.label,
+                if self.target == 8 { "an" } else { "a" },
+                self.target,
+                self.min_confidence * 100.0,
+                self.eps
+            ),
             1,
         )
         .image(&self.original, format!("test digit #{}", self.index));

@@ -32,7 +32,7 @@ pub mod prelude {
     pub use crate::data::{fashion_mnist, load_drawing, load_image, mnist, photo, Dataset};
     pub use crate::error::{LabError, Result};
     pub use crate::approx::{log2_points, Mlp};
-    pub use crate::attack::{fgsm, pgd, targeted_descent, AttackResult, DescentConfig, Norm, PgdConfig, TraceStep};
+    pub use crate::attack::{epsilon_sweep, fgsm, pgd, targeted_descent, AttackResult, DescentConfig, Norm, PgdConfig, SweepPoint, TraceStep};
     pub use crate::grad::{clamp_pixels, input_gradient, noise_images, project_l2, project_linf, InputGradient, Objective};
     pub use crate::model::{Classifier, Prediction};
     pub use crate::plot::{crafting_progress, indexed, BarChart, Chart, Figure, ImageGrid, LinePlot, Table};

@@ -64,9 +64,13 @@ fn emit(mime: &str, content: &str) {
 }
 
 /// Shows a figure inline, or the reason it could not be drawn as plain text.
+///
+/// As HTML with the SVG inline, not as `image/svg+xml`: JupyterLab shows the latter as an `<img>`
+/// that it does not shrink to the notebook's width, so a wide figure was cut off on a laptop
+/// screen. Inline, the SVG scales down to fit (it has a `viewBox`).
 fn display_svg(svg: Result<String>) {
     match svg {
-        Ok(svg) => emit("image/svg+xml", &svg),
+        Ok(svg) => emit("text/html", &svg.replacen("<svg ", "<svg style=\"max-width:100%;height:auto\" ", 1)),
         Err(e) => emit("text/plain", &format!("error: {e}")),
     }
 }
@@ -439,8 +443,13 @@ impl Figure {
         display_svg(self.to_svg())
     }
 
+    /// The size of each chart's cell: the largest chart's, but narrower when that would make the
+    /// figure wider than about 960 px. A notebook shrinks a wider figure to its width, and the
+    /// text with it; a narrower cell keeps the text at its size.
     fn cell(&self) -> (u32, u32) {
-        self.charts.iter().map(|c| c.size()).fold((0, 0), |a, b| (a.0.max(b.0), a.1.max(b.1)))
+        let (w, h) = self.charts.iter().map(|c| c.size()).fold((0, 0), |a, b| (a.0.max(b.0), a.1.max(b.1)));
+        let cols = self.columns.min(self.charts.len()).max(1) as u32;
+        (w.min((960 / cols).max(320)), h)
     }
 }
 
@@ -647,7 +656,9 @@ impl ImageGrid {
         let cols = self.columns.min(self.cells.len()).max(1) as u32;
         let rows = self.cells.len().div_ceil(self.columns).max(1) as u32;
         let cell_w = (side + pad).max(150);
-        let (w, h) = (cols * cell_w + pad, title_h + rows * (side + caption_h + pad) + pad);
+        // Wide enough for the title too (a one-image grid is narrower than its title).
+        let title_w = ("sans-serif", 18).into_font().box_size(&self.title).map(|(w, _)| w).unwrap_or(10 * self.title.chars().count() as u32);
+        let (w, h) = ((cols * cell_w + pad).max(title_w + 2 * pad), title_h + rows * (side + caption_h + pad) + pad);
         let mut rgb = vec![255u8; (w * h * 3) as usize];
         {
             let area = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();

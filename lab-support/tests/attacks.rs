@@ -85,6 +85,19 @@ fn the_seeds_targeted_descent_turns_a_digit_into_the_target() {
 }
 
 #[test]
+fn epsilon_sweep_gives_a_falling_robustness_curve() {
+    let model = model();
+    let set = mnist::test().unwrap().slice(1000, 600).unwrap();
+    let curve = epsilon_sweep(&model, &set, Norm::Linf, &[0.0, 0.05, 0.15, 0.3], 10).unwrap();
+    let acc: Vec<f32> = curve.iter().map(|p| p.accuracy).collect();
+    assert_eq!(acc[0], model.accuracy(&set).unwrap(), "at eps 0 the curve starts at the clean accuracy");
+    assert!(acc.windows(2).all(|w| w[1] <= w[0]), "accuracy should fall as eps grows: {acc:?}");
+    assert!(acc[3] < 0.2, "PGD at 0.3 should leave little accuracy: {acc:?}");
+    assert!(epsilon_sweep(&model, &set, Norm::Linf, &[-0.1], 10).unwrap_err().to_string().contains("eps"));
+    assert!(epsilon_sweep(&model, &set, Norm::L2, &[1.0], 0).is_err());
+}
+
+#[test]
 fn attacks_reject_bad_budgets_and_targets() {
     let model = model();
     let (x, label) = mnist::test().unwrap().get(0).unwrap();

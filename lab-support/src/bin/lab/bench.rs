@@ -178,7 +178,21 @@ fn median(mut v: Vec<f64>) -> f64 {
     if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
-pub fn bench() -> CliResult<()> {
+/// The robustness curve of all 10,000 test digits under PGD-40, timed: one call, lab-support only.
+fn sweep(model: &Classifier) -> CliResult<()> {
+    use lab_support::attack::{epsilon_sweep, Norm};
+    let test = mnist::test().map_err(|e| e.to_string())?;
+    let eps = [0.0, 0.1, 0.2, 0.3];
+    eprintln!("PGD-40 L-inf sweep over {} test digits at eps {eps:?} ...", test.len());
+    let start = Instant::now();
+    let curve = epsilon_sweep(model, &test, Norm::Linf, &eps, 40).map_err(|e| e.to_string())?;
+    let seconds = start.elapsed().as_secs_f64();
+    let points: Vec<Value> = curve.iter().map(|p| json!({"eps": round3(p.eps as f64), "accuracy": (p.accuracy as f64 * 1e4).round() / 1e4})).collect();
+    println!("{}", json!({"case": "pgd40_linf_sweep", "images": test.len(), "lab_s": round3(seconds), "curve": points}));
+    Ok(())
+}
+
+pub fn bench(with_sweep: bool) -> CliResult<()> {
     let paths = Paths::new();
     ensure_torch(&paths)?;
     let dir = paths.root.join("target/bench");
@@ -218,6 +232,10 @@ pub fn bench() -> CliResult<()> {
     println!("\n| case | batch | lab-support ms | PyTorch ms | ratio (torch/lab) |\n| --- | --- | --- | --- | --- |");
     for (case, lab_ms, torch_ms) in rows {
         println!("| {} | {} | {lab_ms:.2} | {torch_ms:.2} | {:.2} |", case.name, case.batch, torch_ms / lab_ms);
+    }
+    drop(torch);
+    if with_sweep {
+        sweep(&model)?;
     }
     Ok(())
 }

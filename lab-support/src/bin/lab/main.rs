@@ -9,6 +9,7 @@
 //! - `cargo lab bench` times the CNN's steps against PyTorch on the same weights.
 
 mod bench;
+mod browser;
 mod notebooks;
 mod setup;
 mod student;
@@ -43,7 +44,8 @@ enum Command {
     },
     /// Run every test: lab-support's tests, then every notebook headless.
     Test {
-        /// Only execute notebooks whose file name contains this text (skips the crate's tests).
+        /// Only execute notebooks whose file name contains this text (skips the crate's tests;
+        /// `browser` runs the browser test alone).
         #[arg(long)]
         notebook: Option<String>,
     },
@@ -54,7 +56,11 @@ enum Command {
         force: bool,
     },
     /// Time input-gradient, forward and training steps against PyTorch (installs torch into .venv/).
-    Bench,
+    Bench {
+        /// Also time a PGD-40 robustness sweep over all 10,000 test digits (a few minutes).
+        #[arg(long)]
+        sweep: bool,
+    },
     /// Retrain the shipped digit model and update data/models/ and data/SHA256SUMS.
     Train {
         #[arg(long, default_value_t = lab_support::train::TrainConfig::default().epochs)]
@@ -77,7 +83,7 @@ fn main() -> ExitCode {
         Command::Test { notebook } => notebooks::test(notebook.as_deref()),
         Command::Student { force } => student::run(force),
         Command::Train { epochs, seed } => train(epochs, seed),
-        Command::Bench => bench::bench(),
+        Command::Bench { sweep } => bench::bench(sweep),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -55,6 +55,21 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
             failures.push(name);
         }
     }
+    if filter.is_none_or(|f| f == "browser") {
+        eprintln!("==> browser test: {} in JupyterLab, headless Chromium", "notebooks/solutions/03-adversarial.ipynb");
+        let report = crate::browser::test(&paths)?;
+        if report.problems.is_empty() {
+            eprintln!("    ok ({:.0} s); screenshot: {}", report.seconds, report.screenshot.display());
+            passed += 1;
+        } else {
+            eprintln!("    FAILED ({:.0} s); screenshot: {}", report.seconds, report.screenshot.display());
+            for p in &report.problems {
+                eprintln!("      {p}");
+            }
+            failed += 1;
+            failures.push("browser test".into());
+        }
+    }
     println!();
     if !failures.is_empty() {
         println!("failed: {}", failures.join(", "));
@@ -234,6 +249,14 @@ pub fn check_outputs(nb: &Value, student: bool) -> Vec<String> {
         if let Some(kind) = FIGURES.iter().find(|f| text.trim_start().starts_with(&format!("{f} {{"))) {
             problems.push(format!("{label}: shows a {kind} as Debug text instead of drawing it (evcxr fell back from evcxr_display; define the cell's new variables in an earlier cell)"));
         }
+        // evcxr merges everything a cell displays into one output; a notebook shows only the
+        // richest of its kinds, so a second figure in the same cell silently disappears.
+        for out in &outputs {
+            let kinds: Vec<&str> = ["text/html", "image/svg+xml", "image/png"].into_iter().filter(|k| !out["data"][*k].is_null()).collect();
+            if kinds.len() > 1 {
+                problems.push(format!("{label}: shows {} in one output, and a notebook draws only the first: give each figure its own cell", kinds.join(" and ")));
+            }
+        }
         let allowed: &[&str] = if student { &["FAIL ·", "NOT DONE ·"] } else { &[] };
         for line in text.lines() {
             let bad = BAD_TEXT.iter().any(|b| line.contains(b)) && !allowed.iter().any(|a| line.contains(a));
@@ -325,5 +348,13 @@ mod tests {
         assert!(check_outputs(&nb(debug), true)[0].contains("Debug text"));
         let unexecuted = json!({"cells": [{"cell_type": "code", "execution_count": null, "source": "let x = 1;", "outputs": []}]});
         assert!(check_outputs(&unexecuted, true)[0].contains("not executed"));
+    }
+
+    #[test]
+    fn two_figures_in_one_output_fail() {
+        let both = json!([{"output_type": "execute_result", "data": {"image/png": "iVBOR", "text/html": "<svg></svg>", "text/plain": ""}}]);
+        assert!(check_outputs(&nb(both), true)[0].contains("its own cell"));
+        let verdict = json!([{"output_type": "execute_result", "data": {"text/html": "<b>PASS</b>", "text/plain": "PASS"}}]);
+        assert!(check_outputs(&nb(verdict), false).is_empty());
     }
 }

@@ -67,7 +67,7 @@ pub fn run(cmd: &mut Command, what: &str) -> CliResult<()> {
     Ok(())
 }
 
-fn output_of(cmd: &mut Command) -> Option<String> {
+pub fn output_of(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }
@@ -194,7 +194,15 @@ fn write_kernel(paths: &Paths, evcxr: &Path, n: usize, total: usize) -> CliResul
         "env": { "EVCXR_CONFIG_DIR": config, "RUST_BACKTRACE": "0" },
     });
     let text = serde_json::to_string_pretty(&kernel).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("kernel.json"), text).map_err(|e| format!("{}: {e}", dir.display()))
+    std::fs::write(dir.join("kernel.json"), text).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // JupyterLab defaults for this venv only: a lab room is often offline, so no news prompt and
+    // no update check.
+    let settings = paths.venv.join("share/jupyter/lab/settings");
+    std::fs::create_dir_all(&settings).map_err(|e| format!("{}: {e}", settings.display()))?;
+    let overrides = serde_json::json!({
+        "@jupyterlab/apputils-extension:notification": { "fetchNews": "false", "checkForUpdates": false },
+    });
+    std::fs::write(settings.join("overrides.json"), overrides.to_string()).map_err(|e| format!("{}: {e}", settings.display()))
 }
 
 fn warm_cache(paths: &Paths, n: usize, total: usize) -> CliResult<()> {
@@ -222,7 +230,11 @@ pub fn up(no_browser: bool, port: u16, setup_only: bool) -> CliResult<()> {
     if setup_only {
         return Ok(());
     }
-    let token = random_token()?;
+    // LAB_TOKEN fixes the token (the browser test uses it); otherwise a fresh random one.
+    let token = match std::env::var("LAB_TOKEN") {
+        Ok(t) if !t.is_empty() => t,
+        _ => random_token()?,
+    };
     let mut cmd = Command::new(paths.venv_bin("jupyter"));
     cmd.arg("lab")
         .arg("--ServerApp.ip=127.0.0.1")

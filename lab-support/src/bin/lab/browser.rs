@@ -1,0 +1,213 @@
+//! The browser test of `cargo lab test`: what a student sees, not only what the kernel returns.
+//!
+//! It starts JupyterLab with `cargo lab up --no-browser --port N`, opens a copy of the 03 solution
+//! notebook in Debian's Chromium driven by Playwright (`lab-support/browser-test/`), does Run All,
+//! and checks the rendered page: images decoded, SVG plots drawn, no error output, the check
+//! cells' PASS lines. A screenshot of the whole notebook lands in `target/browser-test/`.
+//! JupyterLab is shut down and the copy removed even when the test fails.
+//!
+//! It installs what it needs: Chromium with apt-get when it is missing (as root, as in CI), and
+//! Playwright with `npm ci` from the committed lockfile.
+
+use crate::setup::{output_of, run, Paths};
+use crate::CliResult;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TEST_DIR: &str = "lab-support/browser-test";
+const NOTEBOOK: &str = "notebooks/solutions/03-adversarial.ipynb";
+/// Where the copy goes: inside JupyterLab's root (notebooks/), two levels deep like the original,
+/// so its relative `:dep` path still works. Ignored by git and removed after the test.
+const COPY_DIR: &str = "notebooks/browser-test";
+
+/// What the browser test found.
+pub struct BrowserReport {
+    pub problems: Vec<String>,
+    pub seconds: f64,
+    pub screenshot: PathBuf,
+}
+
+fn chromium() -> PathBuf {
+    std::env::var_os("LAB_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| "/usr/bin/chromium".into())
+}
+
+fn ensure_chromium() -> CliResult<()> {
+    if chromium().exists() {
+        return Ok(());
+    }
+    let is_root = output_of(Command::new("id").arg("-u")).is_some_and(|uid| uid.trim() == "0");
+    if !is_root || std::env::var_os("LAB_CHROMIUM").is_some() {
+        return Err(format!(
+            "Chromium was not found at {}. Install it (Debian/Ubuntu: `sudo apt-get install chromium`) \
+             or set LAB_CHROMIUM=/path/to/chromium, then run `cargo lab test` again",
+            chromium().display()
+        ));
+    }
+    eprintln!("==> Installing Debian's Chromium for the browser test (apt-get, once)");
+    let apt = |args: &[&str]| {
+        let mut cmd = Command::new("apt-get");
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive").stdout(Stdio::null());
+        cmd
+    };
+    run(&mut apt(&["update", "-q"]), "apt-get update")?;
+    run(&mut apt(&["install", "-y", "-q", "--no-install-recommends", "chromium", "fonts-dejavu-core"]), "apt-get install chromium")
+}
+
+/// `npm ci` in the test's folder, again only when the lockfile changed.
+fn ensure_playwright(root: &Path) -> CliResult<()> {
+    let dir = root.join(TEST_DIR);
+    let lock = std::fs::read_to_string(dir.join("package-lock.json")).map_err(|e| format!("{TEST_DIR}/package-lock.json: {e}"))?;
+    let stamp = dir.join("node_modules/.lab-lock");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(lock.as_str()) {
+        return Ok(());
+    }
+    if output_of(Command::new("node").arg("--version")).is_none() {
+        return Err("Node.js was not found; the browser test needs it (Debian/Ubuntu: `sudo apt-get install nodejs npm`)".into());
+    }
+    eprintln!("==> Installing Playwright for the browser test (npm ci in {TEST_DIR})");
+    run(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(&dir), "npm ci")?;
+    std::fs::write(&stamp, lock).map_err(|e| format!("{}: {e}", stamp.display()))
+}
+
+/// The notebook copy with its outputs cleared; returns how many check cells it has.
+fn copy_notebook(root: &Path) -> CliResult<usize> {
+    let src = root.join(NOTEBOOK);
+    let text = std::fs::read_to_string(&src).map_err(|e| format!("{}: {e}", src.display()))?;
+    let mut nb: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", src.display()))?;
+    let mut checks = 0;
+    for cell in nb["cells"].as_array_mut().into_iter().flatten() {
+        if cell["cell_type"] == "code" {
+            cell["outputs"] = Value::Array(vec![]);
+            cell["execution_count"] = Value::Null;
+            let source = match &cell["source"] {
+                Value::Array(lines) => lines.iter().filter_map(Value::as_str).collect::<String>(),
+                other => other.as_str().unwrap_or_default().to_string(),
+            };
+            checks += source.matches("check::").count();
+        }
+    }
+    let dir = root.join(COPY_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let dst = dir.join("03-adversarial.ipynb");
+    std::fs::write(&dst, serde_json::to_string_pretty(&nb).unwrap_or(text)).map_err(|e| format!("{}: {e}", dst.display()))?;
+    Ok(checks)
+}
+
+/// One HTTP request to JupyterLab on 127.0.0.1; returns the status code.
+fn http(port: u16, method: &str, path: &str, token: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: token {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// JupyterLab started by `cargo lab up`, stopped on drop: politely through its API, then by signal
+/// to its whole process group.
+struct Jupyter {
+    child: Child,
+    port: u16,
+    token: String,
+    copy_dir: PathBuf,
+}
+
+impl Jupyter {
+    fn start(paths: &Paths, log: &Path) -> CliResult<Self> {
+        let port = TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr()).map_err(|e| format!("no free port on 127.0.0.1: {e}"))?.port();
+        let token = format!("browser-test-{}-{port}", std::process::id());
+        let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["lab", "up", "--no-browser", "--port", &port.to_string()])
+            .current_dir(&paths.root)
+            .env("LAB_TOKEN", &token)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log_file);
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+        }
+        let child = cmd.spawn().map_err(|e| format!("could not start `cargo lab up`: {e}"))?;
+        let jupyter = Jupyter { child, port, token, copy_dir: paths.root.join(COPY_DIR) };
+        // On a fresh machine `cargo lab up` first warms evcxr's build cache (a few minutes).
+        let start = Instant::now();
+        while http(port, "GET", "/api/status", &jupyter.token) != Some(200) {
+            if start.elapsed() > Duration::from_secs(900) {
+                return Err(format!("JupyterLab did not answer on port {port} within 900 s; its log: {}", log.display()));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Ok(jupyter)
+    }
+
+    fn url(&self, notebook: &str) -> String {
+        format!("http://127.0.0.1:{}/lab/tree/{notebook}?token={}", self.port, self.token)
+    }
+}
+
+impl Drop for Jupyter {
+    fn drop(&mut self) {
+        // JupyterLab's own shutdown stops its kernels too.
+        let _ = http(self.port, "POST", "/api/shutdown", &self.token);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if let Ok(None) = self.child.try_wait() {
+            let group = format!("-{}", self.child.id());
+            let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+            std::thread::sleep(Duration::from_secs(2));
+            let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.copy_dir);
+    }
+}
+
+/// Runs the browser test.
+pub fn test(paths: &Paths) -> CliResult<BrowserReport> {
+    ensure_chromium()?;
+    ensure_playwright(&paths.root)?;
+    let out = paths.root.join("target/browser-test");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let screenshot = out.join("03-adversarial.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let start = Instant::now();
+    let checks = copy_notebook(&paths.root)?;
+    let jupyter = Jupyter::start(paths, &out.join("jupyter.log"))?;
+    let result = Command::new("node")
+        .arg(paths.root.join(TEST_DIR).join("run-notebook.mjs"))
+        .arg(jupyter.url("browser-test/03-adversarial.ipynb"))
+        .arg(&screenshot)
+        .arg(checks.to_string())
+        .env("LAB_CHROMIUM", chromium())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("could not run node: {e}"))?;
+    drop(jupyter);
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    let seen: Value = stdout.lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap_or(Value::Null);
+    let mut problems: Vec<String> = seen["problems"].as_array().map(|a| a.iter().filter_map(|p| p.as_str().map(String::from)).collect()).unwrap_or_default();
+    if !result.status.success() && problems.is_empty() {
+        problems.push(format!("the browser test failed ({}) without a report; its output: {stdout}", result.status));
+    }
+    if problems.is_empty() {
+        eprintln!(
+            "    saw {} PNG image(s), {} SVG plot(s), {} PASS line(s); Run All took {} s",
+            seen["png_images"].as_array().map_or(0, Vec::len),
+            seen["svg_images"].as_array().map_or(0, Vec::len) + seen["inline_svgs"].as_array().map_or(0, Vec::len),
+            seen["pass_lines"],
+            seen["run_seconds"]
+        );
+    }
+    Ok(BrowserReport { problems, seconds: start.elapsed().as_secs_f64(), screenshot })
+}
