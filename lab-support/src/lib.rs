@@ -35,7 +35,7 @@ pub mod prelude {
     pub use crate::attack::{epsilon_sweep, fgsm, pgd, targeted_descent, AttackResult, DescentConfig, Norm, PgdConfig, SweepPoint, TraceStep};
     pub use crate::grad::{clamp_pixels, input_gradient, noise_images, project_l2, project_linf, InputGradient, Objective};
     pub use crate::model::{Classifier, Prediction};
-    pub use crate::plot::{crafting_progress, indexed, BarChart, Chart, Figure, ImageGrid, LinePlot, Table};
+    pub use crate::plot::{crafting_progress, indexed, BarChart, Chart, Figure, ImageGrid, LinePlot, Stack, Table};
     pub use candle_core::{DType, Device, Tensor, Var, D};
     pub use candle_nn::{loss, ops};
 }

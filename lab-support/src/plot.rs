@@ -70,8 +70,65 @@ fn emit(mime: &str, content: &str) {
 /// screen. Inline, the SVG scales down to fit (it has a `viewBox`).
 fn display_svg(svg: Result<String>) {
     match svg {
-        Ok(svg) => emit("text/html", &svg.replacen("<svg ", "<svg style=\"max-width:100%;height:auto\" ", 1)),
+        Ok(svg) => emit("text/html", &scalable(&svg)),
         Err(e) => emit("text/plain", &format!("error: {e}")),
+    }
+}
+
+/// An SVG document that shrinks to the width of its container.
+fn scalable(svg: &str) -> String {
+    svg.replacen("<svg ", "<svg style=\"max-width:100%;height:auto\" ", 1)
+}
+
+/// Several figures one above the other, in one output.
+///
+/// evcxr merges everything one cell displays into a single output, and a notebook draws only one
+/// kind of it: an image grid followed by a chart in the same cell shows the chart alone. A stack
+/// is one HTML output holding both.
+///
+/// ```
+/// use lab_support::prelude::*;
+/// let model = Classifier::pretrained()?;
+/// let (x, _) = mnist::test()?.get(0)?;
+/// let stack = Stack::new()
+///     .grid(&ImageGrid::new("a digit", 1).image(&x, "test digit #0")?)?
+///     .chart(&BarChart::probabilities(&model, &x, "its probabilities")?)?;
+/// assert!(stack.to_html().contains("<svg") && stack.to_html().contains("image/png"));
+/// # Ok::<(), LabError>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Stack {
+    parts: Vec<String>,
+}
+
+impl Stack {
+    /// An empty stack.
+    pub fn new() -> Self {
+        Stack::default()
+    }
+
+    /// Adds an image grid.
+    pub fn grid(mut self, grid: &ImageGrid) -> Result<Self> {
+        use base64::Engine;
+        let png = base64::engine::general_purpose::STANDARD.encode(grid.to_png()?);
+        self.parts.push(format!("<img style=\"max-width:100%\" src=\"data:image/png;base64,{png}\">"));
+        Ok(self)
+    }
+
+    /// Adds a chart or a figure.
+    pub fn chart(mut self, chart: &impl Chart) -> Result<Self> {
+        self.parts.push(scalable(&chart.to_svg()?));
+        Ok(self)
+    }
+
+    /// The stack as one HTML fragment.
+    pub fn to_html(&self) -> String {
+        self.parts.iter().map(|p| format!("<div>{p}</div>")).collect()
+    }
+
+    /// Shows the stack in a notebook cell.
+    pub fn evcxr_display(&self) {
+        emit("text/html", &self.to_html());
     }
 }
 
