@@ -176,7 +176,8 @@ struct Series {
     mark: Mark,
 }
 
-/// A line plot with any number of named series.
+/// A line plot with any number of named series. A series named `""` is drawn but left out of
+/// the legend; with no named series there is no legend at all.
 #[derive(Clone, Debug)]
 pub struct LinePlot {
     title: String,
@@ -333,7 +334,9 @@ where
             Mark::Points => chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 5, color.filled()))),
         }
         .map_err(draw_err)?;
-        drawn.label(&s.name).legend(move |(x, y)| Rectangle::new([(x, y - 4), (x + 16, y + 4)], color.filled()));
+        if !s.name.is_empty() {
+            drawn.label(&s.name).legend(move |(x, y)| Rectangle::new([(x, y - 4), (x + 16, y + 4)], color.filled()));
+        }
     }
     if series.iter().any(|s| !s.name.is_empty()) {
         chart
@@ -787,6 +790,12 @@ mod tests {
         for text in ["Loss per step", "step", "loss", "<polyline", "<svg"] {
             assert!(svg.contains(text), "missing {text}");
         }
+        let with_legend = LinePlot::new("one").line("named", [(0.0, 1.0), (1.0, 0.0)]).to_svg().unwrap();
+        let mixed = LinePlot::new("one").line("named", [(0.0, 1.0), (1.0, 0.0)]).line("", [(0.0, 0.5), (1.0, 0.5)]).to_svg().unwrap();
+        let unnamed = LinePlot::new("one").line("", [(0.0, 1.0), (1.0, 0.0)]).to_svg().unwrap();
+        let boxes = |svg: &str| svg.matches("<rect").count();
+        assert_eq!(boxes(&mixed), boxes(&with_legend), "an unnamed series must not get a legend entry");
+        assert!(boxes(&unnamed) < boxes(&with_legend), "no named series, no legend");
         let log = LinePlot::new("log").log_y().line("l", [(0.0, 1.0), (1.0, 0.01), (2.0, 0.0)]).to_svg().unwrap();
         assert!(log.contains("<svg"));
     }
