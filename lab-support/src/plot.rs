@@ -204,12 +204,12 @@ impl LinePlot {
 
     /// Adds a solid line.
     pub fn line(self, name: impl Into<String>, points: impl IntoIterator<Item = (f64, f64)>) -> Self {
-        self.add(name, points, Mark::Line)
+        self.push_series(name, points, Mark::Line)
     }
 
     /// Adds a dashed line (for a reference such as the true function).
     pub fn dashed(self, name: impl Into<String>, points: impl IntoIterator<Item = (f64, f64)>) -> Self {
-        self.add(name, points, Mark::Dashed)
+        self.push_series(name, points, Mark::Dashed)
     }
 
     /// Adds several solid lines at once, from `(name, points)` pairs.
@@ -222,7 +222,7 @@ impl LinePlot {
 
     /// Adds points drawn as dots (for training data).
     pub fn points(self, name: impl Into<String>, points: impl IntoIterator<Item = (f64, f64)>) -> Self {
-        self.add(name, points, Mark::Points)
+        self.push_series(name, points, Mark::Points)
     }
 
     /// Fixes the y range instead of fitting it to the data.
@@ -243,7 +243,7 @@ impl LinePlot {
         self
     }
 
-    fn add(mut self, name: impl Into<String>, points: impl IntoIterator<Item = (f64, f64)>, mark: Mark) -> Self {
+    fn push_series(mut self, name: impl Into<String>, points: impl IntoIterator<Item = (f64, f64)>, mark: Mark) -> Self {
         let points = points.into_iter().filter(|(x, y)| x.is_finite() && y.is_finite() && (!self.log_y || *y > 0.0)).collect();
         self.series.push(Series { name: name.into(), points, mark });
         self
@@ -488,6 +488,8 @@ impl Figure {
     }
 
     /// Adds a chart.
+    // A builder step named as notebooks read it (`Figure::new(..).add(chart)`), not `+`.
+    #[allow(clippy::should_implement_trait)]
     pub fn add(mut self, chart: impl Chart + 'static) -> Self {
         self.charts.push(Box::new(chart));
         self

@@ -203,8 +203,7 @@ pub fn bench(with_sweep: bool) -> CliResult<()> {
     let mut torch = Torch::start(&paths)?;
     let info = torch.ask(json!({"cmd": "load", "weights": data_dir().join(WEIGHTS_FILE), "inputs": inputs}))?;
     eprintln!(
-        "lab-support on candle {} ({} threads) against PyTorch {} ({} threads), {} cores",
-        "0.11.1",
+        "lab-support on candle 0.11.1 ({} threads) against PyTorch {} ({} threads), {} cores",
         rayon::current_num_threads(),
         info["torch"].as_str().unwrap_or("?"),
         info["threads"],

@@ -6,8 +6,8 @@
 //! cells' PASS lines. A screenshot of the whole notebook lands in `target/browser-test/`.
 //! JupyterLab is shut down and the copy removed even when the test fails.
 //!
-//! It installs what it needs: Chromium with apt-get when it is missing (as root, as in CI), and
-//! Playwright with `npm ci` from the committed lockfile.
+//! It installs what it needs: Chromium, and Node.js with npm, with apt-get when they are missing
+//! (as root, as in CI), and Playwright with `npm ci` from the committed lockfile.
 
 use crate::setup::{output_of, run, Paths};
 use crate::CliResult;
@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TEST_DIR: &str = "lab-support/browser-test";
-const NOTEBOOK: &str = "notebooks/solutions/03-adversarial.ipynb";
+pub const NOTEBOOK: &str = "notebooks/solutions/03-adversarial.ipynb";
 /// Where the copy goes: inside JupyterLab's root (notebooks/), two levels deep like the original,
 /// so its relative `:dep` path still works. Ignored by git and removed after the test.
 const COPY_DIR: &str = "notebooks/browser-test";
@@ -35,29 +35,39 @@ fn chromium() -> PathBuf {
     std::env::var_os("LAB_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| "/usr/bin/chromium".into())
 }
 
-fn ensure_chromium() -> CliResult<()> {
-    if chromium().exists() {
-        return Ok(());
-    }
-    let is_root = output_of(Command::new("id").arg("-u")).is_some_and(|uid| uid.trim() == "0");
-    if !is_root || std::env::var_os("LAB_CHROMIUM").is_some() {
-        return Err(format!(
-            "Chromium was not found at {}. Install it (Debian/Ubuntu: `sudo apt-get install chromium`) \
-             or set LAB_CHROMIUM=/path/to/chromium, then run `cargo lab test` again",
-            chromium().display()
-        ));
-    }
-    eprintln!("==> Installing Debian's Chromium for the browser test (apt-get, once)");
+fn is_root() -> bool {
+    output_of(Command::new("id").arg("-u")).is_some_and(|uid| uid.trim() == "0")
+}
+
+/// Installs Debian packages for the browser test; only as root (as in CI), never through sudo.
+fn apt_install(packages: &[&str], what: &str) -> CliResult<()> {
+    eprintln!("==> Installing {what} for the browser test (apt-get install {}, once)", packages.join(" "));
     let apt = |args: &[&str]| {
         let mut cmd = Command::new("apt-get");
         cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive").stdout(Stdio::null());
         cmd
     };
     run(&mut apt(&["update", "-q"]), "apt-get update")?;
-    run(&mut apt(&["install", "-y", "-q", "--no-install-recommends", "chromium", "fonts-dejavu-core"]), "apt-get install chromium")
+    let install: Vec<&str> = ["install", "-y", "-q", "--no-install-recommends"].iter().chain(packages).copied().collect();
+    run(&mut apt(&install), &format!("apt-get install {}", packages.join(" ")))
 }
 
-/// `npm ci` in the test's folder, again only when the lockfile changed.
+fn ensure_chromium() -> CliResult<()> {
+    if chromium().exists() {
+        return Ok(());
+    }
+    if !is_root() || std::env::var_os("LAB_CHROMIUM").is_some() {
+        return Err(format!(
+            "Chromium was not found at {}. Install it (Debian/Ubuntu: `sudo apt-get install chromium`) \
+             or set LAB_CHROMIUM=/path/to/chromium, then run `cargo lab test` again",
+            chromium().display()
+        ));
+    }
+    apt_install(&["chromium", "fonts-dejavu-core"], "Debian's Chromium")
+}
+
+/// `npm ci` in the test's folder, again only when the lockfile changed; Node.js and npm from
+/// Debian first when they are missing.
 fn ensure_playwright(root: &Path) -> CliResult<()> {
     let dir = root.join(TEST_DIR);
     let lock = std::fs::read_to_string(dir.join("package-lock.json")).map_err(|e| format!("{TEST_DIR}/package-lock.json: {e}"))?;
@@ -65,8 +75,24 @@ fn ensure_playwright(root: &Path) -> CliResult<()> {
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(lock.as_str()) {
         return Ok(());
     }
-    if output_of(Command::new("node").arg("--version")).is_none() {
-        return Err("Node.js was not found; the browser test needs it (Debian/Ubuntu: `sudo apt-get install nodejs npm`)".into());
+    let has = |tool: &str| output_of(Command::new(tool).arg("--version")).is_some();
+    if !has("node") || !has("npm") {
+        if !is_root() {
+            return Err("Node.js and npm were not found; the browser test needs them. Install them \
+                        (Debian/Ubuntu: `sudo apt-get install nodejs npm`), then run `cargo lab test` again"
+                .into());
+        }
+        apt_install(&["nodejs", "npm"], "Node.js and npm")?;
+    }
+    // playwright-core 1.64 declares `"engines": {"node": ">=20"}`; Debian 12's own nodejs is 18.
+    let version = output_of(Command::new("node").arg("--version")).unwrap_or_default();
+    let major: u32 = version.trim().trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    if major < 20 {
+        return Err(format!(
+            "Node.js {} is too old for the browser test: Playwright needs Node.js 20 or newer. Install a newer \
+             Node.js (for example from your distribution's backports or NodeSource), then run `cargo lab test` again",
+            version.trim()
+        ));
     }
     eprintln!("==> Installing Playwright for the browser test (npm ci in {TEST_DIR})");
     run(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(&dir), "npm ci")?;

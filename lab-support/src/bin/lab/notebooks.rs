@@ -56,7 +56,7 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
         }
     }
     if filter.is_none_or(|f| f == "browser") {
-        eprintln!("==> browser test: {} in JupyterLab, headless Chromium", "notebooks/solutions/03-adversarial.ipynb");
+        eprintln!("==> browser test: {} in JupyterLab, headless Chromium", crate::browser::NOTEBOOK);
         let report = crate::browser::test(&paths)?;
         if report.problems.is_empty() {
             eprintln!("    ok ({:.0} s); screenshot: {}", report.seconds, report.screenshot.display());
