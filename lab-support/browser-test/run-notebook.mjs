@@ -3,13 +3,17 @@
 // shows: every image decoded, every SVG plot drawn, no error or panic output, no raw escape codes,
 // and the check cells' PASS lines. Saves a screenshot of the whole notebook either way.
 //
-// usage: node run-notebook.mjs URL SCREENSHOT.png EXPECTED_PASS_LINES
+// usage: node run-notebook.mjs URL SCREENSHOT.png EXPECTED_PASS_LINES CODE_CELLS FIGURE_CELLS
+// FIGURE_CELLS: comma-separated positions (0-based, among the code cells) of the cells that must
+// show an image or a plot.
 // Prints one JSON line with what it saw; exits 1 with the reasons when something is wrong.
 
 import { chromium } from "playwright-core";
 
-const [url, screenshot, expectedPassArg] = process.argv.slice(2);
+const [url, screenshot, expectedPassArg, codeCellsArg, figureCellsArg] = process.argv.slice(2);
 const expectedPass = Number(expectedPassArg ?? 0);
+const codeCells = Number(codeCellsArg ?? 0);
+const figureCells = (figureCellsArg ?? "").split(",").filter((s) => s !== "").map(Number);
 const RUN_TIMEOUT_MS = 8 * 60 * 1000;
 // Without the background-networking flags Chromium keeps dialling Google's hosts, which a closed
 // network refuses. Playwright gives it a new, empty profile every time.
@@ -78,9 +82,15 @@ try {
       return img.src.includes(";base64,") ? atob(data) : decodeURIComponent(data);
     };
     const inlineSvgs = [...document.querySelectorAll(".jp-OutputArea-output svg")].filter((s) => !s.closest(".jp-OutputPrompt"));
+    // Per code cell: does its output area hold a picture (an image, or an SVG outside the prompt)?
+    const cells = [...document.querySelectorAll(".jp-Notebook .jp-CodeCell")].map((cell) => ({
+      source: (cell.querySelector(".jp-InputArea-editor")?.textContent ?? "").slice(0, 60),
+      picture: [...cell.querySelectorAll(".jp-OutputArea-output img, .jp-OutputArea-output svg")].some((e) => !e.closest(".jp-OutputPrompt")),
+    }));
     // textContent, not innerText: off-screen cells are not laid out, and innerText needs layout.
     const texts = [...document.querySelectorAll(".jp-OutputArea-output")].map((o) => o.textContent);
     return {
+      cells,
       png_images: images.map((img, k) => ({ img, k })).filter(({ img }) => !isSvg(img))
         .map(({ img, k }) => ({ w: img.naturalWidth, h: img.naturalHeight, decoded: decoded[k], transparent_px: transparent(img) })),
       svg_images: images.filter(isSvg).map((i) => ({ w: i.naturalWidth, h: i.naturalHeight, drawn: /<(path|polyline|rect|line|text)\b/.test(svgText(i)) })),
@@ -88,12 +98,20 @@ try {
       error_outputs: [...document.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"]')].map((o) => o.textContent.slice(0, 300)),
       stderr_outputs: [...document.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')].map((o) => o.textContent.slice(0, 300)),
       pass_lines: texts.join("\n").split("\n").filter((l) => /\bPASS\b/.test(l)).length,
-      bad_lines: texts.join("\n").split("\n").filter((l) => /panicked at|error\[E|\bFAIL\b|NOT DONE/.test(l)).slice(0, 10),
+      // A figure as Debug text ("LinePlot { title: ...") means evcxr could not display it.
+      bad_lines: texts.join("\n").split("\n")
+        .filter((l) => /panicked at|error\[E|\bFAIL\b|NOT DONE|^\s*(LinePlot|BarChart|ImageGrid|Figure|Stack|Challenge) \{/.test(l)).slice(0, 10),
       escape_codes: texts.filter((t) => /\u001b\[|\[\d+(;\d+)*m/.test(t)).length,
       tallest_output_px: Math.max(0, ...[...document.querySelectorAll(".jp-OutputArea-output")].map((o) => o.getBoundingClientRect().height)),
     };
   }));
 
+  if (seen.cells.length !== codeCells) problems.push(`the page shows ${seen.cells.length} code cells, the notebook has ${codeCells}`);
+  figureCells.forEach((k) => {
+    const cell = seen.cells[k];
+    if (cell && !cell.picture) problems.push(`code cell ${k + 1} (${JSON.stringify(cell.source)}...) shows no image or plot`);
+  });
+  seen.cells = seen.cells.length;
   if (seen.png_images.length === 0) problems.push("no PNG image output at all");
   seen.png_images.forEach((i, n) => {
     if (!(i.w > 0)) problems.push(`PNG image ${n + 1} did not render (naturalWidth 0)`);

@@ -99,12 +99,33 @@ fn ensure_playwright(root: &Path) -> CliResult<()> {
     std::fs::write(&stamp, lock).map_err(|e| format!("{}: {e}", stamp.display()))
 }
 
-/// The notebook copy with its outputs cleared; returns how many check cells it has.
-fn copy_notebook(root: &Path) -> CliResult<usize> {
+/// What the copied notebook should show once it has run.
+struct Expected {
+    /// Check cells, each printing a PASS line.
+    checks: usize,
+    /// Code cells in the notebook.
+    code_cells: usize,
+    /// Positions among the code cells of those whose last expression is a figure.
+    figure_cells: Vec<usize>,
+}
+
+/// Whether a cell ends in a figure that the notebook should draw: its last expression (after the
+/// last `;`) builds one of the lab's image or plot types. Tables and verdicts are text.
+fn shows_figure(source: &str) -> bool {
+    let source = source.trim_end();
+    if source.ends_with(';') {
+        return false;
+    }
+    let last = source.rsplit(';').next().unwrap_or(source);
+    crate::notebooks::FIGURES.iter().filter(|f| !matches!(**f, "Table" | "Verdict")).any(|f| last.contains(&format!("{f}::")))
+}
+
+/// The notebook copy with its outputs cleared; returns what it should show.
+fn copy_notebook(root: &Path) -> CliResult<Expected> {
     let src = root.join(NOTEBOOK);
     let text = std::fs::read_to_string(&src).map_err(|e| format!("{}: {e}", src.display()))?;
     let mut nb: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", src.display()))?;
-    let mut checks = 0;
+    let mut expected = Expected { checks: 0, code_cells: 0, figure_cells: vec![] };
     for cell in nb["cells"].as_array_mut().into_iter().flatten() {
         if cell["cell_type"] == "code" {
             cell["outputs"] = Value::Array(vec![]);
@@ -113,14 +134,18 @@ fn copy_notebook(root: &Path) -> CliResult<usize> {
                 Value::Array(lines) => lines.iter().filter_map(Value::as_str).collect::<String>(),
                 other => other.as_str().unwrap_or_default().to_string(),
             };
-            checks += source.matches("check::").count();
+            expected.checks += source.matches("check::").count();
+            if shows_figure(&source) {
+                expected.figure_cells.push(expected.code_cells);
+            }
+            expected.code_cells += 1;
         }
     }
     let dir = root.join(COPY_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let dst = dir.join("03-adversarial.ipynb");
     std::fs::write(&dst, serde_json::to_string_pretty(&nb).unwrap_or(text)).map_err(|e| format!("{}: {e}", dst.display()))?;
-    Ok(checks)
+    Ok(expected)
 }
 
 /// One HTTP request to JupyterLab on 127.0.0.1; returns the status code.
@@ -208,13 +233,15 @@ pub fn test(paths: &Paths) -> CliResult<BrowserReport> {
     let screenshot = out.join("03-adversarial.png");
     let _ = std::fs::remove_file(&screenshot);
     let start = Instant::now();
-    let checks = copy_notebook(&paths.root)?;
+    let expected = copy_notebook(&paths.root)?;
     let jupyter = Jupyter::start(paths, &out.join("jupyter.log"))?;
     let result = Command::new("node")
         .arg(paths.root.join(TEST_DIR).join("run-notebook.mjs"))
         .arg(jupyter.url("browser-test/03-adversarial.ipynb"))
         .arg(&screenshot)
-        .arg(checks.to_string())
+        .arg(expected.checks.to_string())
+        .arg(expected.code_cells.to_string())
+        .arg(expected.figure_cells.iter().map(usize::to_string).collect::<Vec<_>>().join(","))
         .env("LAB_CHROMIUM", chromium())
         .stderr(Stdio::inherit())
         .output()
@@ -228,12 +255,29 @@ pub fn test(paths: &Paths) -> CliResult<BrowserReport> {
     }
     if problems.is_empty() {
         eprintln!(
-            "    saw {} PNG image(s), {} SVG plot(s), {} PASS line(s); Run All took {} s",
+            "    saw {} PNG image(s), {} SVG plot(s), a figure in each of the {} figure cells, {} PASS line(s); Run All took {} s",
             seen["png_images"].as_array().map_or(0, Vec::len),
             seen["svg_images"].as_array().map_or(0, Vec::len) + seen["inline_svgs"].as_array().map_or(0, Vec::len),
+            expected.figure_cells.len(),
             seen["pass_lines"],
             seen["run_seconds"]
         );
     }
     Ok(BrowserReport { problems, seconds: start.elapsed().as_secs_f64(), screenshot })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shows_figure;
+
+    #[test]
+    fn figure_cells_are_those_ending_in_a_figure() {
+        assert!(shows_figure("BarChart::probabilities(&model, &x, \"t\")?"));
+        assert!(shows_figure("let g = grad(&x)?;\nImageGrid::new(\"t\", 2)\n    .image(&x, \"a\")?\n"));
+        assert!(shows_figure("Challenge::new()?"));
+        // A figure built on the way, but the cell shows a table or nothing.
+        assert!(!shows_figure("let c = Challenge::new()?;\nlet mut t = Table::new(&[\"eps\"]);\nfor e in [1] {\n    t = t.row(vec![]);\n}\nt"));
+        assert!(!shows_figure("LinePlot::new(\"t\").save(\"a.svg\")?;"));
+        assert!(!shows_figure("check::challenge(solve)"));
+    }
 }

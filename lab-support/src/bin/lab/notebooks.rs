@@ -22,7 +22,7 @@ pub struct Report {
 const BAD_TEXT: [&str; 5] = ["panicked at", "error[E", "FAIL", "NOT DONE", "thread '"];
 
 /// lab-support's displayable types.
-const FIGURES: [&str; 8] = ["LinePlot", "BarChart", "ImageGrid", "Figure", "Stack", "Table", "Verdict", "Challenge"];
+pub const FIGURES: [&str; 8] = ["LinePlot", "BarChart", "ImageGrid", "Figure", "Stack", "Table", "Verdict", "Challenge"];
 
 /// `cargo lab test`.
 pub fn test(filter: Option<&str>) -> CliResult<()> {
