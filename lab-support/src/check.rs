@@ -226,10 +226,10 @@ where
     )
 }
 
-/// The digits and targets the gradient checks use: test digits #0 and #1 toward other classes.
-/// Two test digits with a little noise and a target each. A clean digit is mostly exact zeros, so
-/// its max-pool windows hold exact ties where the loss has kinks, and finite differences there
-/// average two one-sided slopes; the noise (0.01, unclamped) moves the probes off those kinks.
+/// The digits and targets the gradient checks use: test digits #0 and #1, with a little noise,
+/// toward other classes. A clean digit is mostly exact zeros, so its max-pool windows hold exact
+/// ties where the loss has kinks, and finite differences there average two one-sided slopes; the
+/// noise (0.01, unclamped) moves the probes off those kinks.
 fn probe_inputs() -> Result<Vec<(Tensor, u32)>> {
     let test = mnist::test()?;
     let mut out = Vec::new();

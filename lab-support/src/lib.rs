@@ -3,8 +3,8 @@
 //! One module per concept: [`approx`] (the tiny approximator of Problem #1), [`check`] (the
 //! notebooks' instant checks), [`data`] (datasets and images), [`model`] (the digit CNN), [`train`]
 //! (gradient descent on the weights), [`grad`] (gradients with respect to the *input*),
-//! [`attack`] (FGSM, PGD and the seed's targeted descent), [`kernels`] (the fast CPU conv blocks), [`plot`] (figures that render inline in
-//! Jupyter). Notebooks start with:
+//! [`attack`] (FGSM, PGD and the seed's targeted descent), [`kernels`] (the fast CPU conv blocks),
+//! [`plot`] (figures that render inline in Jupyter). Notebooks start with:
 //!
 //! ```
 //! use lab_support::prelude::*;

@@ -25,7 +25,7 @@
 
 use crate::data::{check_batch, data_dir, verified_bytes, Dataset, DIGIT_NAMES};
 use crate::error::{LabError, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, Var, D};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -93,6 +93,15 @@ impl Classifier {
             params.insert(name.to_string(), t.to_dtype(DType::F32)?);
         }
         Ok(Classifier { params, class_names: &DIGIT_NAMES })
+    }
+
+    /// The network with every parameter a `Var`, ready to train, and those `Var`s sorted by name
+    /// (a fixed order for an optimiser's state).
+    pub fn trainable(tensors: &HashMap<String, Tensor>) -> Result<(Self, Vec<(String, Var)>)> {
+        let mut vars = tensors.iter().map(|(k, t)| Ok((k.clone(), Var::from_tensor(t)?))).collect::<Result<Vec<_>>>()?;
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let model = Self::from_tensors(vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect())?;
+        Ok((model, vars))
     }
 
     /// The same network computing in `dtype` (`DType::F64` for precise gradient checks).

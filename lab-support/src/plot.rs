@@ -109,9 +109,7 @@ impl Stack {
 
     /// Adds an image grid.
     pub fn grid(mut self, grid: &ImageGrid) -> Result<Self> {
-        use base64::Engine;
-        let png = base64::engine::general_purpose::STANDARD.encode(grid.to_png()?);
-        self.parts.push(format!("<img style=\"max-width:100%\" src=\"data:image/png;base64,{png}\">"));
+        self.parts.push(format!("<img style=\"max-width:100%\" src=\"data:image/png;base64,{}\">", grid.png_base64()?));
         Ok(self)
     }
 
@@ -757,11 +755,16 @@ impl ImageGrid {
         write_file(path.as_ref(), &self.to_png()?)
     }
 
+    /// The PNG in base64, as notebooks embed images.
+    fn png_base64(&self) -> Result<String> {
+        use base64::Engine;
+        Ok(base64::engine::general_purpose::STANDARD.encode(self.to_png()?))
+    }
+
     /// Shows the grid in a notebook cell.
     pub fn evcxr_display(&self) {
-        use base64::Engine;
-        match self.to_png() {
-            Ok(png) => emit("image/png", &base64::engine::general_purpose::STANDARD.encode(png)),
+        match self.png_base64() {
+            Ok(png) => emit("image/png", &png),
             Err(e) => emit("text/plain", &format!("error: {e}")),
         }
     }

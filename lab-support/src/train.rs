@@ -17,7 +17,7 @@
 use crate::data::{mnist, Dataset};
 use crate::error::{LabError, Result};
 use crate::model::{Classifier, PARAMETERS};
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -123,16 +123,10 @@ pub fn train(config: &TrainConfig, progress: bool) -> Result<(Classifier, TrainR
         train_set = train_set.take(n)?;
     }
     let test_set = mnist::test()?;
-    let vars: HashMap<String, Var> = initial_parameters(config.seed)?
-        .into_iter()
-        .map(|(k, t)| Ok((k, Var::from_tensor(&t)?)))
-        .collect::<Result<_>>()?;
-    let model = Classifier::from_tensors(vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect())?;
-    // Sorted so the optimiser's state is laid out the same way on every run.
-    let mut ordered: Vec<_> = vars.iter().collect();
-    ordered.sort_by(|a, b| a.0.cmp(b.0));
+    // The Vars come sorted, so the optimiser's state is laid out the same way on every run.
+    let (model, vars) = Classifier::trainable(&initial_parameters(config.seed)?)?;
     let params = ParamsAdamW { lr: config.learning_rate, weight_decay: 0.0, ..Default::default() };
-    let mut opt = AdamW::new(ordered.into_iter().map(|(_, v)| v.clone()).collect(), params)?;
+    let mut opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), params)?;
 
     let steps_per_epoch = train_set.len().div_ceil(config.batch_size);
     let total = steps_per_epoch * config.epochs;

@@ -51,9 +51,7 @@ fn fast_forward_and_input_gradient_match_plain_candle() {
 
 #[test]
 fn fast_weight_gradients_match_plain_candle_and_skip_a_constant_input() {
-    let shipped = Classifier::pretrained().unwrap();
-    let vars: Vec<(String, Var)> = shipped.parameters().iter().map(|(k, t)| (k.clone(), Var::from_tensor(t).unwrap())).collect();
-    let model = Classifier::from_tensors(vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()).unwrap();
+    let (model, vars) = Classifier::trainable(Classifier::pretrained().unwrap().parameters()).unwrap();
     let x = batch(19, DType::F32);
     let labels = mnist::test().unwrap().take(19).unwrap().labels;
     let fast = candle_nn::loss::cross_entropy(&model.forward(&x).unwrap(), &labels).unwrap().backward().unwrap();

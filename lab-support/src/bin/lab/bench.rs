@@ -9,7 +9,7 @@
 
 use crate::setup::{ensure_venv, run, Paths};
 use crate::CliResult;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use lab_support::data::{data_dir, mnist};
 use lab_support::grad::{clamp_pixels, input_gradient, Objective};
@@ -156,8 +156,7 @@ fn time_lab(case: &Case, model: &Classifier, images: &Tensor, targets: &[u32], l
         }
         "forward" => timed(Box::new(|| model.logits(&x0).map(drop)))?,
         "train_step" => {
-            let vars: Vec<(String, Var)> = model.parameters().iter().map(|(k, t)| Ok((k.clone(), Var::from_tensor(t)?))).collect::<candle_core::Result<_>>()?;
-            let trained = Classifier::from_tensors(vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect())?;
+            let (trained, vars) = Classifier::trainable(model.parameters())?;
             let mut opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), ParamsAdamW { lr: 1e-3, weight_decay: 0.0, ..Default::default() })?;
             let y = labels.narrow(0, 0, case.batch)?;
             timed(Box::new(move || {
