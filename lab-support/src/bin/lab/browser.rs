@@ -185,10 +185,13 @@ impl Jupyter {
             cmd.process_group(0);
         }
         let child = cmd.spawn().map_err(|e| format!("could not start `cargo lab up`: {e}"))?;
-        let jupyter = Jupyter { child, port, token, copy_dir: paths.root.join(COPY_DIR) };
+        let mut jupyter = Jupyter { child, port, token, copy_dir: paths.root.join(COPY_DIR) };
         // On a fresh machine `cargo lab up` first warms evcxr's build cache (a few minutes).
         let start = Instant::now();
         while http(port, "GET", "/api/status", &jupyter.token) != Some(200) {
+            if let Ok(Some(status)) = jupyter.child.try_wait() {
+                return Err(format!("`cargo lab up` stopped ({status}) before JupyterLab answered; its log: {}", log.display()));
+            }
             if start.elapsed() > Duration::from_secs(900) {
                 return Err(format!("JupyterLab did not answer on port {port} within 900 s; its log: {}", log.display()));
             }
