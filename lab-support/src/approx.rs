@@ -23,9 +23,33 @@ use std::sync::Mutex;
 
 /// The five training points: x = 1, 2, 4, 8, 16 and y = log2 x = 0..4, each shaped `(5, 1)`.
 pub fn log2_points() -> Result<(Tensor, Tensor)> {
+    crate::kernel::init();
     let xs = Tensor::new(&[[1f32], [2.], [4.], [8.], [16.]], &Device::Cpu)?;
     let ys = Tensor::new(&[[0f32], [1.], [2.], [3.], [4.]], &Device::Cpu)?;
     Ok((xs, ys))
+}
+
+/// Why training went wrong: one step with a tiny learning rate from the starting weights must
+/// lower the loss if the step is right, whatever the learning rate of the real run.
+fn diagnose<F>(start: &Mlp, xs: &Tensor, ys: &Tensor, step: &mut F) -> Result<String>
+where
+    F: FnMut(&Mlp, &Tensor, &Tensor, f64) -> Result<f32>,
+{
+    let probe = start.deep_clone()?;
+    let before = probe.loss(xs, ys)?.to_scalar::<f32>()?;
+    step(&probe, xs, ys, 1e-4)?;
+    let after = probe.loss(xs, ys)?.to_scalar::<f32>()?;
+    Ok(if after > before {
+        format!(
+            "The cause is your train_step, not the learning rate: one step with lr = 0.0001 raised the \
+             loss from {before:.6} to {after:.6}. It moves the weights uphill, with the gradient: the sign is \
+             flipped: w - lr * dE/dw (check::train_step says the same)"
+        )
+    } else {
+        "A step with a tiny learning rate lowers the loss, so the step's direction is right: this \
+         learning rate is too large. Try a smaller one, such as a tenth"
+            .into()
+    })
 }
 
 /// 1 -> width -> width -> 1, tanh between layers. Its weights are `Var`s you can update.
@@ -132,7 +156,9 @@ impl Mlp {
         if !(lr.is_finite() && lr > 0.0) {
             return Err(LabError::invalid("lr", lr, "a finite learning rate > 0, such as 0.01"));
         }
+        crate::attack::check_steps(epochs)?;
         self.refresh_ids()?;
+        let start = self.deep_clone()?;
         let mut losses = Vec::with_capacity(epochs);
         for epoch in 0..epochs {
             let loss = if epoch == 0 {
@@ -148,11 +174,18 @@ impl Mlp {
                 step(self, xs, ys, lr)?
             };
             if !loss.is_finite() {
-                return Err(LabError::Other(format!(
-                    "the loss became {loss} at epoch {epoch}: the steps diverged. Try a smaller learning rate"
-                )));
+                let cause = diagnose(&start, xs, ys, &mut step)?;
+                return Err(LabError::Other(format!("the loss became {loss} at epoch {epoch}: training diverged. {cause}")));
             }
             losses.push(loss);
+        }
+        // Gradient descent with a working step lowers the loss over thousands of epochs; a loss
+        // that ends above where it started means the step goes the wrong way.
+        if let (Some(&first), Some(&last)) = (losses.first(), losses.last()) {
+            if epochs >= 10 && last > first {
+                let cause = diagnose(&start, xs, ys, &mut step)?;
+                return Err(LabError::Other(format!("the loss rose from {first:.4} to {last:.4} over {epochs} epochs. {cause}")));
+            }
         }
         Ok(losses)
     }
@@ -166,5 +199,24 @@ impl Mlp {
     pub fn deep_clone(&self) -> Result<Self> {
         let vars = self.vars().iter().map(|v| Var::from_tensor(&v.as_tensor().copy()?)).collect::<std::result::Result<_, _>>()?;
         Ok(Mlp { vars: Mutex::new(vars) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrong_sign_is_named_as_the_cause_not_the_learning_rate() {
+        let (xs, ys) = log2_points().unwrap();
+        let uphill = |mlp: &Mlp, xs: &Tensor, ys: &Tensor, lr: f64| mlp.reference_step(xs, ys, -lr);
+        let msg = Mlp::new(32, 1).unwrap().train(&xs, &ys, 3000, 0.01, uphill).unwrap_err().to_string();
+        assert!(msg.contains("sign is flipped") && !msg.contains("smaller"), "{msg}");
+        // A right step with a learning rate far too large is told to use a smaller one.
+        let msg = Mlp::new(32, 1).unwrap().train(&xs, &ys, 300, 50.0, Mlp::reference_step).unwrap_err().to_string();
+        assert!(msg.contains("smaller") && !msg.contains("sign is flipped"), "{msg}");
+        // And a good run is not disturbed.
+        let losses = Mlp::new(32, 1).unwrap().train(&xs, &ys, 300, 0.01, Mlp::reference_step).unwrap();
+        assert!(losses.last() < losses.first());
     }
 }

@@ -52,6 +52,7 @@ pub struct AttackResult {
 impl AttackResult {
     /// For each image: does the model, asked again, do what the objective wants?
     pub fn successes(&self, model: &Classifier, objective: &Objective) -> Result<Vec<bool>> {
+        objective.validate(self.adversarial.dim(0)?)?;
         let predictions = model.predict(&self.adversarial)?;
         Ok(predictions
             .iter()
@@ -74,6 +75,21 @@ pub enum Norm {
     Linf,
     /// The perturbation's Euclidean length is at most eps; steps follow the normalised gradient.
     L2,
+}
+
+/// The most steps one attack call runs: 100,000 steps on one digit take about half a minute.
+pub const MAX_STEPS: usize = 100_000;
+
+/// Checks a number of steps against [`MAX_STEPS`].
+pub fn check_steps(steps: usize) -> Result<()> {
+    if steps > MAX_STEPS {
+        return Err(LabError::invalid(
+            "steps",
+            steps,
+            format!("at most {MAX_STEPS} in one call (that already takes about half a minute per digit); run fewer, or call the attack again on its result"),
+        ));
+    }
+    Ok(())
 }
 
 /// Settings for [`pgd`].
@@ -121,6 +137,7 @@ impl Default for DescentConfig {
 pub fn targeted_descent(model: &Classifier, images: &Tensor, target: u32, config: &DescentConfig) -> Result<AttackResult> {
     check_batch(images, "the image batch")?;
     check_finite_positive("step_size", config.step_size)?;
+    check_steps(config.steps)?;
     if let Some(eps) = config.eps {
         check_eps(eps)?;
     }
@@ -144,7 +161,12 @@ pub fn pgd(model: &Classifier, images: &Tensor, objective: &Objective, config: &
     check_batch(images, "the image batch")?;
     objective.validate(images.dim(0)?)?;
     check_eps(config.eps)?;
-    check_finite_positive("step_size", config.step_size)?;
+    check_steps(config.steps)?;
+    // With no budget nothing can move, whatever the step size (eps / 10 is 0 there too).
+    let steps = if config.eps == 0.0 { 0 } else { config.steps };
+    if steps > 0 {
+        check_finite_positive("step_size", config.step_size)?;
+    }
     let project = |x: &Tensor| -> Result<Tensor> {
         let x = match config.norm {
             Norm::Linf => project_linf(x, images, config.eps)?,
@@ -157,7 +179,7 @@ pub fn pgd(model: &Classifier, images: &Tensor, objective: &Objective, config: &
         Some(seed) => project(&(images + uniform_noise(images.dims(), config.eps, seed)?)?)?,
         None => images.clone(),
     };
-    let mut result = run_from(model, images, &start, objective, config.steps, |x, grad| {
+    let mut result = run_from(model, images, &start, objective, steps, |x, grad| {
         let step = match config.norm {
             Norm::Linf => grad.sign()?,
             Norm::L2 => normalize_l2(grad)?,
@@ -195,6 +217,7 @@ pub fn epsilon_sweep(model: &Classifier, set: &Dataset, norm: Norm, eps: &[f32],
     if steps == 0 {
         return Err(LabError::invalid("steps", 0, "at least 1 step of PGD"));
     }
+    check_steps(steps)?;
     eps.iter().try_for_each(|&e| check_eps(e))?;
     let mut correct = vec![0usize; eps.len()];
     for start in (0..set.len()).step_by(500) {

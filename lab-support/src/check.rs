@@ -59,7 +59,7 @@ pub fn call_student<T>(f: impl FnOnce() -> T) -> StudentCall<T> {
 }
 
 /// What a check concluded. In a notebook it shows as one line.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Verdict {
     /// Which TODO it checks, such as "TODO 1 (input gradient)".
     pub todo: &'static str,
@@ -114,6 +114,12 @@ impl Verdict {
     }
 }
 
+impl fmt::Debug for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        crate::plot::debug_figure(f, "Verdict", &self.to_string(), || self.evcxr_display())
+    }
+}
+
 impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.headline(), self.message)
@@ -128,7 +134,7 @@ fn escape_html(s: &str) -> String {
 fn run_student<T>(todo: &'static str, f: impl FnOnce() -> Result<T>) -> std::result::Result<T, Verdict> {
     match call_student(f) {
         StudentCall::Returned(Ok(v)) => Ok(v),
-        StudentCall::Returned(Err(e)) => Err(Verdict::fail(todo, "a value", format!("an error: {e}"), cause_of_error(&e.to_string()))),
+        StudentCall::Returned(Err(e)) => Err(Verdict::fail(todo, "a value", format!("an error: {}", e.message()), cause_of_error(&e.message()))),
         StudentCall::Todo(msg) => Err(Verdict {
             todo,
             outcome: Outcome::NotDone,
@@ -168,9 +174,31 @@ fn compare(got: &Tensor, want: &Tensor) -> Result<(f64, f64)> {
     Ok((gw / (gg.sqrt() * ww.sqrt()).max(1e-30), (gg / ww.max(1e-30)).sqrt()))
 }
 
+/// A FAIL when the student's tensor differs from `like` in shape or element type: the comparisons
+/// that follow need both to match (a tensor of f64 cannot be subtracted from one of f32).
+fn mismatch(todo: &'static str, got: &Tensor, like: &Tensor, what: &str, shape_fix: &str) -> Option<Verdict> {
+    if got.dims() != like.dims() {
+        return Some(Verdict::fail(todo, format!("{what} of shape {:?}", like.dims()), format!("shape {:?}", got.dims()), shape_fix));
+    }
+    if got.dtype() != like.dtype() {
+        return Some(Verdict::fail(
+            todo,
+            format!("{what} of {:?} values, like the image", like.dtype()),
+            format!("{:?} values", got.dtype()),
+            format!("a conversion crept in: convert back with `.to_dtype(DType::{:?})?` before returning", like.dtype()),
+        ));
+    }
+    None
+}
+
+/// "an" before a class name read aloud with a vowel ("an 8"), "a" otherwise.
+pub fn article(class: u32) -> &'static str {
+    if class == 8 { "an" } else { "a" }
+}
+
 /// The verdict, or a FAIL that says the check itself could not run (a missing data file, say).
 fn verdict_or_check_error(verdict: std::result::Result<Verdict, LabError>, todo: &'static str) -> Verdict {
-    verdict.unwrap_or_else(|e| Verdict { todo, outcome: Outcome::Fail, message: format!("the check itself could not run: {e}") })
+    verdict.unwrap_or_else(|e| Verdict { todo, outcome: Outcome::Fail, message: format!("the check itself could not run: {}", e.message()) })
 }
 
 /// Notebook 01, TODO: one gradient-descent step on an [`Mlp`]'s weights,
@@ -209,7 +237,7 @@ where
             }
             if worst > 1e-5 {
                 let cause = if cos < -0.99 {
-                    "the sign is flipped: moving *with* the gradient (w + lr * g) climbs the loss; step against it, w - lr * g".to_string()
+                    "the sign is flipped: moving with the gradient (w + lr * g) climbs the loss; step against it, w - lr * g".to_string()
                 } else if cos > 0.99 {
                     format!("the step is {scale:.3} times the right size: multiply the gradient by exactly lr")
                 } else {
@@ -229,14 +257,16 @@ where
 /// The digits and targets the gradient checks use: test digits #0 and #1, with a little noise,
 /// toward other classes. A clean digit is mostly exact zeros, so its max-pool windows hold exact
 /// ties where the loss has kinks, and finite differences there average two one-sided slopes; the
-/// noise (0.01, unclamped) moves the probes off those kinks.
+/// noise (±0.01) moves the probes off those kinks. The digit is first squeezed into
+/// [0.01, 0.99], so the noisy probe is still a valid image without a clamp (which would bring the
+/// exact zeros back).
 fn probe_inputs() -> Result<Vec<(Tensor, u32)>> {
     let test = mnist::test()?;
     let mut out = Vec::new();
     for (i, shift) in [(0usize, 3u32), (1, 5)] {
         let (x, label) = test.get(i)?;
         let noise = SeededRng::new(i as u64 + 40).uniform_tensor(x.dims(), -0.01, 0.01)?;
-        out.push(((x + noise)?, (label + shift) % 10));
+        out.push((((x * 0.98)? + 0.01)?.add(&noise)?, (label + shift) % 10));
     }
     Ok(out)
 }
@@ -257,11 +287,11 @@ where
                     Ok(g) => g,
                     Err(v) => return Ok(v),
                 };
-                if got.dims() != x.dims() {
-                    return Ok(Verdict::fail(TODO, format!("a gradient of shape {:?}, like the image", x.dims()), format!("shape {:?}", got.dims()), "return grads.get(x.as_tensor()), the gradient for the input itself"));
+                if let Some(v) = mismatch(TODO, &got, &x, "a gradient", "return grads.get(x.as_tensor()), the gradient for the input itself") {
+                    return Ok(v);
                 }
                 if let Err(e) = crate::data::check_finite(&got, "your gradient") {
-                    return Ok(Verdict::fail(TODO, "finite numbers", e.to_string(), "a log of 0: take log-softmax of the logits instead of the log of probabilities"));
+                    return Ok(Verdict::fail(TODO, "finite numbers", e.message(), "a log of 0: take log-softmax of the logits instead of the log of probabilities"));
                 }
                 let want = input_gradient(&model, &x, &Objective::targeted(target, 1)?)?.grad;
                 if max_abs(&got)? == 0.0 {
@@ -321,24 +351,26 @@ where
                 Ok(g) => g,
                 Err(v) => return Ok(v),
             };
-            if got.dims() != x.dims() {
-                return Ok(Verdict::fail(TODO, format!("an image of shape {:?}", x.dims()), format!("shape {:?}", got.dims()), "return the whole updated image"));
+            if let Some(v) = mismatch(TODO, &got, &x, "an image", "return the whole updated image") {
+                return Ok(v);
             }
             let want = clamp_pixels(&(&x - (&grad * step)?)?)?;
             if max_abs_diff(&got, &want)? < 1e-6 {
                 return Ok(Verdict::pass(TODO, "x - step_size * grad, clamped to [0, 1]."));
             }
             let (lo, hi) = (got.min_all()?.to_scalar::<f32>()?, got.max_all()?.to_scalar::<f32>()?);
+            let outside = format!("pixels from {lo:.3} to {hi:.3}, outside [0, 1]");
+            let uphill = "an image that moved up the gradient: pixels with a positive gradient got brighter, which raises the loss".to_string();
             let candidates = [
-                (clamp_pixels(&(&x + (&grad * step)?)?)?, "the sign is flipped: x + step_size * grad climbs the loss; descend with x - step_size * grad"),
-                ((&x - (&grad * step)?)?, "the values were not clamped: pixels must stay in [0, 1] (`clamp_pixels` or `.clamp(0f32, 1f32)`)"),
-                ((&x + (&grad * step)?)?, "the sign is flipped and the values were not clamped"),
-                (clamp_pixels(&(&x - (grad.sign()? * step)?)?)?, "you stepped along the sign of the gradient (FGSM's step); here move by step_size times the gradient itself"),
-                (clamp_pixels(&(&x - &grad)?)?, "step_size was not used: multiply the gradient by step_size"),
+                (clamp_pixels(&(&x + (&grad * step)?)?)?, uphill.clone(), "the sign is flipped: x + step_size * grad climbs the loss; descend with x - step_size * grad"),
+                ((&x - (&grad * step)?)?, outside.clone(), "the values were not clamped: pixels must stay in [0, 1] (`clamp_pixels` or `.clamp(0f32, 1f32)`)"),
+                ((&x + (&grad * step)?)?, format!("{uphill}, and {outside}"), "the sign is flipped and the values were not clamped"),
+                (clamp_pixels(&(&x - (grad.sign()? * step)?)?)?, format!("every changed pixel moved by exactly {step}"), "you stepped along the sign of the gradient (FGSM's step); here move by step_size times the gradient itself"),
+                (clamp_pixels(&(&x - &grad)?)?, "pixels moved by the whole gradient".into(), "step_size was not used: multiply the gradient by step_size"),
             ];
-            for (candidate, cause) in candidates {
+            for (candidate, got_text, cause) in candidates {
                 if max_abs_diff(&got, &candidate)? < 1e-6 {
-                    return Ok(Verdict::fail(TODO, "x - step_size * grad, clamped to [0, 1]", format!("values in [{lo:.3}, {hi:.3}]"), cause));
+                    return Ok(Verdict::fail(TODO, "x - step_size * grad, clamped to [0, 1]", got_text, cause));
                 }
             }
             Ok(Verdict::fail(TODO, "x - step_size * grad, clamped to [0, 1]", format!("pixels off by up to {:.3}", max_abs_diff(&got, &want)?), "compute x - step_size * grad, then clamp to [0, 1]"))
@@ -367,10 +399,12 @@ where
             if history.len() != steps && history.len() != steps + 1 {
                 return Ok(Verdict::fail(TODO, format!("{steps} images, one per step"), format!("{}", history.len()), "push the image into the history once per step"));
             }
-            for (i, img) in history.iter().enumerate() {
-                if img.dims() != x.dims() {
-                    return Ok(Verdict::fail(TODO, format!("images of shape {:?}", x.dims()), format!("shape {:?} at step {i}", img.dims()), "keep the batch shape through the loop"));
+            for img in &history {
+                if let Some(v) = mismatch(TODO, img, &x, "images", "keep the batch shape through the loop") {
+                    return Ok(v);
                 }
+            }
+            for (i, img) in history.iter().enumerate() {
                 let moved = max_abs_diff(img, &x)?;
                 if moved > eps + 1e-5 {
                     return Ok(Verdict::fail(TODO, format!("no pixel moved more than eps = {eps}"), format!("a pixel moved {moved:.3} at step {i}"), "eps was broken: after each step, project back with `project_linf(&x, original, eps)` (clamp x - original to [-eps, eps])"));
@@ -410,9 +444,29 @@ pub fn reference_craft(model: &Classifier, original: &Tensor, target: u32, eps: 
     Ok(history)
 }
 
+/// Checks that `image` is a valid attack on `original` under an L-inf budget: same shape, pixels
+/// in `[0, 1]`, no pixel moved more than `eps`. Use it before putting numbers from your own attack
+/// in a table: a success that broke the budget means nothing.
+pub fn within_budget(original: &Tensor, image: &Tensor, eps: f32) -> Result<()> {
+    crate::grad::check_eps(eps)?;
+    if image.dims() != original.dims() {
+        return Err(LabError::Shape { what: "the attacked image".into(), expected: format!("{:?}, like the original", original.dims()), got: image.dims().to_vec() });
+    }
+    crate::data::check_batch(image, "the attacked image")?;
+    let moved = max_abs_diff(&image.to_dtype(DType::F32)?, &original.to_dtype(DType::F32)?)?;
+    if moved > eps + 1e-5 {
+        return Err(LabError::Other(format!(
+            "the attacked image moved a pixel by {moved:.3}, more than eps = {eps}: it broke the budget, so \
+             whatever it does to the model proves nothing. Project back after every step \
+             (`project_linf(&x, original, eps)?`, TODO 3) and run the cell again"
+        )));
+    }
+    Ok(())
+}
+
 /// The challenge of notebook 03: turn one test digit into another class with at least 90%
-/// confidence, no pixel moving more than `eps`.
-#[derive(Clone, Debug)]
+/// confidence, no pixel moving more than `eps`, calling the model at most `max_calls` times.
+#[derive(Clone)]
 pub struct Challenge {
     /// The digit to change, `(1, 1, 28, 28)`.
     pub original: Tensor,
@@ -421,44 +475,55 @@ pub struct Challenge {
     pub target: u32,
     pub eps: f32,
     pub min_confidence: f32,
+    /// Forward passes of the model allowed: each gradient step of an attack makes one.
+    pub max_calls: usize,
 }
 
 impl Challenge {
-    /// The lab's challenge. See the notebook for how eps was chosen.
+    /// The lab's challenge. See the notebook for how eps and the budget were chosen.
     pub fn new() -> Result<Self> {
         let index = CHALLENGE_INDEX;
         let (original, label) = mnist::test()?.get(index)?;
-        Ok(Challenge { original, index, label, target: CHALLENGE_TARGET, eps: CHALLENGE_EPS, min_confidence: 0.9 })
+        Ok(Challenge { original, index, label, target: CHALLENGE_TARGET, eps: CHALLENGE_EPS, min_confidence: 0.9, max_calls: CHALLENGE_CALLS })
     }
 
     /// Shows the digit and the task.
     pub fn evcxr_display(&self) {
         let grid = crate::plot::ImageGrid::new(
             format!(
-                "Challenge: make this {} read as {} {} (>= {:.0}%), eps = {}",
+                "Challenge: make this {} read as {} {} (>= {:.0}%), eps = {}, at most {} model calls",
                 self.label,
-                if self.target == 8 { "an" } else { "a" },
+                article(self.target),
                 self.target,
                 self.min_confidence * 100.0,
-                self.eps
+                self.eps,
+                self.max_calls
             ),
             1,
         )
         .image(&self.original, format!("test digit #{}", self.index));
         match grid {
             Ok(g) => g.evcxr_display(),
-            Err(e) => println!("{e}"),
+            Err(e) => println!("{}", e.message()),
         }
     }
 }
 
-/// Test digit used for the challenge, and its target; eps from the measurement in the notebook.
+impl fmt::Debug for Challenge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        crate::plot::debug_figure(f, "Challenge", &format!("{} -> {}, eps {}", self.label, self.target, self.eps), || self.evcxr_display())
+    }
+}
+
+/// Test digit used for the challenge, its target, the budget and the number of model calls;
+/// measured in the notebook and held by this module's tests.
 pub const CHALLENGE_INDEX: usize = 1;
 pub const CHALLENGE_TARGET: u32 = 8;
-pub const CHALLENGE_EPS: f32 = 0.2;
+pub const CHALLENGE_EPS: f32 = 0.19;
+pub const CHALLENGE_CALLS: usize = 10;
 
-/// Notebook 03, TODO 4: checks the challenge by predicting again.
-/// `f` is `fn solve(model: &Classifier, challenge: &Challenge) -> Result<Tensor>`.
+/// Notebook 03, TODO 4: checks the challenge by predicting again, and counts the model calls
+/// `f` made. `f` is `fn solve(model: &Classifier, challenge: &Challenge) -> Result<Tensor>`.
 pub fn challenge<F>(f: F) -> Verdict
 where
     F: Fn(&Classifier, &Challenge) -> Result<Tensor>,
@@ -467,29 +532,45 @@ where
     verdict_or_check_error(
         (|| {
             let model = Classifier::pretrained()?;
+            let (counted, calls) = model.counting_calls();
             let c = Challenge::new()?;
-            let adv = match run_student(TODO, || f(&model, &c)) {
+            let adv = match run_student(TODO, || f(&counted, &c)) {
                 Ok(a) => a,
                 Err(v) => return Ok(v),
             };
-            Ok(judge_challenge(&model, &c, &adv))
+            let used = calls.load(std::sync::atomic::Ordering::Relaxed);
+            let verdict = judge_challenge(&model, &c, &adv);
+            if used > c.max_calls {
+                let result = if verdict.passed() { "it reached the target, but only by going over budget".to_string() } else { verdict.message.clone() };
+                return Ok(Verdict::fail(
+                    TODO,
+                    format!("at most {} calls of the model", c.max_calls),
+                    format!("{used} calls ({result})"),
+                    "each step of your loop calls the model once (for its gradient): reach the target in fewer, larger steps. Which step size lets 10 steps go far enough, and does the sign of the gradient help?",
+                ));
+            }
+            if verdict.passed() {
+                return Ok(Verdict::pass(TODO, format!("{} It took {used} model call(s) of the {} allowed.", verdict.message, c.max_calls)));
+            }
+            Ok(verdict)
         })(),
         TODO,
     )
 }
 
-/// The challenge's rules, applied to an image.
+/// The challenge's rules for an image: shape, pixels in [0, 1], within eps, and the target class
+/// with enough confidence, predicted again.
 pub fn judge_challenge(model: &Classifier, c: &Challenge, adv: &Tensor) -> Verdict {
     const TODO: &str = "TODO 4 (the challenge)";
     verdict_or_check_error(
         (|| {
-            if adv.dims() != c.original.dims() {
-                return Ok(Verdict::fail(TODO, format!("an image of shape {:?}", c.original.dims()), format!("shape {:?}", adv.dims()), "return one image, like challenge.original"));
+            if let Some(v) = mismatch(TODO, adv, &c.original, "an image", "return one image, like challenge.original") {
+                return Ok(v);
             }
             crate::data::check_finite(adv, "your image")?;
             let (lo, hi) = (adv.min_all()?.to_scalar::<f32>()?, adv.max_all()?.to_scalar::<f32>()?);
             if lo < 0.0 || hi > 1.0 {
-                return Ok(Verdict::fail(TODO, "pixels in [0, 1]", format!("[{lo:.3}, {hi:.3}]"), "the values were not clamped"));
+                return Ok(Verdict::fail(TODO, "pixels in [0, 1]", format!("pixels from {lo:.3} to {hi:.3}"), "the values were not clamped"));
             }
             let moved = max_abs_diff(adv, &c.original)?;
             if moved > c.eps + 1e-6 {
@@ -502,10 +583,10 @@ pub fn judge_challenge(model: &Classifier, c: &Challenge, adv: &Tensor) -> Verdi
                     TODO,
                     format!("the model to say {} with >= {:.0}%", c.target, c.min_confidence * 100.0),
                     format!("{} with {:.1}% (p({}) = {:.1}%)", p.class, p.confidence * 100.0, c.target, target_p * 100.0),
-                    "not there yet: more steps, a larger step size early on, or a step along the gradient's sign use the budget better",
+                    "not there yet: with so few steps, each one has to go further; try larger step sizes (the projection keeps you within eps)",
                 ));
             }
-            Ok(Verdict::pass(TODO, format!("the model now reads a {} with {:.1}% confidence; largest pixel change {moved:.3} <= eps {}.", c.target, target_p * 100.0, c.eps)))
+            Ok(Verdict::pass(TODO, format!("the model now reads {} {} with {:.1}% confidence; largest pixel change {moved:.3} <= eps {}.", article(c.target), c.target, target_p * 100.0, c.eps)))
         })(),
         TODO,
     )
@@ -578,24 +659,60 @@ mod tests {
         assert_fails_with(craft(uphill), "wrong way");
     }
 
+    /// The student's loop of notebook 03 (plain gradient steps, projected), as `solve` would call it.
+    fn loop_solution(steps: usize, step_size: f64) -> impl Fn(&Classifier, &Challenge) -> Result<Tensor> {
+        move |m: &Classifier, c: &Challenge| Ok(reference_craft(m, &c.original, c.target, c.eps, steps, step_size)?.pop().unwrap_or_else(|| c.original.clone()))
+    }
+
     #[test]
-    fn the_challenge_is_solvable_within_its_rules_by_the_loop() {
+    fn the_challenge_needs_thought_but_is_solvable_within_its_rules() {
         let model = Classifier::pretrained().unwrap();
         let c = Challenge::new().unwrap();
-        let solution = |m: &Classifier, c: &Challenge| -> Result<Tensor> {
-            Ok(reference_craft(m, &c.original, c.target, c.eps, 200, 0.2)?.pop().unwrap())
-        };
-        let v = challenge(solution);
+        // Ten steps of a larger size get there, within eps and within the budget.
+        let v = challenge(loop_solution(10, 2.0));
         assert!(v.passed(), "{v}");
-        let adv = solution(&model, &c).unwrap();
+        let adv = loop_solution(10, 2.0)(&model, &c).unwrap();
         let moved = per_image_linf(&(&adv - &c.original).unwrap()).unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
         assert!(moved <= c.eps + 1e-6);
-        assert!(model.probabilities(&adv).unwrap().get(0).unwrap().get(c.target as usize).unwrap().to_scalar::<f32>().unwrap() >= 0.9);
+        // The settings a student tries first fail: "Watch it work"'s 100 steps of 0.1 break the
+        // budget, and 10 steps of 0.1 fall short.
+        assert_fails_with(challenge(loop_solution(100, 0.1)), "fewer, larger steps");
+        assert_fails_with(challenge(loop_solution(10, 0.1)), "larger step sizes");
         // Not by luck: one FGSM step at the same eps does not get there.
         let objective = Objective::targeted(c.target, 1).unwrap();
         let one_step = crate::attack::fgsm(&model, &c.original, &objective, c.eps).unwrap().adversarial;
         assert!(!judge_challenge(&model, &c, &one_step).passed());
         // And doing nothing fails.
         assert_fails_with(challenge(|_: &Classifier, c: &Challenge| Ok(c.original.clone())), "not there yet");
+    }
+
+    #[test]
+    fn messages_are_plain_text_and_say_what_came_back() {
+        let flipped = descent_step(|x: &Tensor, g: &Tensor, s: f64| clamp_pixels(&(x + (g * s)?)?));
+        assert!(flipped.message.contains("brighter") && !flipped.message.contains("values in"), "{flipped}");
+        let sign = |mlp: &Mlp, xs: &Tensor, ys: &Tensor, lr: f64| mlp.reference_step(xs, ys, -lr);
+        for v in [flipped, train_step(sign), challenge(loop_solution(10, 2.0))] {
+            assert!(!v.message.contains('*') || v.message.contains(" * "), "markdown in a plain message: {v}");
+            assert!(!v.message.contains(" a 8"), "{v}");
+        }
+    }
+
+    #[test]
+    fn a_student_tensor_of_another_type_gets_a_verdict_not_a_check_error() {
+        let f64_step = |x: &Tensor, g: &Tensor, s: f64| Ok(clamp_pixels(&(x - (g * s)?)?)?.to_dtype(DType::F64)?);
+        let v = descent_step(f64_step);
+        assert_fails_with(v.clone(), "to_dtype(DType::F32)");
+        assert!(!v.message.contains("could not run"), "{v}");
+        let f64_grad = |m: &Classifier, x: &Tensor, t: u32| Ok(reference_grad(m, x, t)?.to_dtype(DType::F64)?);
+        assert_fails_with(input_grad(f64_grad), "to_dtype");
+    }
+
+    #[test]
+    fn within_budget_refuses_an_image_that_broke_eps() {
+        let (x, _) = mnist::test().unwrap().get(0).unwrap();
+        let far = reference_craft(&Classifier::pretrained().unwrap(), &x, 3, 10.0, 5, 1.0).unwrap().pop().unwrap();
+        let msg = within_budget(&x, &far, 0.1).unwrap_err().to_string();
+        assert!(msg.contains("eps = 0.1") && msg.contains("project_linf"), "{msg}");
+        within_budget(&x, &x, 0.1).unwrap();
     }
 }

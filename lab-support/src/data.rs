@@ -2,9 +2,9 @@
 //!
 //! Datasets come as [`Dataset`]: `images` is an f32 tensor of shape `(N, 1, 28, 28)` with pixels
 //! in `[0, 1]` (white strokes on black, as MNIST stores them), `labels` is a u32 tensor of shape
-//! `(N,)`. Every shipped file is checked against `data/SHA256SUMS` the first time a process reads
-//! it, so a corrupted download or an edited file is reported instead of silently training or
-//! attacking on garbage.
+//! `(N,)`. Every shipped file (datasets, photos, weights) is checked against `data/SHA256SUMS` each
+//! time it is read, so a corrupted download or an edited file is reported instead of silently
+//! training or attacking on garbage.
 //!
 //! [`load_image`] turns any PNG or JPEG (a photo, a drawing) into a `(1, 1, 28, 28)` tensor that
 //! the digit model can read.
@@ -21,7 +21,6 @@
 use crate::error::{LabError, Result};
 use candle_core::{DType, Device, Tensor};
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -137,6 +136,7 @@ pub mod fashion_mnist {
 }
 
 fn cached(slot: &Mutex<Option<Dataset>>, load: impl FnOnce() -> Result<Dataset>) -> Result<Dataset> {
+    crate::kernel::init();
     let mut slot = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(set) = slot.as_ref() {
         return Ok(set.clone());
@@ -189,33 +189,29 @@ fn read_idx(root: &Path, rel: &str, magic: u32) -> Result<(Vec<usize>, Vec<u8>)>
     let rank = magic as usize & 0xff;
     let dims: Vec<usize> = (1..=rank).map(word).collect::<Result<_>>()?;
     let body = &raw[4 * (rank + 1)..];
-    let expected: usize = dims.iter().product();
+    let expected = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    let Some(expected) = expected else {
+        return Err(bad(format!("its header's dimensions {dims:?} multiply to more than any file can hold")));
+    };
     if body.len() != expected {
         return Err(bad(format!("holds {} bytes of data, its header promises {expected}", body.len())));
     }
     Ok((dims, body.to_vec()))
 }
 
-/// Files already checked in this process (by absolute path).
-static VERIFIED: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
-
 /// Reads `root/rel` and checks it against the SHA-256 listed for `rel` in `root/SHA256SUMS`.
 ///
-/// The hash is computed once per process and file; later reads skip it.
+/// Every read is checked, not only the first one of a process: a file changed while a notebook
+/// runs is caught at its next load. It is cheap: hashing the shipped weights takes about 2 ms,
+/// and the datasets are read once per process and kept in memory.
 pub fn verified_bytes(root: &Path, rel: &str) -> Result<Vec<u8>> {
     let path = root.join(rel);
     let bytes = std::fs::read(&path).map_err(|e| LabError::MissingFile { path: path.clone(), reason: e.to_string() })?;
-    let key = path.canonicalize().unwrap_or_else(|_| path.clone());
-    let mut seen = VERIFIED.lock().unwrap_or_else(|p| p.into_inner());
-    if seen.get_or_insert_with(HashSet::new).contains(&key) {
-        return Ok(bytes);
-    }
     let expected = expected_hash(root, rel)?;
     let actual = sha256_hex(&bytes);
     if actual != expected {
         return Err(LabError::HashMismatch { path, expected, actual });
     }
-    seen.get_or_insert_with(HashSet::new).insert(key);
     Ok(bytes)
 }
 
@@ -241,10 +237,16 @@ fn expected_hash(root: &Path, rel: &str) -> Result<String> {
 /// light strokes on a dark background, so an image whose border is mostly light (a drawing on
 /// white paper, a bright photo) is inverted. Use [`load_drawing`] for a hand-drawn digit.
 pub fn load_image(path: impl AsRef<Path>) -> Result<Tensor> {
-    let grey = decode_grey(path.as_ref())?;
+    crate::kernel::init();
+    let path = path.as_ref();
+    to_digit_frame(&decode_grey(path, &read_image_file(path)?)?)
+}
+
+/// The central square of a grey image, shrunk to 28x28, light on dark.
+fn to_digit_frame(grey: &image::GrayImage) -> Result<Tensor> {
     let (w, h) = grey.dimensions();
     let side = w.min(h);
-    let square = image::imageops::crop_imm(&grey, (w - side) / 2, (h - side) / 2, side, side).to_image();
+    let square = image::imageops::crop_imm(grey, (w - side) / 2, (h - side) / 2, side, side).to_image();
     let small = image::imageops::resize(&square, SIDE as u32, SIDE as u32, image::imageops::FilterType::Triangle);
     let mut pixels: Vec<f32> = small.pixels().map(|p| p.0[0] as f32 / 255.0).collect();
     if border_mean(&pixels) > 0.5 {
@@ -253,10 +255,28 @@ pub fn load_image(path: impl AsRef<Path>) -> Result<Tensor> {
     Ok(Tensor::from_vec(pixels, (1, 1, SIDE, SIDE), &Device::Cpu)?)
 }
 
-/// One of the shipped photos (`chelsea.png`, `astronaut.png`, `coffee.png`, `camera.png`,
-/// `rocket.jpg`) as a `(1, 1, 28, 28)` tensor, through [`load_image`].
+/// The photos that ship in `data/photos/`.
+pub const PHOTOS: [&str; 5] = ["astronaut.png", "camera.png", "chelsea.png", "coffee.png", "rocket.jpg"];
+
+/// One of the shipped photos ([`PHOTOS`]: `chelsea.png` is a cat) as a `(1, 1, 28, 28)` tensor,
+/// through [`load_image`]. Takes the bare file name; the photo is hash-checked like every shipped
+/// file.
 pub fn photo(name: &str) -> Result<Tensor> {
-    load_image(data_dir().join("photos").join(name))
+    crate::kernel::init();
+    photo_from(&data_dir(), name)
+}
+
+fn photo_from(root: &Path, name: &str) -> Result<Tensor> {
+    if !PHOTOS.contains(&name) {
+        return Err(LabError::Other(format!(
+            "there is no shipped photo `{name}`: `photo` takes one of {} (chelsea.png is a cat). For an \
+             image of your own, use `load_image(\"path/to/it.png\")?`, with a path relative to the notebook",
+            PHOTOS.join(", ")
+        )));
+    }
+    let path = root.join("photos").join(name);
+    let bytes = verified_bytes(root, &format!("photos/{name}"))?;
+    to_digit_frame(&decode_grey(&path, &bytes)?)
 }
 
 /// Turns a drawing of a digit into a `(1, 1, 28, 28)` tensor framed the way MNIST frames digits.
@@ -265,8 +285,9 @@ pub fn photo(name: &str) -> Result<Tensor> {
 /// in the 28x28 frame. This does the same to your drawing, so the model sees it as it saw its
 /// training data. Dark ink on white paper and light ink on black both work.
 pub fn load_drawing(path: impl AsRef<Path>) -> Result<Tensor> {
+    crate::kernel::init();
     let path = path.as_ref();
-    let grey = decode_grey(path)?;
+    let grey = decode_grey(path, &read_image_file(path)?)?;
     let (w, h) = grey.dimensions();
     let mut ink: Vec<f32> = grey.pixels().map(|p| p.0[0] as f32 / 255.0).collect();
     // Decide the background from the border, then make ink bright.
@@ -313,7 +334,8 @@ pub fn load_drawing(path: impl AsRef<Path>) -> Result<Tensor> {
     Ok(Tensor::from_vec(frame, (1, 1, SIDE, SIDE), &Device::Cpu)?)
 }
 
-fn decode_grey(path: &Path) -> Result<image::GrayImage> {
+/// Reads an image file, refusing folders, empty files and files too large for this lab.
+fn read_image_file(path: &Path) -> Result<Vec<u8>> {
     let bad = |reason: String| LabError::BadImage { path: path.into(), reason };
     let meta = std::fs::metadata(path).map_err(|e| bad(format!("it cannot be read ({e})")))?;
     if meta.is_dir() {
@@ -329,8 +351,20 @@ fn decode_grey(path: &Path) -> Result<image::GrayImage> {
             MAX_IMAGE_BYTES / 1_000_000
         )));
     }
-    let mut reader = image::ImageReader::open(path)
-        .map_err(|e| bad(format!("it cannot be opened ({e})")))?
+    std::fs::read(path).map_err(|e| bad(format!("it cannot be read ({e})")))
+}
+
+/// Decodes an image to grey, the way a person looking at it would see it:
+///
+/// - turned upright by its EXIF orientation (a phone stores a portrait photo sideways and says so
+///   in EXIF; ignored, a photographed 6 reads as a 9);
+/// - transparent parts filled with a background that contrasts with the ink (a drawing app's dark
+///   strokes on a transparent canvas would otherwise sit on black, since transparent pixels
+///   usually store black, and vanish).
+fn decode_grey(path: &Path, bytes: &[u8]) -> Result<image::GrayImage> {
+    use image::ImageDecoder;
+    let bad = |reason: String| LabError::BadImage { path: path.into(), reason };
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| bad(format!("it cannot be read ({e})")))?;
     if reader.format().is_none() {
@@ -341,11 +375,30 @@ fn decode_grey(path: &Path) -> Result<image::GrayImage> {
     limits.max_image_height = Some(8192);
     limits.max_alloc = Some(512 * 1024 * 1024);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| bad(format!("it is not a valid image ({e})")))?;
+    let mut decoder = reader.into_decoder().map_err(|e| bad(format!("it is not a valid image ({e})")))?;
+    // A broken EXIF block is no reason to refuse the picture itself.
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(|e| bad(format!("it is not a valid image ({e})")))?;
+    img.apply_orientation(orientation);
     if img.width() == 0 || img.height() == 0 {
         return Err(bad("it has no pixels".into()));
     }
-    Ok(img.to_luma8())
+    if !img.color().has_alpha() {
+        return Ok(img.to_luma8());
+    }
+    let la = img.to_luma_alpha8();
+    // The ink is what is opaque: put it on white if it is dark, on black if it is light.
+    let (mut ink, mut weight) = (0f64, 0f64);
+    for p in la.pixels() {
+        let a = p.0[1] as f64 / 255.0;
+        (ink, weight) = (ink + a * p.0[0] as f64, weight + a);
+    }
+    let background = if weight > 0.0 && ink / weight > 127.5 { 0.0 } else { 255.0 };
+    Ok(image::GrayImage::from_fn(la.width(), la.height(), |x, y| {
+        let [v, a] = la.get_pixel(x, y).0;
+        let a = a as f32 / 255.0;
+        image::Luma([(a * v as f32 + (1.0 - a) * background).round() as u8])
+    }))
 }
 
 fn border_mean(pixels: &[f32]) -> f32 {
@@ -362,13 +415,46 @@ fn border_mean(pixels: &[f32]) -> f32 {
     sum / n
 }
 
-/// Checks that `images` is a finite `(N, 1, 28, 28)` batch; `what` names it in the error.
+/// Largest distance outside `[0, 1]` a pixel may have and still count as inside: the rounding of
+/// `original + (x - original)` after a projection.
+const PIXEL_SLACK: f32 = 1e-5;
+
+/// Checks that `images` is an `(N, 1, 28, 28)` batch of pixels the model can read: floats, finite,
+/// in `[0, 1]`. `what` names it in the error.
 pub fn check_batch(images: &Tensor, what: &str) -> Result<()> {
     let dims = images.dims();
     if dims.len() != 4 || dims[1] != 1 || dims[2] != SIDE || dims[3] != SIDE || dims[0] == 0 {
         return Err(LabError::Shape { what: what.into(), expected: "[N, 1, 28, 28] with N >= 1".into(), got: dims.to_vec() });
     }
-    check_finite(images, what)
+    check_float(images, what)?;
+    check_pixels(images, what)
+}
+
+/// Checks that `t` holds floats (f32 or f64), saying how to convert anything else.
+pub fn check_float(t: &Tensor, what: &str) -> Result<()> {
+    match t.dtype() {
+        DType::F32 | DType::F64 => Ok(()),
+        DType::U8 => Err(LabError::DType {
+            what: what.into(),
+            got: t.dtype(),
+            fix: "pixels 0..255 in bytes become the model's [0, 1] with `(x.to_dtype(DType::F32)? / 255.0)?`".into(),
+        }),
+        other => Err(LabError::DType { what: what.into(), got: other, fix: "convert it with `x.to_dtype(DType::F32)?`".into() }),
+    }
+}
+
+/// Checks that every value of `t` is finite and in `[0, 1]`.
+pub fn check_pixels(t: &Tensor, what: &str) -> Result<()> {
+    let values = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let count = values.iter().filter(|v| !v.is_finite()).count();
+    if count > 0 {
+        return Err(LabError::NotFinite { what: what.into(), count });
+    }
+    let (min, max) = values.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    if min < -PIXEL_SLACK || max > 1.0 + PIXEL_SLACK {
+        return Err(LabError::PixelRange { what: what.into(), min, max });
+    }
+    Ok(())
 }
 
 /// Checks that every value of `t` is finite.
@@ -484,6 +570,161 @@ mod tests {
             assert!(msg.contains(expected) && msg.contains(file), "{file}: {msg}");
         }
         assert!(load_image(&dir).unwrap_err().to_string().contains("folder"));
+    }
+
+    /// A scratch data folder holding `files` (relative path, bytes) and their SHA256SUMS.
+    fn data_folder(name: &str, files: &[(&str, Vec<u8>)]) -> PathBuf {
+        let dir = scratch(name);
+        let mut sums = String::new();
+        for (rel, bytes) in files {
+            let path = dir.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, bytes).unwrap();
+            sums += &format!("{}  {rel}\n", sha256_hex(bytes));
+        }
+        std::fs::write(dir.join("SHA256SUMS"), sums).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_file_changed_after_its_first_load_is_caught_at_the_next() {
+        let weights = std::fs::read(data_dir().join(crate::model::WEIGHTS_FILE)).unwrap();
+        let dir = data_folder("reload", &[(crate::model::WEIGHTS_FILE, weights.clone())]);
+        crate::model::Classifier::load_from(&dir, crate::model::WEIGHTS_FILE).unwrap();
+        let mut corrupted = weights;
+        let mid = corrupted.len() / 2;
+        corrupted[mid] ^= 0x40;
+        std::fs::write(dir.join(crate::model::WEIGHTS_FILE), &corrupted).unwrap();
+        let err = crate::model::Classifier::load_from(&dir, crate::model::WEIGHTS_FILE).unwrap_err();
+        assert!(matches!(err, LabError::HashMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("cargo lab train"), "the weights can be retrained: {err}");
+    }
+
+    #[test]
+    fn photos_are_hash_checked_and_unknown_names_list_the_photos() {
+        let cat = std::fs::read(data_dir().join("photos/chelsea.png")).unwrap();
+        let dir = data_folder("photos", &[("photos/chelsea.png", cat.clone())]);
+        photo_from(&dir, "chelsea.png").unwrap();
+        let mut corrupted = cat;
+        let last = corrupted.len() - 1;
+        corrupted[last] ^= 0xff;
+        std::fs::write(dir.join("photos/chelsea.png"), &corrupted).unwrap();
+        let err = photo_from(&dir, "chelsea.png").unwrap_err();
+        assert!(matches!(err, LabError::HashMismatch { .. }), "{err}");
+        // Only the weights are the lab's own product: a photo can only be restored.
+        assert!(!err.to_string().contains("cargo lab train"), "{err}");
+        let msg = photo("cat.png").unwrap_err().to_string();
+        for name in PHOTOS {
+            assert!(msg.contains(name), "`{name}` missing from: {msg}");
+        }
+        assert!(!msg.contains("data/photos/"), "photo takes a bare name: {msg}");
+    }
+
+    #[test]
+    fn the_dataset_hash_error_does_not_suggest_retraining() {
+        let dir = data_folder("mnist-hash", &[("mnist/t10k-labels-idx1-ubyte.gz", b"not the labels".to_vec())]);
+        std::fs::write(dir.join("mnist/t10k-labels-idx1-ubyte.gz"), b"still not the labels").unwrap();
+        let msg = verified_bytes(&dir, "mnist/t10k-labels-idx1-ubyte.gz").unwrap_err().to_string();
+        assert!(msg.contains("git checkout") && !msg.contains("cargo lab train"), "{msg}");
+    }
+
+    #[test]
+    fn an_idx_header_whose_dimensions_overflow_is_an_error() {
+        let mut raw = vec![0, 0, 8, 3];
+        for _ in 0..3 {
+            raw.extend_from_slice(&0x8000_0000u32.to_be_bytes());
+        }
+        raw.extend_from_slice(&[0; 16]);
+        let mut gz = Vec::new();
+        {
+            use std::io::Write;
+            let mut enc = flate2::write::GzEncoder::new(&mut gz, flate2::Compression::fast());
+            enc.write_all(&raw).unwrap();
+            enc.finish().unwrap();
+        }
+        let dir = data_folder("idx-overflow", &[("x-images-idx3-ubyte.gz", gz)]);
+        let err = read_idx(&dir, "x-images-idx3-ubyte.gz", 0x0803).unwrap_err().to_string();
+        assert!(err.contains("multiply"), "{err}");
+    }
+
+    /// Saves an RGBA drawing: a vertical bar of `ink` on a fully transparent canvas whose hidden
+    /// colour is black, as drawing apps save it.
+    fn transparent_drawing(path: &Path, ink: [u8; 3]) {
+        let img = image::RgbaImage::from_fn(60, 60, |x, y| {
+            if (26..34).contains(&x) && (8..52).contains(&y) { image::Rgba([ink[0], ink[1], ink[2], 255]) } else { image::Rgba([0, 0, 0, 0]) }
+        });
+        img.save(path).unwrap();
+    }
+
+    #[test]
+    fn a_drawing_on_a_transparent_background_keeps_its_ink() {
+        let dir = scratch("transparent");
+        for (name, ink) in [("dark.png", [10, 10, 10]), ("light.png", [250, 250, 250])] {
+            transparent_drawing(&dir.join(name), ink);
+            for (how, t) in [("load_drawing", load_drawing(dir.join(name)).unwrap()), ("load_image", load_image(dir.join(name)).unwrap())] {
+                let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                // Light strokes on a dark background, as the model reads digits.
+                assert!(v[14 * 28 + 14] > 0.8, "{how}({name}): the stroke is gone ({})", v[14 * 28 + 14]);
+                assert!(v[14 * 28 + 2] < 0.2, "{how}({name}): the background is not dark ({})", v[14 * 28 + 2]);
+            }
+        }
+        // Grey with alpha (LA) too.
+        let la = image::GrayAlphaImage::from_fn(40, 40, |x, _| if (18..22).contains(&x) { image::LumaA([0, 255]) } else { image::LumaA([0, 0]) });
+        la.save(dir.join("la.png")).unwrap();
+        let v = load_drawing(dir.join("la.png")).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(v[14 * 28 + 14] > 0.8, "LA drawing came out blank");
+    }
+
+    /// A JPEG whose EXIF block says "rotate 90 degrees clockwise to view" (orientation 6), as a
+    /// phone writes a portrait photo.
+    fn jpeg_with_orientation(pixels: &image::GrayImage, orientation: u16) -> Vec<u8> {
+        let mut jpeg = Vec::new();
+        image::DynamicImage::ImageLuma8(pixels.clone()).write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+        // TIFF header (little endian), one IFD entry: tag 0x0112 (orientation), SHORT, count 1.
+        let mut tiff = b"II*\0".to_vec();
+        tiff.extend_from_slice(&8u32.to_le_bytes());
+        tiff.extend_from_slice(&1u16.to_le_bytes());
+        tiff.extend_from_slice(&0x0112u16.to_le_bytes());
+        tiff.extend_from_slice(&3u16.to_le_bytes());
+        tiff.extend_from_slice(&1u32.to_le_bytes());
+        tiff.extend_from_slice(&orientation.to_le_bytes());
+        tiff.extend_from_slice(&[0, 0]);
+        tiff.extend_from_slice(&0u32.to_le_bytes());
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend_from_slice(&tiff);
+        let mut out = jpeg[..2].to_vec();
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+        out.extend_from_slice(&app1);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn a_photo_is_turned_upright_by_its_exif_orientation() {
+        let dir = scratch("exif");
+        // A bright block in the top-left corner of the stored pixels.
+        let stored = image::GrayImage::from_fn(56, 56, |x, y| image::Luma([if x < 20 && y < 20 { 255 } else { 0 }]));
+        std::fs::write(dir.join("plain.jpg"), jpeg_with_orientation(&stored, 1)).unwrap();
+        std::fs::write(dir.join("rotated.jpg"), jpeg_with_orientation(&stored, 6)).unwrap();
+        let at = |file: &str, x: usize, y: usize| load_image(dir.join(file)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[y * 28 + x];
+        assert!(at("plain.jpg", 3, 3) > 0.8 && at("plain.jpg", 24, 3) < 0.2);
+        // Turned 90 degrees clockwise, the top-left corner goes to the top right.
+        assert!(at("rotated.jpg", 24, 3) > 0.8, "EXIF orientation ignored");
+        assert!(at("rotated.jpg", 3, 3) < 0.2, "EXIF orientation ignored");
+    }
+
+    #[test]
+    fn pixels_outside_0_1_and_byte_images_say_how_to_scale() {
+        let (x, _) = mnist::test().unwrap().get(0).unwrap();
+        let scaled = (x.clone() * 255.0).unwrap();
+        let msg = check_batch(&scaled, "the image batch").unwrap_err().to_string();
+        assert!(msg.contains("[0, 1]") && msg.contains("/ 255.0") && msg.contains("255"), "{msg}");
+        let bytes = scaled.to_dtype(DType::U8).unwrap();
+        let msg = check_batch(&bytes, "the image batch").unwrap_err().to_string();
+        assert!(msg.contains("U8") && msg.contains("to_dtype(DType::F32)? / 255.0"), "{msg}");
+        // Pixels a rounding error outside still count as inside.
+        check_batch(&(x + 1e-6).unwrap(), "x").unwrap();
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub enum LabError {
     Shape { what: String, expected: String, got: Vec<usize> },
     /// A tensor holds NaN or infinite values.
     NotFinite { what: String, count: usize },
+    /// Pixels outside `[0, 1]`, the range the model was trained on.
+    PixelRange { what: String, min: f32, max: f32 },
+    /// A tensor of a type the model cannot read (bytes, integers, or another float width).
+    DType { what: String, got: candle_core::DType, fix: String },
     /// An argument is out of its allowed range.
     InvalidArgument { name: &'static str, value: String, allowed: String },
     /// Any other I/O failure (creating a plot file, running a tool).
@@ -36,7 +40,31 @@ pub enum LabError {
 }
 
 impl fmt::Display for LabError {
+    /// The message, and in a notebook the first time, a note on what evcxr does after an error:
+    /// the cell's new variables are gone (see [`crate::kernel::lost_variables_note`]).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_message(f)?;
+        if let Some(note) = crate::kernel::lost_variables_note() {
+            f.write_str(note)?;
+        }
+        Ok(())
+    }
+}
+
+impl LabError {
+    /// What went wrong and what to do, without the notebook note of `Display`: for messages that
+    /// go inside other text (a check's verdict, a figure that could not be drawn).
+    pub fn message(&self) -> String {
+        struct Message<'a>(&'a LabError);
+        impl fmt::Display for Message<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.write_message(f)
+            }
+        }
+        Message(self).to_string()
+    }
+
+    fn write_message(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use LabError::*;
         match self {
             MissingFile { path, reason } => write!(
@@ -46,14 +74,20 @@ impl fmt::Display for LabError {
                  folder that holds the lab's data/)",
                 path.display()
             ),
-            HashMismatch { path, expected, actual } => write!(
-                f,
-                "`{}` is corrupted or was changed: its SHA-256 is {actual}, expected {expected} \
-                 (from data/SHA256SUMS). Restore it with `git checkout -- {}` from the repository \
-                 root; if you retrained the model on purpose, `cargo lab train` updates the sum",
-                path.display(),
-                path.display()
-            ),
+            HashMismatch { path, expected, actual } => {
+                write!(
+                    f,
+                    "`{}` is corrupted or was changed: its SHA-256 is {actual}, expected {expected} \
+                     (from data/SHA256SUMS). Restore it with `git checkout -- {}` from the repository root",
+                    path.display(),
+                    path.display()
+                )?;
+                // Only the weights are made by the lab itself; a dataset or a photo can only be restored.
+                if path.extension().is_some_and(|e| e == "safetensors") {
+                    f.write_str("; if you retrained the model on purpose, `cargo lab train` updates the sum")?;
+                }
+                Ok(())
+            }
             BadFile { path, reason } => write!(
                 f,
                 "`{}` is not a valid lab file: {reason}. Restore it with `git checkout -- data/`",
@@ -61,8 +95,8 @@ impl fmt::Display for LabError {
             ),
             BadImage { path, reason } => write!(
                 f,
-                "cannot use `{}` as an image: {reason}. Give the path of a PNG or JPEG file \
-                 (for example data/photos/chelsea.png)",
+                "cannot use `{}` as an image: {reason}. Give the path of a PNG or JPEG file, \
+                 relative to the notebook's folder (for example \"my_digit.png\")",
                 path.display()
             ),
             Shape { what, expected, got } => write!(
@@ -76,13 +110,29 @@ impl fmt::Display for LabError {
                  in [0, 1]: check for a division by zero or a step size that blew up, and clamp \
                  with `clamp_pixels`"
             ),
+            PixelRange { what, min, max } => write!(
+                f,
+                "{what} has pixels from {min} to {max}, but the model reads pixels in [0, 1] (0 black, \
+                 1 white), as it was trained. An image in 0..255 needs `(x / 255.0)?`; after your own \
+                 arithmetic on pixels, keep them valid with `clamp_pixels(&x)?`"
+            ),
+            DType { what, got, fix } => write!(f, "{what} holds {got:?} values, which the model cannot read as they are: {fix}"),
             InvalidArgument { name, value, allowed } => {
                 write!(f, "`{name}` = {value} is not allowed: {allowed}")
             }
             Io { path, source } => write!(f, "I/O error on `{}`: {source}", path.display()),
-            Candle(e) => write!(f, "tensor error: {e}"),
+            Candle(e) => write!(f, "tensor error: {}", without_backtrace(e)),
             Other(msg) => f.write_str(msg),
         }
+    }
+}
+
+/// A candle error's text without the backtrace candle captures when backtraces are on: in a
+/// notebook that is a dozen frames of evcxr's generated code.
+fn without_backtrace(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(inner),
+        other => other.to_string(),
     }
 }
 
@@ -109,5 +159,17 @@ impl LabError {
 
     pub(crate) fn invalid(name: &'static str, value: impl fmt::Display, allowed: impl Into<String>) -> Self {
         LabError::InvalidArgument { name, value: value.to_string(), allowed: allowed.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_candle_error_shows_no_backtrace() {
+        let inner = candle_core::Error::Msg("shape mismatch in matmul".into());
+        let e = candle_core::Error::WithBacktrace { inner: Box::new(inner), backtrace: Box::new(std::backtrace::Backtrace::force_capture()) };
+        assert_eq!(LabError::Candle(e).to_string(), "tensor error: shape mismatch in matmul");
     }
 }

@@ -16,6 +16,7 @@ pub mod check;
 pub mod data;
 pub mod error;
 pub mod grad;
+pub mod kernel;
 pub mod kernels;
 pub mod model;
 pub mod plot;

@@ -28,6 +28,8 @@ use crate::error::{LabError, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// Where the shipped weights live, relative to the data folder.
 pub const WEIGHTS_FILE: &str = "models/lab-cnn.safetensors";
@@ -52,6 +54,8 @@ type Layer = dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>;
 pub struct Classifier {
     params: HashMap<String, Tensor>,
     class_names: &'static [&'static str],
+    /// Counts forward passes when set (see [`Classifier::counting_calls`]); shared by clones.
+    calls: Option<Arc<AtomicUsize>>,
 }
 
 /// One prediction: the class the model picks and its probability.
@@ -71,9 +75,10 @@ impl Classifier {
 
     /// Loads weights from `root/rel`, checked against `root/SHA256SUMS`.
     pub fn load_from(root: &Path, rel: &str) -> Result<Self> {
+        crate::kernel::init();
         let bytes = verified_bytes(root, rel)?;
         let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-            .map_err(|e| LabError::BadFile { path: root.join(rel), reason: e.to_string() })?;
+            .map_err(|e| LabError::BadFile { path: root.join(rel), reason: LabError::Candle(e).message() })?;
         Self::from_tensors(tensors)
     }
 
@@ -92,7 +97,14 @@ impl Classifier {
             }
             params.insert(name.to_string(), t.to_dtype(DType::F32)?);
         }
-        Ok(Classifier { params, class_names: &DIGIT_NAMES })
+        Ok(Classifier { params, class_names: &DIGIT_NAMES, calls: None })
+    }
+
+    /// The same network, counting its forward passes (each gradient step of an attack makes one):
+    /// for a challenge with a budget of model calls.
+    pub fn counting_calls(&self) -> (Self, Arc<AtomicUsize>) {
+        let counter = Arc::new(AtomicUsize::new(0));
+        (Classifier { calls: Some(counter.clone()), ..self.clone() }, counter)
     }
 
     /// The network with every parameter a `Var`, ready to train, and those `Var`s sorted by name
@@ -107,7 +119,7 @@ impl Classifier {
     /// The same network computing in `dtype` (`DType::F64` for precise gradient checks).
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
         let params = self.params.iter().map(|(k, t)| Ok((k.clone(), t.to_dtype(dtype)?))).collect::<Result<_>>()?;
-        Ok(Classifier { params, class_names: self.class_names })
+        Ok(Classifier { params, class_names: self.class_names, calls: self.calls.clone() })
     }
 
     /// The network's parameters by name.
@@ -158,6 +170,10 @@ impl Classifier {
     }
 
     fn forward_with(&self, x: &Tensor, conv_block: &Layer, linear_layer: &Layer) -> Result<Tensor> {
+        self.check_input(x)?;
+        if let Some(calls) = &self.calls {
+            calls.fetch_add(1, Ordering::Relaxed);
+        }
         let x = fresh_id(x)?;
         let p = |name: String| fresh_id(self.p(&name));
         let conv = |x: &Tensor, layer: &str| conv_block(x, &p(format!("{layer}.weight"))?, &p(format!("{layer}.bias"))?);
@@ -166,7 +182,28 @@ impl Classifier {
         linear(&linear(&h, "fc1")?.relu()?, "fc2")
     }
 
-    /// Logits `(N, 10)` for a batch `(N, 1, 28, 28)`; checks the shape and that pixels are finite.
+    /// The checks every forward pass makes, costing no pass over the pixels: the shape, and a
+    /// dtype the weights can multiply (candle's own error, "dtype mismatch in conv2d", does not
+    /// say what to do).
+    fn check_input(&self, x: &Tensor) -> Result<()> {
+        let dims = x.dims();
+        if dims.len() != 4 || dims[1] != 1 || dims[2] != crate::data::SIDE || dims[3] != crate::data::SIDE || dims[0] == 0 {
+            return Err(LabError::Shape { what: "the model's input".into(), expected: "[N, 1, 28, 28] with N >= 1".into(), got: dims.to_vec() });
+        }
+        crate::data::check_float(x, "the model's input")?;
+        let want = self.p("fc2.bias").dtype();
+        if x.dtype() != want {
+            return Err(LabError::DType {
+                what: "the model's input".into(),
+                got: x.dtype(),
+                fix: format!("convert it with `x.to_dtype(DType::{want:?})?` (or make the model compute in its type with `model.to_dtype(DType::{:?})?`)", x.dtype()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Logits `(N, 10)` for a batch `(N, 1, 28, 28)`; checks the shape and that pixels are finite
+    /// and in `[0, 1]`.
     pub fn logits(&self, images: &Tensor) -> Result<Tensor> {
         check_batch(images, "the image batch")?;
         self.forward(images)

@@ -71,7 +71,7 @@ fn emit(mime: &str, content: &str) {
 fn display_svg(svg: Result<String>) {
     match svg {
         Ok(svg) => emit("text/html", &scalable(&svg)),
-        Err(e) => emit("text/plain", &format!("error: {e}")),
+        Err(e) => emit("text/plain", &format!("error: {}", e.message())),
     }
 }
 
@@ -96,7 +96,7 @@ fn scalable(svg: &str) -> String {
 /// assert!(stack.to_html().contains("<svg") && stack.to_html().contains("image/png"));
 /// # Ok::<(), LabError>(())
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Stack {
     parts: Vec<String>,
 }
@@ -130,14 +130,67 @@ impl Stack {
     }
 }
 
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        debug_figure(f, "Stack", &format!("{} figures", self.parts.len()), || self.evcxr_display())
+    }
+}
+
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes).map_err(|e| LabError::io(path, e))
+}
+
+/// Anything a plot takes as one `(x, y)` point: `(f64, f64)`, `(f32, f32)`, or a reference to one,
+/// so a plot can borrow its data (`.line("loss", &points)`) and leave the variable for later cells.
+pub trait Point {
+    fn xy(&self) -> (f64, f64);
+}
+
+impl Point for (f64, f64) {
+    fn xy(&self) -> (f64, f64) {
+        *self
+    }
+}
+
+impl Point for (f32, f32) {
+    fn xy(&self) -> (f64, f64) {
+        (self.0 as f64, self.1 as f64)
+    }
+}
+
+impl<P: Point> Point for &P {
+    fn xy(&self) -> (f64, f64) {
+        (*self).xy()
+    }
+}
+
+/// In an evcxr kernel (the notebooks), draws the figure; always writes a one-line summary.
+///
+/// Why a Debug impl draws: when a cell's last expression moves a variable (`let v = ...;
+/// LinePlot::new("t").line("a", v)`), evcxr cannot store `v` after the cell and, to get the cell
+/// compiled at all, shows the value through `format!("{:?}", ..)` instead of its `evcxr_display`.
+/// Drawing here makes that cell show its figure as written. Outside a kernel (tests, programs)
+/// Debug is only the summary. `EVCXR_IS_RUNTIME` is set by evcxr for the process that runs cells.
+pub(crate) fn debug_figure(f: &mut std::fmt::Formatter<'_>, kind: &str, title: &str, display: impl FnOnce()) -> std::fmt::Result {
+    if std::env::var_os("EVCXR_IS_RUNTIME").is_some() {
+        display();
+    }
+    write!(f, "{kind} {title:?}")
 }
 
 /// `(i, value)` pairs for a sequence such as losses per step, ready for [`LinePlot::line`].
 pub fn indexed(values: &[f32]) -> Vec<(f64, f64)> {
     values.iter().enumerate().map(|(i, &v)| (i as f64, v as f64)).collect()
 }
+
+/// A chart's size in pixels, kept between 160 and 2000 on each side: smaller has no room for the
+/// axes, larger only makes the notebook heavier.
+fn chart_size(width: u32, height: u32) -> (u32, u32) {
+    (width.clamp(160, 2000), height.clamp(160, 2000))
+}
+
+/// The most charts one [`Figure`] lays out.
+pub const MAX_FIGURE_CHARTS: usize = 36;
 
 /// One chart that can take its place in a [`Figure`].
 pub trait Chart {
@@ -175,8 +228,9 @@ struct Series {
 }
 
 /// A line plot with any number of named series. A series named `""` is drawn but left out of
-/// the legend; with no named series there is no legend at all.
-#[derive(Clone, Debug)]
+/// the legend; with no named series there is no legend at all. The legend goes in the corner
+/// where it covers the fewest data points.
+#[derive(Clone)]
 pub struct LinePlot {
     title: String,
     x_label: String,
@@ -201,29 +255,29 @@ impl LinePlot {
     }
 
     /// Adds a solid line.
-    pub fn line(self, name: impl Into<String>, points: impl IntoIterator<Item = (f64, f64)>) -> Self {
+    pub fn line(self, name: impl Into<String>, points: impl IntoIterator<Item = impl Point>) -> Self {
         self.push_series(name, points, Mark::Line)
     }
 
     /// Adds a dashed line (for a reference such as the true function).
-    pub fn dashed(self, name: impl Into<String>, points: impl IntoIterator<Item = (f64, f64)>) -> Self {
+    pub fn dashed(self, name: impl Into<String>, points: impl IntoIterator<Item = impl Point>) -> Self {
         self.push_series(name, points, Mark::Dashed)
     }
 
     /// Adds several solid lines at once, from `(name, points)` pairs.
     pub fn lines(mut self, series: &[(String, Vec<(f64, f64)>)]) -> Self {
         for (name, points) in series {
-            self = self.line(name.clone(), points.iter().copied());
+            self = self.line(name.clone(), points);
         }
         self
     }
 
     /// Adds points drawn as dots (for training data).
-    pub fn points(self, name: impl Into<String>, points: impl IntoIterator<Item = (f64, f64)>) -> Self {
+    pub fn points(self, name: impl Into<String>, points: impl IntoIterator<Item = impl Point>) -> Self {
         self.push_series(name, points, Mark::Points)
     }
 
-    /// Fixes the y range instead of fitting it to the data.
+    /// Fixes the y range instead of fitting it to the data (finite, `lo < hi`; checked when drawn).
     pub fn y_range(mut self, lo: f64, hi: f64) -> Self {
         self.y_range = Some((lo, hi));
         self
@@ -237,12 +291,12 @@ impl LinePlot {
 
     /// Size in pixels.
     pub fn with_size(mut self, width: u32, height: u32) -> Self {
-        self.size = (width, height);
+        self.size = chart_size(width, height);
         self
     }
 
-    fn push_series(mut self, name: impl Into<String>, points: impl IntoIterator<Item = (f64, f64)>, mark: Mark) -> Self {
-        let points = points.into_iter().filter(|(x, y)| x.is_finite() && y.is_finite() && (!self.log_y || *y > 0.0)).collect();
+    fn push_series(mut self, name: impl Into<String>, points: impl IntoIterator<Item = impl Point>, mark: Mark) -> Self {
+        let points = points.into_iter().map(|p| p.xy()).filter(|(x, y)| x.is_finite() && y.is_finite() && (!self.log_y || *y > 0.0)).collect();
         self.series.push(Series { name: name.into(), points, mark });
         self
     }
@@ -257,7 +311,15 @@ impl LinePlot {
         display_svg(self.to_svg())
     }
 
-    fn bounds(&self) -> ((f64, f64), (f64, f64)) {
+    fn bounds(&self) -> Result<((f64, f64), (f64, f64))> {
+        if let Some((lo, hi)) = self.y_range {
+            if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+                return Err(LabError::invalid("y_range", format!("({lo}, {hi})"), "two finite numbers with lo < hi, such as .y_range(0.0, 1.0)"));
+            }
+            if self.log_y && lo <= 0.0 {
+                return Err(LabError::invalid("y_range", format!("({lo}, {hi})"), "lo > 0 on a log_y() axis"));
+            }
+        }
         let all = self.series.iter().flat_map(|s| s.points.iter());
         let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
         for &(x, y) in all {
@@ -273,7 +335,47 @@ impl LinePlot {
         let (x0, x1) = pad(x0, x1);
         let (y0, y1) = pad(y0, y1);
         let margin = if self.y_range.is_some() || self.log_y { 0.0 } else { 0.05 * (y1 - y0) };
-        ((x0, x1), (y0 - margin, y1 + margin))
+        Ok(((x0, x1), (y0 - margin, y1 + margin)))
+    }
+
+    /// The corner where the legend covers the fewest data points.
+    fn legend_corner(&self, (x0, x1): (f64, f64), (y0, y1): (f64, f64)) -> SeriesLabelPosition {
+        let named: Vec<&Series> = self.series.iter().filter(|s| !s.name.is_empty()).collect();
+        // The legend's size as a fraction of the plotting area, from the default 640x400 layout.
+        let (w, h) = self.size;
+        let longest = named.iter().map(|s| s.name.chars().count()).max().unwrap_or(0) as f64;
+        let fw = ((longest * 7.5 + 45.0) / (w as f64 - 90.0)).min(1.0);
+        let fh = ((named.len() as f64 * 19.0 + 14.0) / (h as f64 - 80.0)).min(1.0);
+        let to_unit = |(x, y): (f64, f64)| {
+            let ux = (x - x0) / (x1 - x0);
+            let uy = if self.log_y { (y.ln() - y0.ln()) / (y1.ln() - y0.ln()) } else { (y - y0) / (y1 - y0) };
+            (ux, uy)
+        };
+        let units: Vec<(f64, f64)> = self.series.iter().flat_map(|s| s.points.iter().copied()).map(to_unit).collect();
+        let corners = [
+            (SeriesLabelPosition::UpperLeft, (0.0, 1.0 - fh)),
+            (SeriesLabelPosition::UpperRight, (1.0 - fw, 1.0 - fh)),
+            (SeriesLabelPosition::LowerLeft, (0.0, 0.0)),
+            (SeriesLabelPosition::LowerRight, (1.0 - fw, 0.0)),
+        ];
+        let covered = |(left, bottom): (f64, f64)| {
+            units.iter().filter(|&&(x, y)| x >= left - 0.02 && x <= left + fw + 0.02 && y >= bottom - 0.02 && y <= bottom + fh + 0.02).count()
+        };
+        // Ties keep the first corner, so a plot with room everywhere has its legend upper left.
+        let mut best = (SeriesLabelPosition::UpperLeft, usize::MAX);
+        for (corner, origin) in corners {
+            let n = covered(origin);
+            if n < best.1 {
+                best = (corner, n);
+            }
+        }
+        best.0
+    }
+}
+
+impl std::fmt::Debug for LinePlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        debug_figure(f, "LinePlot", &self.title, || self.evcxr_display())
     }
 }
 
@@ -283,7 +385,8 @@ impl Chart for LinePlot {
     }
 
     fn draw(&self, area: &DrawingArea<SVGBackend<'_>, Shift>) -> Result<()> {
-        let ((x0, x1), (y0, y1)) = self.bounds();
+        let ((x0, x1), (y0, y1)) = self.bounds()?;
+        let corner = self.legend_corner((x0, x1), (y0, y1));
         let mut builder = ChartBuilder::on(area);
         builder.caption(&self.title, ("sans-serif", 18)).margin(12).x_label_area_size(42).y_label_area_size(62);
         let tick = |v: &f64| tick_label(*v);
@@ -297,11 +400,11 @@ impl Chart for LinePlot {
                 .y_label_formatter(&|v| format!("{v:.0e}"))
                 .draw()
                 .map_err(draw_err)?;
-            draw_series(&mut chart, &self.series)
+            draw_series(&mut chart, &self.series, corner)
         } else {
             let mut chart = builder.build_cartesian_2d(x0..x1, y0..y1).map_err(draw_err)?;
             chart.configure_mesh().x_desc(&self.x_label).y_desc(&self.y_label).x_label_formatter(&tick).y_label_formatter(&tick).draw().map_err(draw_err)?;
-            draw_series(&mut chart, &self.series)
+            draw_series(&mut chart, &self.series, corner)
         }
     }
 }
@@ -318,7 +421,7 @@ fn tick_label(v: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
-fn draw_series<'a, X, Y>(chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>, series: &[Series]) -> Result<()>
+fn draw_series<'a, X, Y>(chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>, series: &[Series], corner: SeriesLabelPosition) -> Result<()>
 where
     X: Ranged<ValueType = f64>,
     Y: Ranged<ValueType = f64>,
@@ -333,24 +436,26 @@ where
         }
         .map_err(draw_err)?;
         if !s.name.is_empty() {
-            drawn.label(&s.name).legend(move |(x, y)| Rectangle::new([(x, y - 4), (x + 16, y + 4)], color.filled()));
+            // The swatch looks like the series: a line, a dashed line, a dot.
+            let stroke = color.stroke_width(2);
+            match s.mark {
+                Mark::Line => drawn.label(&s.name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], stroke)),
+                Mark::Dashed => drawn.label(&s.name).legend(move |(x, y)| {
+                    EmptyElement::at((x, y)) + PathElement::new(vec![(0, 0), (6, 0)], stroke) + PathElement::new(vec![(11, 0), (18, 0)], stroke)
+                }),
+                Mark::Points => drawn.label(&s.name).legend(move |(x, y)| Circle::new((x + 9, y), 4, color.filled())),
+            };
         }
     }
     if series.iter().any(|s| !s.name.is_empty()) {
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .map_err(draw_err)?;
+        chart.configure_series_labels().background_style(WHITE.mix(0.9)).border_style(BLACK.mix(0.4)).position(corner).draw().map_err(draw_err)?;
     }
     Ok(())
 }
 
 /// A bar chart of class probabilities; several groups (for example before / after an attack)
 /// are drawn side by side for each class.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BarChart {
     title: String,
     classes: Vec<String>,
@@ -385,7 +490,7 @@ impl BarChart {
 
     /// Size in pixels.
     pub fn with_size(mut self, width: u32, height: u32) -> Self {
-        self.size = (width, height);
+        self.size = chart_size(width, height);
         self
     }
 
@@ -472,6 +577,12 @@ impl Chart for BarChart {
     }
 }
 
+impl std::fmt::Debug for BarChart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        debug_figure(f, "BarChart", &self.title, || self.evcxr_display())
+    }
+}
+
 /// Several charts side by side (`columns` per row) in one SVG output.
 pub struct Figure {
     title: String,
@@ -513,6 +624,12 @@ impl Figure {
     }
 }
 
+impl std::fmt::Debug for Figure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        debug_figure(f, "Figure", &self.title, || self.evcxr_display())
+    }
+}
+
 impl Chart for Figure {
     fn size(&self) -> (u32, u32) {
         let (w, h) = self.cell();
@@ -522,6 +639,9 @@ impl Chart for Figure {
     }
 
     fn draw(&self, area: &DrawingArea<SVGBackend<'_>, Shift>) -> Result<()> {
+        if self.charts.len() > MAX_FIGURE_CHARTS {
+            return Err(LabError::invalid("charts in one figure", self.charts.len(), format!("at most {MAX_FIGURE_CHARTS}: split them over several figures")));
+        }
         let area = area.titled(&self.title, ("sans-serif", 22)).map_err(draw_err)?;
         let rows = self.charts.len().div_ceil(self.columns).max(1);
         let cols = self.columns.min(self.charts.len()).max(1);
@@ -549,7 +669,7 @@ pub fn crafting_progress(model: &Classifier, original: &Tensor, history: &[Tenso
 }
 
 /// A small table of numbers, shown as HTML in a notebook (plain text elsewhere).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Table {
     headers: Vec<String>,
     rows: Vec<Vec<String>>,
@@ -578,6 +698,12 @@ impl Table {
             .collect();
         emit("text/html", &format!("<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"));
         emit("text/plain", &self.to_string());
+    }
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        debug_figure(f, "Table", &self.headers.join(" | "), || self.evcxr_display())
     }
 }
 
@@ -613,8 +739,16 @@ struct Cell {
     highlight: bool,
 }
 
-/// A grid of 28x28 images with captions, rendered as one PNG.
-#[derive(Clone, Debug)]
+/// The most images one grid shows: a grid of all 10,000 test digits would embed 25 MB in the
+/// notebook, and no one can look at more than a few hundred at once.
+pub const MAX_GRID_IMAGES: usize = 400;
+
+/// The largest grid picture, in pixels on each side.
+const MAX_GRID_SIDE: u64 = 8192;
+
+/// A grid of 28x28 images with captions, rendered as one PNG. Signed images (perturbations) are
+/// drawn blue-white-red, red for a pixel made brighter, with a legend saying so.
+#[derive(Clone)]
 pub struct ImageGrid {
     title: String,
     columns: usize,
@@ -644,6 +778,9 @@ impl ImageGrid {
     }
 
     fn push(mut self, image: &Tensor, caption: impl Into<String>, shade: Shade, highlight: bool) -> Result<Self> {
+        if self.cells.len() >= MAX_GRID_IMAGES {
+            return Err(too_many_images(self.cells.len() + 1));
+        }
         let pixels = image.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         if pixels.len() != 28 * 28 {
             return Err(LabError::Shape { what: "a grid image".into(), expected: "784 values (28x28)".into(), got: image.dims().to_vec() });
@@ -655,9 +792,21 @@ impl ImageGrid {
     /// The first images of a batch with the model's prediction and confidence as captions;
     /// predictions that disagree with `labels` (if given) are flagged in red.
     pub fn predictions(model: &Classifier, images: &Tensor, labels: Option<&Tensor>, columns: usize) -> Result<Self> {
+        let n = images.dims().first().copied().unwrap_or(0);
+        if n > MAX_GRID_IMAGES {
+            return Err(too_many_images(n));
+        }
         let preds = model.predict(images)?;
-        let labels = labels.map(|l| l.to_dtype(DType::U32)?.to_vec1::<u32>()).transpose()?;
         let names = model.class_names();
+        let labels = labels.map(|l| l.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()).transpose()?;
+        if let Some(labels) = &labels {
+            if labels.len() != preds.len() {
+                return Err(LabError::invalid("labels", format!("{} label(s)", labels.len()), format!("one label per image ({})", preds.len())));
+            }
+            if let Some(bad) = labels.iter().find(|&&l| l as usize >= names.len()) {
+                return Err(LabError::invalid("label", bad, format!("a class index in 0..={}", names.len() - 1)));
+            }
+        }
         let mut grid = ImageGrid::new("What the model sees", columns);
         for (i, p) in preds.iter().enumerate() {
             let image = images.get(i)?;
@@ -702,7 +851,7 @@ impl ImageGrid {
         Ok(grid)
     }
 
-    /// Pixels per image pixel (default 4).
+    /// Pixels per image pixel (default 4, at most 16).
     pub fn with_scale(mut self, scale: u32) -> Self {
         self.scale = scale.clamp(1, 16);
         self
@@ -712,23 +861,38 @@ impl ImageGrid {
     pub fn to_png(&self) -> Result<Vec<u8>> {
         register_font();
         let side = 28 * self.scale;
-        let (pad, caption_h, title_h) = (8u32, 22u32, if self.title.is_empty() { 0 } else { 30 });
-        let cols = self.columns.min(self.cells.len()).max(1) as u32;
-        let rows = self.cells.len().div_ceil(self.columns).max(1) as u32;
-        let cell_w = (side + pad).max(150);
-        // Wide enough for the title too (a one-image grid is narrower than its title).
-        let title_w = ("sans-serif", 18).into_font().box_size(&self.title).map(|(w, _)| w).unwrap_or(10 * self.title.chars().count() as u32);
-        let (w, h) = ((cols * cell_w + pad).max(title_w + 2 * pad), title_h + rows * (side + caption_h + pad) + pad);
-        let mut rgb = vec![255u8; (w * h * 3) as usize];
+        let legend = self.cells.iter().any(|c| c.shade == Shade::Diverging);
+        let (pad, caption_h, title_h, legend_h) = (8u32, 22u32, if self.title.is_empty() { 0 } else { 30 }, if legend { 26 } else { 0 });
+        let cols = self.columns.min(self.cells.len()).max(1) as u64;
+        let rows = self.cells.len().div_ceil(self.columns).max(1) as u64;
+        let cell_w = (side + pad).max(150) as u64;
+        // Wide enough for the title and the legend too (a one-image grid is narrower than its title).
+        let text_w = |text: &str, size: u32| ("sans-serif", size).into_font().box_size(text).map(|(w, _)| w).unwrap_or(10 * text.chars().count() as u32) as u64;
+        let min_w = text_w(&self.title, 18).max(if legend { text_w(SIGNED_LEGEND, 13) + 150 } else { 0 }) + 2 * pad as u64;
+        let w = (cols * cell_w + pad as u64).max(min_w);
+        let h = (title_h + legend_h) as u64 + rows * (side + caption_h + pad) as u64 + pad as u64;
+        if w > MAX_GRID_SIDE || h > MAX_GRID_SIDE {
+            return Err(LabError::invalid(
+                "grid size",
+                format!("{w}x{h} pixels"),
+                format!("at most {MAX_GRID_SIDE} on each side: show fewer images, use more columns, or a smaller `with_scale`"),
+            ));
+        }
+        let (w, h) = (w as u32, h as u32);
+        let mut rgb = vec![255u8; w as usize * h as usize * 3];
         {
             let area = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
             if !self.title.is_empty() {
                 area.draw_text(&self.title, &("sans-serif", 18).into_font().color(&BLACK), (pad as i32, 6)).map_err(draw_err)?;
             }
+            if legend {
+                draw_signed_legend(&area, pad as i32, title_h as i32 + 2)?;
+            }
+            let (cols, cell_w) = (cols as u32, cell_w as u32);
             for (i, cell) in self.cells.iter().enumerate() {
                 let (r, c) = (i as u32 / cols, i as u32 % cols);
                 let x0 = pad + c * cell_w + (cell_w - pad - side) / 2;
-                let y0 = title_h + r * (side + caption_h + pad);
+                let y0 = title_h + legend_h + r * (side + caption_h + pad);
                 let max_abs = cell.pixels.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
                 for (j, &v) in cell.pixels.iter().enumerate() {
                     let color = shade(v, cell.shade, max_abs);
@@ -765,9 +929,37 @@ impl ImageGrid {
     pub fn evcxr_display(&self) {
         match self.png_base64() {
             Ok(png) => emit("image/png", &png),
-            Err(e) => emit("text/plain", &format!("error: {e}")),
+            Err(e) => emit("text/plain", &format!("error: {}", e.message())),
         }
     }
+}
+
+impl std::fmt::Debug for ImageGrid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        debug_figure(f, "ImageGrid", &self.title, || self.evcxr_display())
+    }
+}
+
+fn too_many_images(n: usize) -> LabError {
+    LabError::invalid(
+        "images in one grid",
+        n,
+        format!("at most {MAX_GRID_IMAGES}: show a part, such as `test.take(32)?` or `images.narrow(0, start, 32)?`"),
+    )
+}
+
+/// What the colours of a signed image mean.
+const SIGNED_LEGEND: &str = "blue: darker   white: unchanged   red: brighter";
+
+/// A colour bar from blue through white to red, and what it means.
+fn draw_signed_legend(area: &DrawingArea<BitMapBackend<'_>, Shift>, x: i32, y: i32) -> Result<()> {
+    for i in 0..120 {
+        let color = shade(i as f32 / 59.5 - 1.0, Shade::Diverging, 1.0);
+        area.draw(&Rectangle::new([(x + i, y + 4), (x + i + 1, y + 18)], color.filled())).map_err(draw_err)?;
+    }
+    area.draw(&Rectangle::new([(x - 1, y + 3), (x + 120, y + 19)], BLACK.mix(0.5))).map_err(draw_err)?;
+    let style = ("sans-serif", 13).into_font().color(&BLACK).pos(Pos::new(HPos::Left, VPos::Center));
+    area.draw_text(SIGNED_LEGEND, &style, (x + 130, y + 11)).map_err(draw_err)
 }
 
 fn shade(v: f32, shade: Shade, max_abs: f32) -> RGBColor {
@@ -825,5 +1017,86 @@ mod tests {
         assert!(img.pixels().any(|p| p.0 == [0, 0, 0]) && img.pixels().any(|p| p.0 == [255, 255, 255]));
         let wrong = ImageGrid::new("", 2).image(&Tensor::zeros((3, 3), DType::F32, &candle_core::Device::Cpu).unwrap(), "x");
         assert!(wrong.unwrap_err().to_string().contains("784"));
+    }
+
+    #[test]
+    fn bad_figure_input_is_an_error_not_a_panic() {
+        let model = Classifier::pretrained().unwrap();
+        let set = mnist::test().unwrap().take(4).unwrap();
+        let twelve = Tensor::new(&[1u32, 12, 3, 4], &candle_core::Device::Cpu).unwrap();
+        let msg = ImageGrid::predictions(&model, &set.images, Some(&twelve), 4).unwrap_err().to_string();
+        assert!(msg.contains("12") && msg.contains("0..=9"), "{msg}");
+        let all = mnist::test().unwrap();
+        let msg = ImageGrid::predictions(&model, &all.images, None, 100).unwrap_err().to_string();
+        assert!(msg.contains("take(32)"), "{msg}");
+        // The biggest grid allowed, at the biggest scale, stays a clean error (no overflow).
+        let (x, _) = all.get(0).unwrap();
+        let mut big = ImageGrid::new("big", 1).with_scale(16);
+        for _ in 0..MAX_GRID_IMAGES {
+            big = big.image(&x, "").unwrap();
+        }
+        assert!(big.clone().image(&x, "").unwrap_err().to_string().contains("at most 400"));
+        assert!(big.to_png().unwrap_err().to_string().contains("8192"));
+        for (lo, hi) in [(f64::NAN, f64::NAN), (1.0, 0.0), (0.0, f64::INFINITY)] {
+            let msg = LinePlot::new("t").line("a", [(0.0, 1.0)]).y_range(lo, hi).to_svg().unwrap_err().to_string();
+            assert!(msg.contains("y_range"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn figures_borrow_their_points() {
+        let v = vec![(0.0, 1.0), (1.0, 2.0)];
+        let svg = LinePlot::new("borrowed").line("a", &v).dashed("b", &v).points("c", v.iter()).to_svg().unwrap();
+        assert!(svg.contains("borrowed"));
+        assert_eq!(v.len(), 2, "v is still there");
+        let f32s = [(0.0f32, 1.0f32), (1.0, 0.5)];
+        assert!(LinePlot::new("f32").line("a", f32s).to_svg().is_ok());
+    }
+
+    #[test]
+    fn the_legend_goes_where_the_data_is_not() {
+        let rising: Vec<(f64, f64)> = (0..50).map(|i| (i as f64, i as f64)).collect();
+        let falling: Vec<(f64, f64)> = (0..50).map(|i| (i as f64, 50.0 - i as f64)).collect();
+        let high: Vec<(f64, f64)> = (0..50).map(|i| (i as f64, 1.0 - 0.001 * i as f64)).collect();
+        let corner = |p: &LinePlot| {
+            let ((x0, x1), (y0, y1)) = p.bounds().unwrap();
+            format!("{:?}", p.legend_corner((x0, x1), (y0, y1)))
+        };
+        assert_eq!(corner(&LinePlot::new("r").line("a series", &rising)), "UpperLeft");
+        assert_eq!(corner(&LinePlot::new("f").line("a series", &falling)), "UpperRight");
+        // A probability near 1 from the start: the legend goes below it.
+        let p = LinePlot::new("p").y_range(0.0, 1.0).line("p(4)", &high);
+        assert!(corner(&p).starts_with("Lower"), "{}", corner(&p));
+    }
+
+    #[test]
+    fn legend_swatches_look_like_their_series() {
+        let pts = [(0.0, 0.0), (1.0, 1.0)];
+        let count = |svg: String, tag: &str| svg.matches(tag).count();
+        // What naming a series adds: the legend's box and text, and the swatch.
+        let added = |named: LinePlot, unnamed: LinePlot, tag: &str| count(named.to_svg().unwrap(), tag) - count(unnamed.to_svg().unwrap(), tag);
+        // A dashed series' swatch is two strokes, a line's one stroke; neither is a filled box
+        // (the two added rects are the legend's background and border).
+        assert_eq!(added(LinePlot::new("d").dashed("truth", pts), LinePlot::new("d").dashed("", pts), "<polyline"), 2);
+        assert_eq!(added(LinePlot::new("d").line("fit", pts), LinePlot::new("d").line("", pts), "<polyline"), 1);
+        assert_eq!(added(LinePlot::new("d").line("fit", pts), LinePlot::new("d").line("", pts), "<rect"), 2);
+    }
+
+    #[test]
+    fn signed_images_carry_a_colour_legend() {
+        let (x, _) = mnist::test().unwrap().get(0).unwrap();
+        let plain = ImageGrid::new("", 1).image(&x, "x").unwrap().to_png().unwrap();
+        let signed = ImageGrid::new("", 1).perturbation(&(x.clone() - 0.5).unwrap(), "delta").unwrap().to_png().unwrap();
+        let (p, s) = (image::load_from_memory(&plain).unwrap().to_rgb8(), image::load_from_memory(&signed).unwrap().to_rgb8());
+        assert!(s.height() > p.height() && s.width() > p.width(), "no room for the legend");
+        // The colour bar: pure blue at its left end, pure red at its right.
+        let row: Vec<[u8; 3]> = (0..s.width()).map(|x| s.get_pixel(x, 10).0).collect();
+        assert!(row.contains(&[0, 0, 255]) && row.contains(&[255, 0, 0]), "no blue-to-red bar");
+    }
+
+    #[test]
+    fn debug_text_outside_a_notebook_is_a_summary() {
+        assert_eq!(format!("{:?}", LinePlot::new("t")), "LinePlot \"t\"");
+        assert_eq!(format!("{:?}", BarChart::new("b", &["a"])), "BarChart \"b\"");
     }
 }

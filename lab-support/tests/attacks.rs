@@ -122,3 +122,51 @@ fn weights_file_errors_name_the_file() {
     let corrupt = Classifier::load_from(&dir, "models/lab-cnn.safetensors").unwrap_err();
     assert!(matches!(corrupt, LabError::HashMismatch { .. }), "{corrupt}");
 }
+
+#[test]
+fn bad_attack_arguments_are_errors_not_aborts() {
+    let model = model();
+    let set = mnist::test().unwrap().take(4).unwrap();
+    let objective = Objective::untargeted(&set.labels).unwrap();
+    // An allocation of 2^40 trace lines would abort the kernel.
+    let huge = PgdConfig { steps: 1 << 40, ..PgdConfig::linf(0.1) };
+    let msg = pgd(&model, &set.images, &objective, &huge).unwrap_err().to_string();
+    assert!(msg.contains("steps") && msg.contains("100000"), "{msg}");
+    let msg = targeted_descent(&model, &set.images, 3, &DescentConfig { steps: usize::MAX, ..DescentConfig::default() }).unwrap_err().to_string();
+    assert!(msg.contains("steps"), "{msg}");
+    // A budget of 0 leaves the images as they are, whatever the step size.
+    for result in [pgd(&model, &set.images, &objective, &PgdConfig::linf(0.0)).unwrap(), fgsm(&model, &set.images, &objective, 0.0).unwrap()] {
+        assert_eq!(per_image_linf(&(&result.adversarial - &set.images).unwrap()).unwrap().max(0).unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    }
+    // Pixels in 0..255 are refused, with how to scale them.
+    let scaled = (&set.images * 255.0).unwrap();
+    let msg = pgd(&model, &scaled, &objective, &PgdConfig::linf(0.1)).unwrap_err().to_string();
+    assert!(msg.contains("/ 255.0"), "{msg}");
+    assert!(model.predict(&scaled).unwrap_err().to_string().contains("[0, 1]"));
+}
+
+#[test]
+fn success_rate_checks_its_objective() {
+    let model = model();
+    let set = mnist::test().unwrap().take(4).unwrap();
+    let objective = Objective::untargeted(&set.labels).unwrap();
+    let result = fgsm(&model, &set.images, &objective, 0.1).unwrap();
+    let short = Objective::Untargeted(vec![1, 2]);
+    assert!(result.success_rate(&model, &short).unwrap_err().to_string().contains("one class per image"));
+    let out_of_range = Objective::Targeted(vec![42; 4]);
+    assert!(result.success_rate(&model, &out_of_range).unwrap_err().to_string().contains("0..=9"));
+}
+
+#[test]
+fn the_forward_pass_checks_shape_and_type_first() {
+    let model = model();
+    let tiny = Tensor::zeros((1, 1, 4, 4), DType::F32, &Device::Cpu).unwrap();
+    for result in [model.forward_reference(&tiny), model.forward(&tiny)] {
+        assert!(result.unwrap_err().to_string().contains("[N, 1, 28, 28]"));
+    }
+    let (x, _) = mnist::test().unwrap().get(0).unwrap();
+    let msg = model.forward(&x.to_dtype(DType::F64).unwrap()).unwrap_err().to_string();
+    assert!(msg.contains("F64") && msg.contains("to_dtype(DType::F32)"), "{msg}");
+    let msg = model.logits(&(x * 255.0).unwrap().to_dtype(DType::U8).unwrap()).unwrap_err().to_string();
+    assert!(msg.contains("/ 255.0"), "{msg}");
+}

@@ -149,7 +149,7 @@ fn copy_notebook(root: &Path) -> CliResult<Expected> {
 }
 
 /// One HTTP request to JupyterLab on 127.0.0.1; returns the status code.
-fn http(port: u16, method: &str, path: &str, token: &str) -> Option<u16> {
+pub fn http(port: u16, method: &str, path: &str, token: &str) -> Option<u16> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(stream, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: token {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").ok()?;

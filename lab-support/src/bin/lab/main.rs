@@ -11,6 +11,7 @@
 mod bench;
 mod browser;
 mod notebooks;
+mod server;
 mod setup;
 mod student;
 

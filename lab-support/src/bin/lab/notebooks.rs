@@ -55,6 +55,22 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
             failures.push(name);
         }
     }
+    if filter.is_none_or(|f| f == "server") {
+        eprintln!("==> server test: `cargo lab up` on a busy port and on --port 0, the token kept off command lines");
+        let start = Instant::now();
+        let problems = crate::server::test(&paths)?;
+        if problems.is_empty() {
+            eprintln!("    ok ({:.0} s)", start.elapsed().as_secs_f64());
+            passed += 1;
+        } else {
+            eprintln!("    FAILED ({:.0} s):", start.elapsed().as_secs_f64());
+            for p in &problems {
+                eprintln!("      {p}");
+            }
+            failed += 1;
+            failures.push("server test".into());
+        }
+    }
     if filter.is_none_or(|f| f == "browser") {
         eprintln!("==> browser test: {} in JupyterLab, headless Chromium", crate::browser::NOTEBOOK);
         let report = crate::browser::test(&paths)?;

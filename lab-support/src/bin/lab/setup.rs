@@ -190,8 +190,10 @@ fn write_kernel(paths: &Paths, evcxr: &Path, n: usize, total: usize) -> CliResul
         "display_name": "Rust (lab)",
         "language": "rust",
         "interrupt_mode": "message",
-        // A panic in a cell (a `todo!()` not yet written) shows its message, not a backtrace.
-        "env": { "EVCXR_CONFIG_DIR": config, "RUST_BACKTRACE": "0" },
+        // evcxr forces RUST_BACKTRACE=1 on the process that runs cells, so setting it here does
+        // nothing; lab-support's panic hook keeps panics short (see `lab_support::kernel`).
+        // RUST_LIB_BACKTRACE=0 keeps candle's errors from carrying a backtrace in their text.
+        "env": { "EVCXR_CONFIG_DIR": config, "RUST_LIB_BACKTRACE": "0" },
     });
     let text = serde_json::to_string_pretty(&kernel).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("kernel.json"), text).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -230,38 +232,10 @@ pub fn up(no_browser: bool, port: u16, setup_only: bool) -> CliResult<()> {
     if setup_only {
         return Ok(());
     }
-    // LAB_TOKEN fixes the token (the browser test uses it); otherwise a fresh random one.
-    let token = match std::env::var("LAB_TOKEN") {
-        Ok(t) if !t.is_empty() => t,
-        _ => random_token()?,
-    };
-    let mut cmd = Command::new(paths.venv_bin("jupyter"));
-    cmd.arg("lab")
-        .arg("--ServerApp.ip=127.0.0.1")
-        .arg(format!("--ServerApp.port={port}"))
-        .arg("--ServerApp.port_retries=0")
-        .arg(format!("--ServerApp.root_dir={}", paths.root.join("notebooks").display()))
-        .arg(format!("--IdentityProvider.token={token}"));
-    if no_browser {
-        cmd.arg("--no-browser");
-    }
-    // Jupyter refuses to start as root (a container, a CI box) unless told that it is meant.
-    if output_of(Command::new("id").arg("-u")).is_some_and(|uid| uid.trim() == "0") {
-        cmd.arg("--allow-root");
-    }
-    paths.jupyter_env(&mut cmd);
-    println!("\nJupyterLab: http://127.0.0.1:{port}/lab?token={token}\n(stop it with Ctrl-C)\n");
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::CommandExt;
-        let err = cmd.exec();
-        Err(format!("could not start JupyterLab: {err}"))
-    }
-    #[cfg(not(unix))]
-    run(&mut cmd, "JupyterLab")
+    crate::server::serve(&paths, port, no_browser)
 }
 
-fn random_token() -> CliResult<String> {
+pub fn random_token() -> CliResult<String> {
     let mut bytes = [0u8; 24];
     use std::io::Read;
     std::fs::File::open("/dev/urandom")

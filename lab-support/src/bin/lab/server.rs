@@ -1,0 +1,212 @@
+//! Starting JupyterLab for `cargo lab up`, so that nobody else on the machine can use it.
+//!
+//! - The token goes to JupyterLab through its environment (`JUPYTER_TOKEN`), never on its command
+//!   line: every user of a shared machine can read any process's command line (`ps`), and the
+//!   token lets them run code as the student.
+//! - The URL is printed only once JupyterLab listens, with the port it really bound: JupyterLab
+//!   writes `jpserver-<pid>.json` into its runtime folder (`.lab/runtime/`, private to the user)
+//!   after binding, and that file is where the port comes from, so `--port 0` works and a busy
+//!   port gives an error instead of a URL that leads nowhere.
+
+use crate::setup::{output_of, random_token, Paths};
+use crate::CliResult;
+use serde_json::Value;
+use std::io::ErrorKind;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// How long JupyterLab may take to bind its port.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Starts JupyterLab on 127.0.0.1 and waits until it stops.
+pub fn serve(paths: &Paths, port: u16, no_browser: bool) -> CliResult<()> {
+    // LAB_TOKEN fixes the token (the tests use it); otherwise a fresh random one.
+    let token = match std::env::var("LAB_TOKEN") {
+        Ok(t) if !t.is_empty() => t,
+        _ => random_token()?,
+    };
+    check_port_free(port)?;
+    let runtime = private_dir(&paths.state.join("runtime"))?;
+    let mut cmd = Command::new(paths.venv_bin("jupyter"));
+    cmd.arg("lab")
+        .arg("--ServerApp.ip=127.0.0.1")
+        .arg(format!("--ServerApp.port={port}"))
+        .arg("--ServerApp.port_retries=0")
+        .arg(format!("--ServerApp.root_dir={}", paths.root.join("notebooks").display()))
+        .env("JUPYTER_TOKEN", &token)
+        .env("JUPYTER_RUNTIME_DIR", &runtime);
+    if no_browser {
+        cmd.arg("--no-browser");
+    }
+    // Jupyter refuses to start as root (a container, a CI box) unless told that it is meant.
+    if output_of(Command::new("id").arg("-u")).is_some_and(|uid| uid.trim() == "0") {
+        cmd.arg("--allow-root");
+    }
+    paths.jupyter_env(&mut cmd);
+    let mut child = cmd.spawn().map_err(|e| format!("could not start JupyterLab: {e}"))?;
+    // Ctrl-C reaches JupyterLab too, which asks whether to shut down; this process waits for it
+    // instead of dying and leaving JupyterLab behind on the terminal.
+    ignore_interrupts();
+    let bound = match wait_for_port(&mut child, &runtime) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
+    println!("\nJupyterLab: http://127.0.0.1:{bound}/lab?token={token}\n(stop it with Ctrl-C)\n");
+    let status = child.wait().map_err(|e| format!("waiting for JupyterLab: {e}"))?;
+    if !status.success() && status.code().is_some() {
+        return Err(format!("JupyterLab stopped with {status}; see its output above"));
+    }
+    Ok(())
+}
+
+/// A clear error now, rather than JupyterLab's own after a few seconds, when the port is taken.
+fn check_port_free(port: u16) -> CliResult<()> {
+    if port == 0 {
+        return Ok(());
+    }
+    match TcpListener::bind(("127.0.0.1", port)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AddrInUse => Err(format!(
+            "port {port} on 127.0.0.1 is already in use (another JupyterLab?). Pick another with \
+             `cargo lab up --port 8890`, or `--port 0` for any free one"
+        )),
+        Err(e) => Err(format!("cannot use port {port} on 127.0.0.1: {e}")),
+    }
+}
+
+/// Creates `dir` readable by its owner only: JupyterLab's runtime files hold the token.
+fn private_dir(dir: &Path) -> CliResult<std::path::PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// Waits for JupyterLab's `jpserver-<pid>.json` and returns the port it records.
+fn wait_for_port(child: &mut Child, runtime: &Path) -> CliResult<u16> {
+    let info = runtime.join(format!("jpserver-{}.json", child.id()));
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "JupyterLab stopped ({status}) before it listened; its own message is above. If it says the \
+                 port is in use, pick another with `cargo lab up --port 8890`"
+            ));
+        }
+        let port = std::fs::read_to_string(&info).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()).and_then(|v| v["port"].as_u64());
+        if let Some(port) = port.and_then(|p| u16::try_from(p).ok()).filter(|&p| p != 0) {
+            return Ok(port);
+        }
+        if start.elapsed() > START_TIMEOUT {
+            return Err(format!("JupyterLab did not start listening within {} s; its output is above", START_TIMEOUT.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(unix)]
+fn ignore_interrupts() {
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
+}
+
+#[cfg(not(unix))]
+fn ignore_interrupts() {}
+
+/// The server test of `cargo lab test`: `cargo lab up` on a busy port fails at once with a clear
+/// message and prints no URL; on `--port 0` it prints the port it really bound, JupyterLab answers
+/// there with the token, and no process on the machine has the token on its command line.
+pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
+    let mut problems = Vec::new();
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the lab tool itself: {e}"))?;
+    let token = format!("server-test-{}", random_token()?);
+    let up = |port: u16| {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["up", "--no-browser", "--port", &port.to_string()])
+            .current_dir(&paths.root)
+            .env("LAB_TOKEN", &token)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+        }
+        cmd
+    };
+
+    // A busy port.
+    let busy = TcpListener::bind(("127.0.0.1", 0)).map_err(|e| format!("no free port: {e}"))?;
+    let busy_port = busy.local_addr().map_err(|e| e.to_string())?.port();
+    let out = up(busy_port).output().map_err(|e| format!("could not run the lab tool: {e}"))?;
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.success() || !stderr.contains("already in use") || !stderr.contains("--port") {
+        problems.push(format!("on a busy port `cargo lab up` should fail, naming the port and --port; it said: {}", stderr.trim()));
+    }
+    if stdout.contains("http://") {
+        problems.push(format!("on a busy port `cargo lab up` printed a URL that leads nowhere: {}", stdout.trim()));
+    }
+    drop(busy);
+
+    // Any free port: the printed URL must work.
+    let mut child = up(0).spawn().map_err(|e| format!("could not run the lab tool: {e}"))?;
+    let stdout = child.stdout.take();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout.into_iter().next().expect("piped")).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let url = rx.iter().find(|l| l.contains("http://127.0.0.1:"));
+    match url.as_deref().and_then(|u| u.split("http://127.0.0.1:").nth(1)?.split('/').next()?.parse::<u16>().ok()) {
+        None => problems.push(format!("`cargo lab up --port 0` printed no URL with a port: {url:?}")),
+        Some(0) => problems.push("`cargo lab up --port 0` printed port 0".into()),
+        Some(port) => {
+            if crate::browser::http(port, "GET", "/api/status", &token) != Some(200) {
+                problems.push(format!("JupyterLab does not answer with the token at the printed port {port}"));
+            }
+            if crate::browser::http(port, "GET", "/api/status", "wrong-token") == Some(200) {
+                problems.push("JupyterLab answered without the right token".into());
+            }
+            problems.extend(command_lines_with(&token).into_iter().map(|p| format!("the token is on the command line of process {p}")));
+            let _ = crate::browser::http(port, "POST", "/api/shutdown", &token);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if let Ok(None) = child.try_wait() {
+        problems.push("JupyterLab did not stop after /api/shutdown".into());
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).status();
+    }
+    let _ = child.wait();
+    Ok(problems)
+}
+
+/// The processes whose command line contains `secret`, as "pid (program)".
+fn command_lines_with(secret: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .filter_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            text.contains(secret).then(|| format!("{} ({})", e.file_name().to_string_lossy(), text.split(' ').next().unwrap_or("")))
+        })
+        .collect()
+}
