@@ -42,7 +42,13 @@ pub fn init() {
     if std::env::var_os("LAB_BACKTRACE").is_some_and(|v| v != "0") {
         return;
     }
-    std::panic::set_hook(Box::new(|info| eprintln!("{}", panic_report(info))));
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("{}", panic_report(info));
+        // evcxr sends stderr to the notebook line by line from another thread, to whichever cell
+        // is running when a line arrives: without a pause, the report's last lines can reach the
+        // notebook after this cell has finished and land in the next cell, or nowhere.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }));
 }
 
 /// The note evcxr's behaviour calls for after a cell stops early, shown once per kernel.
@@ -55,8 +61,10 @@ pub fn lost_variables_note() -> Option<&'static str> {
         return None;
     }
     std::env::set_var(NOTE_SHOWN, "1");
+    // One line: evcxr forwards a line at a time, and a cell that stopped at an error finishes
+    // at once, so a second line may arrive after it and be lost.
     Some(
-        "\n(This cell stopped here, so the variables it was creating do not exist: later cells that \
+        " (This cell stopped here, so the variables it was creating do not exist: later cells that \
          use them will say `cannot find value`. Fix this cell and run it again, then go on.)",
     )
 }
@@ -78,7 +86,8 @@ fn panic_report(info: &PanicHookInfo<'_>) -> String {
         }
     }
     if let Some(note) = lost_variables_note() {
-        report.push_str(note);
+        report.push('\n');
+        report.push_str(note.trim_start());
     }
     report
 }

@@ -10,6 +10,7 @@
 
 mod bench;
 mod browser;
+mod kernel_test;
 mod notebooks;
 mod server;
 mod setup;

@@ -55,6 +55,22 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
             failures.push(name);
         }
     }
+    if filter.is_none_or(|f| f == "kernel") {
+        eprintln!("==> kernel test: panics, errors and figures in a real evcxr kernel");
+        let start = Instant::now();
+        let problems = crate::kernel_test::test(&paths)?;
+        if problems.is_empty() {
+            eprintln!("    ok ({:.0} s)", start.elapsed().as_secs_f64());
+            passed += 1;
+        } else {
+            eprintln!("    FAILED ({:.0} s):", start.elapsed().as_secs_f64());
+            for p in &problems {
+                eprintln!("      {p}");
+            }
+            failed += 1;
+            failures.push("kernel test".into());
+        }
+    }
     if filter.is_none_or(|f| f == "server") {
         eprintln!("==> server test: `cargo lab up` on a busy port and on --port 0, the token kept off command lines");
         let start = Instant::now();
@@ -184,7 +200,19 @@ pub fn run_notebook(paths: &Paths, notebook: &Path) -> CliResult<Report> {
 
 /// Runs the given code cells in a throwaway notebook under `.lab/` (used to warm the cache).
 pub fn run_cells(paths: &Paths, cells: &[&str]) -> CliResult<Report> {
-    let dir = paths.state.join("scratch");
+    let start = Instant::now();
+    let (executed, ok) = execute_cells(paths, "scratch", cells)?;
+    let mut problems = check_outputs(&executed, false);
+    if !ok {
+        problems.push("jupyter execute failed; see its output above".into());
+    }
+    Ok(Report { problems, seconds: start.elapsed().as_secs_f64() })
+}
+
+/// Executes code cells as the notebook `.lab/<name>/<name>.ipynb` and returns it executed, and
+/// whether `jupyter execute` succeeded. `"../lab-support"` in a cell becomes lab-support's path.
+pub fn execute_cells(paths: &Paths, name: &str, cells: &[&str]) -> CliResult<(Value, bool)> {
+    let dir = paths.state.join(name);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let lab_support = paths.root.join("lab-support");
     let cells: Vec<Value> = cells
@@ -195,18 +223,13 @@ pub fn run_cells(paths: &Paths, cells: &[&str]) -> CliResult<Report> {
         })
         .collect();
     let nb = json!({"cells": cells, "metadata": kernel_metadata(), "nbformat": 4, "nbformat_minor": 5});
-    let path = dir.join("scratch.ipynb");
+    let path = dir.join(format!("{name}.ipynb"));
     std::fs::write(&path, serde_json::to_string_pretty(&nb).map_err(|e| e.to_string())?).map_err(|e| format!("{}: {e}", path.display()))?;
-    let start = Instant::now();
     let mut cmd = Command::new(paths.venv_bin("jupyter"));
     cmd.args(["execute", "--inplace", "--allow-errors", "--timeout=1800", "--startup_timeout=120", "--kernel_name=rust"]).arg(&path).current_dir(&dir);
     paths.jupyter_env(&mut cmd);
     let status = cmd.status().map_err(|e| format!("could not run jupyter execute: {e}"))?;
-    let mut problems = check_outputs(&read_json(&path)?, false);
-    if !status.success() {
-        problems.push(format!("jupyter execute exited with {status}"));
-    }
-    Ok(Report { problems, seconds: start.elapsed().as_secs_f64() })
+    Ok((read_json(&path)?, status.success()))
 }
 
 /// The kernelspec metadata every lab notebook carries.
@@ -296,13 +319,18 @@ fn is_panic_frame(line: &str) -> bool {
         || t.split_once(": ").is_some_and(|(n, _)| n.chars().all(|c| c.is_ascii_digit()))
 }
 
-/// The plain text of a stream or display output.
-pub fn output_text(out: &Value) -> String {
-    let join = |v: &Value| match v {
+/// A notebook text field, stored either as one string or as a list of lines.
+pub fn join_text(v: &Value) -> String {
+    match v {
         Value::String(s) => s.clone(),
         Value::Array(parts) => parts.iter().filter_map(Value::as_str).collect(),
         _ => String::new(),
-    };
+    }
+}
+
+/// The plain text of a stream or display output.
+pub fn output_text(out: &Value) -> String {
+    let join = join_text;
     match out["output_type"].as_str() {
         Some("stream") => join(&out["text"]),
         Some("execute_result") | Some("display_data") => join(&out["data"]["text/plain"]),

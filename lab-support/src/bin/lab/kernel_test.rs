@@ -1,0 +1,64 @@
+//! The kernel test of `cargo lab test`: what a student sees when things go wrong, in a real evcxr
+//! kernel, where evcxr's own behaviour (RUST_BACKTRACE forced on, a Debug fallback for a cell
+//! whose last line moves a variable, a cell's variables lost after an error) meets lab-support's
+//! answers to it (`lab_support::kernel`, the figures' Debug).
+
+use crate::notebooks::{execute_cells, output_text};
+use crate::setup::Paths;
+use crate::CliResult;
+use serde_json::Value;
+
+const CELLS: [&str; 7] = [
+    ":dep lab-support = { path = \"../lab-support\" }\nuse lab_support::prelude::*;",
+    "let model = Classifier::pretrained()?;",
+    // A TODO not written yet, called from a later cell.
+    "fn unfinished(x: u32) -> u32 {\n    todo!(\"double x\")\n}",
+    "let y = unfinished(2);",
+    // The last line moves a variable defined in the same cell.
+    "let v = vec![(1.0, 1.0), (2.0, 3.0)];\nLinePlot::new(\"moved\").line(\"a\", v)",
+    // A candle error from the student's own tensor code.
+    "let bad = Tensor::zeros((2, 3), DType::F32, &Device::Cpu)?.matmul(&Tensor::zeros((2, 3), DType::F32, &Device::Cpu)?)?;",
+    // A lab-support error after the note was shown once.
+    "let again = photo(\"cat.png\")?;",
+];
+
+/// Runs the cells and returns what is wrong with what they showed.
+pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
+    let (nb, _) = execute_cells(paths, "kernel-test", &CELLS)?;
+    let cells = nb["cells"].as_array().cloned().unwrap_or_default();
+    let stderr = |i: usize| -> String {
+        cells.get(i).and_then(|c| c["outputs"].as_array()).into_iter().flatten().filter(|o| o["name"] == "stderr").map(output_text).collect()
+    };
+    let html = |i: usize| -> String {
+        let outputs = cells.get(i).and_then(|c| c["outputs"].as_array()).cloned().unwrap_or_default();
+        outputs.iter().map(|o| crate::notebooks::join_text(&o["data"]["text/html"])).collect()
+    };
+    let mut problems = Vec::new();
+    let everything: String = (0..CELLS.len()).map(stderr).collect();
+    if everything.contains("stack backtrace") || everything.contains("evcxr::") || everything.contains("   0: ") {
+        problems.push(format!("a backtrace reached the notebook: {}", everything.lines().take(8).collect::<Vec<_>>().join(" | ")));
+    }
+    let todo = stderr(3);
+    if !todo.contains("not yet implemented: double x") || !todo.contains("in your code: todo!(\"double x\")") {
+        problems.push(format!("a todo!() panic should show its message and the student's line, it showed: {todo:?}"));
+    }
+    if !html(4).contains("<svg") {
+        let shown: String = cells.get(4).map(|c| c["outputs"].to_string()).unwrap_or_default().chars().take(300).collect();
+        problems.push(format!("a figure whose cell moved a variable was not drawn; the cell showed {shown}"));
+    }
+    let candle = stderr(5);
+    if !candle.contains("shape mismatch") {
+        problems.push(format!("the candle error should be one plain message, it was: {candle:?}"));
+    }
+    let note = "variables it was creating do not exist";
+    if everything.matches(note).count() != 1 {
+        problems.push(format!("the note on lost variables should appear exactly once, it appeared {} time(s)", everything.matches(note).count()));
+    }
+    if !stderr(6).contains("rocket.jpg") {
+        problems.push(format!("an unknown photo should list the photos, it said: {:?}", stderr(6)));
+    }
+    if nb["cells"][0]["outputs"].as_array().is_some_and(|o| o.iter().any(|o| o["output_type"] == "error")) || !matches!(nb["cells"][1]["execution_count"], Value::Number(_)) {
+        problems.push("the kernel did not load lab-support".into());
+    }
+    Ok(problems)
+}
