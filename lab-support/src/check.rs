@@ -18,7 +18,7 @@
 use crate::approx::{log2_points, Mlp};
 use crate::data::mnist;
 use crate::error::{LabError, Result};
-use crate::grad::{clamp_pixels, input_gradient, project_linf, Objective};
+use crate::grad::{clamp_pixels, input_gradient, normalize_l2, per_image_l2, project_l2, project_linf, Objective};
 use crate::model::Classifier;
 use crate::train::SeededRng;
 use candle_core::{DType, Tensor, Var, D};
@@ -444,6 +444,81 @@ pub fn reference_craft(model: &Classifier, original: &Tensor, target: u32, eps: 
     Ok(history)
 }
 
+/// The probe of TODO 5: test digits #0 to #3, an L2 budget of 3 (about 4 pixels flipped from
+/// black to white, or a faint change spread over many), 20 steps of eps / 8.
+const L2_PROBE: (usize, f32, usize, f64) = (4, 3.0, 20, 0.375);
+
+/// The reference untargeted L2 attack: steps of fixed L2 length *up* the loss of the true class,
+/// along the gradient scaled to unit length, projected back onto the L2 ball around the original
+/// and into [0, 1] after each.
+pub fn reference_untargeted_l2(model: &Classifier, x: &Tensor, label: u32, eps: f32, steps: usize, step_size: f64) -> Result<Tensor> {
+    let objective = Objective::targeted(label, x.dim(0)?)?;
+    let mut adv = x.clone();
+    for _ in 0..steps {
+        let grad = input_gradient(model, &adv, &objective)?.grad;
+        adv = clamp_pixels(&project_l2(&(&adv + (normalize_l2(&grad)? * step_size)?)?, x, eps)?)?;
+    }
+    Ok(adv)
+}
+
+/// Notebook 03, TODO 5: an untargeted attack under an L2 budget,
+/// `fn untargeted_l2(model: &Classifier, x: &Tensor, label: u32, eps: f32, steps: usize, step_size: f64) -> Result<Tensor>`,
+/// returning the attacked image.
+pub fn untargeted_l2<F>(f: F) -> Verdict
+where
+    F: Fn(&Classifier, &Tensor, u32, f32, usize, f64) -> Result<Tensor>,
+{
+    const TODO: &str = "TODO 5 (untargeted L2 attack)";
+    verdict_or_check_error(
+        (|| {
+            let model = Classifier::pretrained()?;
+            let (n, eps, steps, step_size) = L2_PROBE;
+            let test = mnist::test()?;
+            let (mut fooled, mut reference_fooled) = (0, 0);
+            let mut moved_least = f32::MAX;
+            for i in 0..n {
+                let (x, label) = test.get(i)?;
+                let got = match run_student(TODO, || f(&model, &x, label, eps, steps, step_size)) {
+                    Ok(g) => g,
+                    Err(v) => return Ok(v),
+                };
+                if let Some(v) = mismatch(TODO, &got, &x, "an image", "return the attacked image, shaped like x") {
+                    return Ok(v);
+                }
+                crate::data::check_finite(&got, "your image")?;
+                let (lo, hi) = (got.min_all()?.to_scalar::<f32>()?, got.max_all()?.to_scalar::<f32>()?);
+                if lo < -1e-6 || hi > 1.0 + 1e-6 {
+                    return Ok(Verdict::fail(TODO, "pixels in [0, 1]", format!("pixels from {lo:.3} to {hi:.3}"), "the values were not clamped: `clamp_pixels` after projecting"));
+                }
+                let l2 = per_image_l2(&(&got - &x)?)?.to_vec1::<f32>()?[0];
+                if l2 > eps + 1e-3 {
+                    let linf = max_abs_diff(&got, &x)?;
+                    let cause = if linf <= eps + 1e-5 {
+                        "the budget was enforced pixel by pixel (project_linf); an L2 budget limits the length of the whole change: `project_l2(&x, original, eps)?`"
+                    } else {
+                        "the budget was not enforced: after each step, project back with `project_l2(&x, original, eps)?`"
+                    };
+                    return Ok(Verdict::fail(TODO, format!("an L2 distance of at most eps = {eps}"), format!("{l2:.3} for test digit #{i}"), cause));
+                }
+                moved_least = moved_least.min(l2);
+                fooled += usize::from(model.predict(&got)?[0].class != label as usize);
+                let want = reference_untargeted_l2(&model, &x, label, eps, steps, step_size)?;
+                reference_fooled += usize::from(model.predict(&want)?[0].class != label as usize);
+            }
+            if fooled >= reference_fooled {
+                return Ok(Verdict::pass(TODO, format!("{fooled} of {n} digits misread within an L2 distance of {eps} (the reference: {reference_fooled}).")));
+            }
+            let cause = if moved_least < 0.1 * eps {
+                "the image barely moved: the raw gradient of a confident digit is tiny, so scale it to unit length first (`normalize_l2(&grad)?`), then step by step_size"
+            } else {
+                "each step must go up the loss of the true class: x + step_size * grad / |grad|, with grad = dE/dx for E = cross-entropy toward `label` (the descent of TODO 3 goes the other way)"
+            };
+            Ok(Verdict::fail(TODO, format!("{reference_fooled} of {n} digits misread, as the reference does"), format!("{fooled}"), cause))
+        })(),
+        TODO,
+    )
+}
+
 /// Checks that `image` is a valid attack on `original` under an L-inf budget: same shape, pixels
 /// in `[0, 1]`, no pixel moved more than `eps`. Use it before putting numbers from your own attack
 /// in a table: a success that broke the budget means nothing.
@@ -714,5 +789,40 @@ mod tests {
         let msg = within_budget(&x, &far, 0.1).unwrap_err().to_string();
         assert!(msg.contains("eps = 0.1") && msg.contains("project_linf"), "{msg}");
         within_budget(&x, &x, 0.1).unwrap();
+    }
+
+    #[test]
+    fn untargeted_l2_check_passes_the_reference_and_names_typical_mistakes() {
+        assert!(untargeted_l2(reference_untargeted_l2).passed(), "{}", untargeted_l2(reference_untargeted_l2));
+        let objective = |x: &Tensor, label: u32| Objective::targeted(label, x.dim(0).unwrap()).unwrap();
+        let descend = |m: &Classifier, x: &Tensor, l: u32, eps: f32, steps: usize, s: f64| reference_untargeted_l2(m, x, l, eps, steps, -s);
+        assert_fails_with(untargeted_l2(descend), "up the loss");
+        let linf = |m: &Classifier, x: &Tensor, l: u32, eps: f32, steps: usize, s: f64| -> Result<Tensor> {
+            let mut adv = x.clone();
+            for _ in 0..steps {
+                let g = input_gradient(m, &adv, &objective(x, l))?.grad;
+                adv = clamp_pixels(&project_linf(&(&adv + (normalize_l2(&g)? * s)?)?, x, eps)?)?;
+            }
+            Ok(adv)
+        };
+        assert_fails_with(untargeted_l2(linf), "project_l2");
+        let raw = |m: &Classifier, x: &Tensor, l: u32, eps: f32, steps: usize, s: f64| -> Result<Tensor> {
+            let mut adv = x.clone();
+            for _ in 0..steps {
+                let g = input_gradient(m, &adv, &objective(x, l))?.grad;
+                adv = clamp_pixels(&project_l2(&(&adv + (g * s)?)?, x, eps)?)?;
+            }
+            Ok(adv)
+        };
+        assert_fails_with(untargeted_l2(raw), "normalize_l2");
+        let unclamped = |m: &Classifier, x: &Tensor, l: u32, eps: f32, steps: usize, s: f64| -> Result<Tensor> {
+            let mut adv = x.clone();
+            for _ in 0..steps {
+                let g = input_gradient(m, &clamp_pixels(&adv)?, &objective(x, l))?.grad;
+                adv = project_l2(&(&adv + (normalize_l2(&g)? * s)?)?, x, eps)?;
+            }
+            Ok(adv)
+        };
+        assert_fails_with(untargeted_l2(unclamped), "not clamped");
     }
 }

@@ -334,6 +334,37 @@ pub fn load_drawing(path: impl AsRef<Path>) -> Result<Tensor> {
     Ok(Tensor::from_vec(frame, (1, 1, SIDE, SIDE), &Device::Cpu)?)
 }
 
+/// Saves one image of 784 pixels in `[0, 1]` (such as `(1, 1, 28, 28)`) as a 28x28 8-bit grey PNG,
+/// the way any image file stores it: each pixel rounded to the nearest of 256 grey levels, so it
+/// may move by up to 1/510 from what the model saw.
+pub fn save_digit_png(image: &Tensor, path: impl AsRef<Path>) -> Result<()> {
+    let path = path.as_ref();
+    let pixels = image.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    if pixels.len() != SIDE * SIDE {
+        return Err(LabError::Shape { what: "the image to save".into(), expected: "784 pixels, such as [1, 1, 28, 28]".into(), got: image.dims().to_vec() });
+    }
+    check_pixels(image, "the image to save")?;
+    let bytes: Vec<u8> = pixels.iter().map(|p| (p.clamp(0.0, 1.0) * 255.0).round() as u8).collect();
+    let img = image::GrayImage::from_raw(SIDE as u32, SIDE as u32, bytes).ok_or_else(|| LabError::Other("28x28 pixels make an image".into()))?;
+    img.save_with_format(path, image::ImageFormat::Png).map_err(|e| LabError::BadImage { path: path.into(), reason: format!("it could not be written ({e})") })
+}
+
+/// Loads a 28x28 grey image as it is stored, pixel for pixel, as a `(1, 1, 28, 28)` tensor: the
+/// way back from [`save_digit_png`]. (For a photo or a drawing of another size, use
+/// [`load_image`] or [`load_drawing`], which frame it first.)
+pub fn load_digit_png(path: impl AsRef<Path>) -> Result<Tensor> {
+    let path = path.as_ref();
+    let grey = decode_grey(path, &read_image_file(path)?)?;
+    if grey.dimensions() != (SIDE as u32, SIDE as u32) {
+        return Err(LabError::BadImage {
+            path: path.into(),
+            reason: format!("it is {}x{} pixels, not 28x28; `load_image` or `load_drawing` shrink and frame an image of any size", grey.width(), grey.height()),
+        });
+    }
+    let pixels: Vec<f32> = grey.pixels().map(|p| p.0[0] as f32 / 255.0).collect();
+    Ok(Tensor::from_vec(pixels, (1, 1, SIDE, SIDE), &Device::Cpu)?)
+}
+
 /// Reads an image file, refusing folders, empty files and files too large for this lab.
 fn read_image_file(path: &Path) -> Result<Vec<u8>> {
     let bad = |reason: String| LabError::BadImage { path: path.into(), reason };
@@ -725,6 +756,20 @@ mod tests {
         assert!(msg.contains("U8") && msg.contains("to_dtype(DType::F32)? / 255.0"), "{msg}");
         // Pixels a rounding error outside still count as inside.
         check_batch(&(x + 1e-6).unwrap(), "x").unwrap();
+    }
+
+    #[test]
+    fn a_saved_digit_comes_back_rounded_to_256_grey_levels() {
+        let dir = scratch("roundtrip");
+        let (x, _) = mnist::test().unwrap().get(0).unwrap();
+        let nudged = ((x.clone() * 0.9).unwrap() + 0.0517).unwrap();
+        save_digit_png(&nudged, dir.join("d.png")).unwrap();
+        let back = load_digit_png(dir.join("d.png")).unwrap();
+        let diff = (&back - &nudged).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff <= 0.5 / 255.0 + 1e-6 && diff > 0.0, "rounding error {diff}");
+        assert!(save_digit_png(&(x * 255.0).unwrap(), dir.join("e.png")).unwrap_err().to_string().contains("/ 255.0"));
+        image::GrayImage::new(30, 20).save(dir.join("big.png")).unwrap();
+        assert!(load_digit_png(dir.join("big.png")).unwrap_err().to_string().contains("load_image"));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! notebooks' instant checks), [`data`] (datasets and images), [`model`] (the digit CNN), [`train`]
 //! (gradient descent on the weights), [`grad`] (gradients with respect to the *input*),
 //! [`attack`] (FGSM, PGD and the seed's targeted descent), [`kernels`] (the fast CPU conv blocks),
-//! [`plot`] (figures that render inline in Jupyter). Notebooks start with:
+//! [`plot`] (figures that render inline in Jupyter), [`kernel`] (short panic reports in the
+//! notebooks' evcxr kernel). Notebooks start with:
 //!
 //! ```
 //! use lab_support::prelude::*;
@@ -30,11 +31,11 @@ pub use candle_nn;
 /// Everything a notebook needs, in one `use`.
 pub mod prelude {
     pub use crate::check::{self, Challenge};
-    pub use crate::data::{fashion_mnist, load_drawing, load_image, mnist, photo, Dataset};
+    pub use crate::data::{fashion_mnist, load_digit_png, load_drawing, load_image, mnist, photo, save_digit_png, Dataset};
     pub use crate::error::{LabError, Result};
     pub use crate::approx::{log2_points, Mlp};
     pub use crate::attack::{epsilon_sweep, fgsm, pgd, targeted_descent, AttackResult, DescentConfig, Norm, PgdConfig, SweepPoint, TraceStep};
-    pub use crate::grad::{clamp_pixels, input_gradient, noise_images, project_l2, project_linf, InputGradient, Objective};
+    pub use crate::grad::{clamp_pixels, input_gradient, noise_images, normalize_l2, per_image_l2, per_image_linf, project_l2, project_linf, InputGradient, Objective};
     pub use crate::model::{Classifier, Prediction};
     pub use crate::plot::{crafting_progress, indexed, BarChart, Chart, Figure, ImageGrid, LinePlot, Stack, Table};
     pub use candle_core::{DType, Device, Tensor, Var, D};

@@ -530,12 +530,19 @@ impl Chart for BarChart {
             .margin(12)
             .x_label_area_size(if n > 5 && self.classes.iter().any(|c| c.len() > 3) { 70 } else { 36 })
             .y_label_area_size(56)
-            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..top * 1.08)
+            // A margin left of the first bar, so its value label never runs into the y axis.
+            .build_cartesian_2d(-0.8f64..(n as f64 - 0.4), 0f64..top * 1.1)
             .map_err(draw_err)?;
         let names = self.classes.clone();
+        // Small panels are shrunk with the rest of a figure: their text starts larger.
+        let text = if self.size.0 < 480 { 15 } else { 13 };
         chart
             .configure_mesh()
             .disable_x_mesh()
+            .y_labels(6)
+            .label_style(("sans-serif", text))
+            .axis_desc_style(("sans-serif", text))
+            .y_label_formatter(&|v| tick_label(*v))
             .x_labels(n + 1)
             .x_label_formatter(&move |x| {
                 let i = x.round();
@@ -565,7 +572,7 @@ impl Chart for BarChart {
                     .draw_series(std::iter::once(Text::new(
                         format!("{:.0}%", v * 100.0),
                         (x, v as f64),
-                        ("sans-serif", 13).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Bottom)),
+                        ("sans-serif", text).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Bottom)),
                     )))
                     .map_err(draw_err)?;
             }
