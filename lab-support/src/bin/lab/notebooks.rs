@@ -24,17 +24,41 @@ const BAD_TEXT: [&str; 5] = ["panicked at", "error[E", "FAIL", "NOT DONE", "thre
 /// lab-support's displayable types.
 pub const FIGURES: [&str; 8] = ["LinePlot", "BarChart", "ImageGrid", "Figure", "Stack", "Table", "Verdict", "Challenge"];
 
+/// Passed and failed tests, and the names of the failed ones.
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+    failures: Vec<String>,
+}
+
+impl Tally {
+    /// Prints one test's outcome (`extra` after its time) and counts it.
+    fn record(&mut self, name: String, seconds: f64, extra: &str, problems: &[String]) {
+        if problems.is_empty() {
+            eprintln!("    ok ({seconds:.0} s){extra}");
+            self.passed += 1;
+        } else {
+            eprintln!("    FAILED ({seconds:.0} s){extra}:");
+            for p in problems {
+                eprintln!("      {p}");
+            }
+            self.failed += 1;
+            self.failures.push(name);
+        }
+    }
+}
+
 /// `cargo lab test`.
 pub fn test(filter: Option<&str>) -> CliResult<()> {
     let paths = Paths::new();
-    let (mut passed, mut failed) = (0usize, 0usize);
-    let mut failures = Vec::new();
+    let mut tally = Tally::default();
     if filter.is_none() {
         let (p, f) = cargo_tests(&paths)?;
-        passed += p;
-        failed += f;
+        tally.passed += p;
+        tally.failed += f;
         if f > 0 {
-            failures.push(format!("{f} lab-support test(s)"));
+            tally.failures.push(format!("{f} lab-support test(s)"));
         }
     }
     ensure(&paths, false)?;
@@ -43,72 +67,35 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
         let name = nb.strip_prefix(&paths.root).unwrap_or(nb).display().to_string();
         eprintln!("==> notebook {name}");
         let report = run_notebook(&paths, nb)?;
-        if report.problems.is_empty() {
-            eprintln!("    ok ({:.0} s)", report.seconds);
-            passed += 1;
-        } else {
-            eprintln!("    FAILED ({:.0} s):", report.seconds);
-            for p in &report.problems {
-                eprintln!("      {p}");
-            }
-            failed += 1;
-            failures.push(name);
-        }
+        tally.record(name, report.seconds, "", &report.problems);
     }
+    let timed = |test: &dyn Fn(&Paths) -> CliResult<Vec<String>>| -> CliResult<(f64, Vec<String>)> {
+        let start = Instant::now();
+        let problems = test(&paths)?;
+        Ok((start.elapsed().as_secs_f64(), problems))
+    };
     if filter.is_none_or(|f| f == "kernel") {
         eprintln!("==> kernel test: panics, errors and figures in a real evcxr kernel");
-        let start = Instant::now();
-        let problems = crate::kernel_test::test(&paths)?;
-        if problems.is_empty() {
-            eprintln!("    ok ({:.0} s)", start.elapsed().as_secs_f64());
-            passed += 1;
-        } else {
-            eprintln!("    FAILED ({:.0} s):", start.elapsed().as_secs_f64());
-            for p in &problems {
-                eprintln!("      {p}");
-            }
-            failed += 1;
-            failures.push("kernel test".into());
-        }
+        let (seconds, problems) = timed(&crate::kernel_test::test)?;
+        tally.record("kernel test".into(), seconds, "", &problems);
     }
     if filter.is_none_or(|f| f == "server") {
         eprintln!("==> server test: `cargo lab up` on a busy port and on --port 0, the token kept off command lines");
-        let start = Instant::now();
-        let problems = crate::server::test(&paths)?;
-        if problems.is_empty() {
-            eprintln!("    ok ({:.0} s)", start.elapsed().as_secs_f64());
-            passed += 1;
-        } else {
-            eprintln!("    FAILED ({:.0} s):", start.elapsed().as_secs_f64());
-            for p in &problems {
-                eprintln!("      {p}");
-            }
-            failed += 1;
-            failures.push("server test".into());
-        }
+        let (seconds, problems) = timed(&crate::server::test)?;
+        tally.record("server test".into(), seconds, "", &problems);
     }
     if filter.is_none_or(|f| f == "browser") {
         eprintln!("==> browser test: {} in JupyterLab, headless Chromium", crate::browser::NOTEBOOK);
         let report = crate::browser::test(&paths)?;
-        if report.problems.is_empty() {
-            eprintln!("    ok ({:.0} s); screenshot: {}", report.seconds, report.screenshot.display());
-            passed += 1;
-        } else {
-            eprintln!("    FAILED ({:.0} s); screenshot: {}", report.seconds, report.screenshot.display());
-            for p in &report.problems {
-                eprintln!("      {p}");
-            }
-            failed += 1;
-            failures.push("browser test".into());
-        }
+        tally.record("browser test".into(), report.seconds, &format!("; screenshot: {}", report.screenshot.display()), &report.problems);
     }
     println!();
-    if !failures.is_empty() {
-        println!("failed: {}", failures.join(", "));
+    if !tally.failures.is_empty() {
+        println!("failed: {}", tally.failures.join(", "));
     }
-    println!("{passed} passed, {failed} failed");
-    if failed > 0 {
-        return Err(format!("{failed} test(s) failed"));
+    println!("{} passed, {} failed", tally.passed, tally.failed);
+    if tally.failed > 0 {
+        return Err(format!("{} test(s) failed", tally.failed));
     }
     Ok(())
 }

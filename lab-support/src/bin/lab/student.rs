@@ -232,7 +232,8 @@ mod tests {
         });
         assert_eq!(recorded, ran);
         // Code, an edited note, an added note and a deleted cell all are.
-        let changes: [(&str, &dyn Fn(&mut Vec<Value>)); 4] = [
+        type Edit<'a> = &'a dyn Fn(&mut Vec<Value>);
+        let changes: [(&str, Edit); 4] = [
             ("edited code", &|cells| {
                 let i = first(cells, "code");
                 cells[i]["source"] = json!(["let my_answer = 1;"]);
