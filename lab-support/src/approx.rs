@@ -42,8 +42,8 @@ where
     Ok(if after > before {
         format!(
             "The cause is your train_step, not the learning rate: one step with lr = 0.0001 raised the \
-             loss from {before:.6} to {after:.6}. It moves the weights uphill, with the gradient: the sign is \
-             flipped: w - lr * dE/dw (check::train_step says the same)"
+             loss from {before:.6} to {after:.6}, so it moves the weights uphill, with the gradient. The sign \
+             is flipped: step with w - lr * dE/dw (check::train_step says the same)"
         )
     } else {
         "A step with a tiny learning rate lowers the loss, so the step's direction is right: this \
