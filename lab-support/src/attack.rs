@@ -220,6 +220,10 @@ pub fn epsilon_sweep(model: &Classifier, set: &Dataset, norm: Norm, eps: &[f32],
     check_steps(steps)?;
     eps.iter().try_for_each(|&e| check_eps(e))?;
     let mut correct = vec![0usize; eps.len()];
+    // One unit of progress is one batch attacked at one budget; eps = 0 costs nothing.
+    let attacks = set.len().div_ceil(500) * eps.iter().filter(|&&e| e > 0.0).count();
+    let mut progress = crate::kernel::Progress::new(format!("PGD-{steps} on {} digits at {} budgets", set.len(), eps.len()), attacks);
+    let mut done = 0;
     for start in (0..set.len()).step_by(500) {
         let part = set.slice(start, 500.min(set.len() - start))?;
         let objective = Objective::untargeted(&part.labels)?;
@@ -231,12 +235,16 @@ pub fn epsilon_sweep(model: &Classifier, set: &Dataset, norm: Norm, eps: &[f32],
                     Norm::Linf => PgdConfig::linf(e),
                     Norm::L2 => PgdConfig::l2(e),
                 };
-                pgd(model, &part.images, &objective, &PgdConfig { steps, ..config })?.adversarial
+                let adversarial = pgd(model, &part.images, &objective, &PgdConfig { steps, ..config })?.adversarial;
+                done += 1;
+                progress.update(done);
+                adversarial
             };
             let predictions = model.predict(&attacked)?;
             *count += predictions.iter().zip(objective.classes()).filter(|(p, &c)| p.class == c as usize).count();
         }
     }
+    progress.finish();
     Ok(eps.iter().zip(correct).map(|(&eps, c)| SweepPoint { eps, accuracy: c as f32 / set.len() as f32 }).collect())
 }
 

@@ -1,4 +1,5 @@
-//! How lab-support behaves inside the notebooks' Rust kernel (evcxr): short panic reports.
+//! How lab-support behaves inside the notebooks' Rust kernel (evcxr): short panic reports, and
+//! progress lines for long work.
 //!
 //! evcxr runs every cell in a child process with `RUST_BACKTRACE=1` forced, so a `todo!()` that a
 //! student has not written yet, or any other panic, prints a backtrace of a dozen frames through
@@ -14,6 +15,7 @@
 
 use std::panic::PanicHookInfo;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// Set by evcxr in the process that runs the cells.
 const EVCXR: &str = "EVCXR_IS_RUNTIME";
@@ -112,6 +114,80 @@ fn cell_crate_dir() -> Option<PathBuf> {
     Some(PathBuf::from(dir))
 }
 
+/// Progress of long work, shown in a notebook as a few lines while it runs, the way a Python
+/// student sees a progress bar: nothing for work done within 2 s, then a line at most every 10% of
+/// the work (and at least 1 s apart), then one line at the end.
+///
+/// Lines, not one updating line: evcxr sends a cell's output to the notebook a whole line at a
+/// time, so a line rewritten in place with `\r` would only appear when the work is done. Outside
+/// a notebook (tests, programs) it prints nothing.
+///
+/// ```
+/// use lab_support::kernel::Progress;
+/// let mut progress = Progress::new("training 6 networks", 6);
+/// for seed in 0..6 {
+///     // ... train one network ...
+///     progress.update(seed + 1);
+/// }
+/// progress.finish();
+/// ```
+pub struct Progress {
+    label: String,
+    total: usize,
+    start: Instant,
+    last_line: Option<(Instant, usize)>,
+    show: bool,
+}
+
+/// Work shorter than this shows no progress at all.
+const QUIET_FOR: Duration = Duration::from_secs(2);
+
+impl Progress {
+    /// Progress of `total` units of work, named `label`.
+    pub fn new(label: impl Into<String>, total: usize) -> Self {
+        Progress { label: label.into(), total: total.max(1), start: Instant::now(), last_line: None, show: in_notebook() }
+    }
+
+    /// Records that `done` units are finished, printing a line when one is due.
+    pub fn update(&mut self, done: usize) {
+        let now = Instant::now();
+        if let Some(line) = self.line_due(now, done) {
+            self.last_line = Some((now, done));
+            if self.show {
+                println!("{line}");
+            }
+        }
+    }
+
+    /// Prints the closing line, if any progress was shown.
+    pub fn finish(self) {
+        if self.show && self.last_line.is_some() {
+            println!("{}: done in {:.0} s", self.label, self.start.elapsed().as_secs_f64());
+        }
+    }
+
+    /// The line to print at `now` with `done` units finished, if one is due.
+    fn line_due(&self, now: Instant, done: usize) -> Option<String> {
+        let elapsed = now.duration_since(self.start);
+        if elapsed < QUIET_FOR || done == 0 || done >= self.total {
+            return None;
+        }
+        if let Some((at, was)) = self.last_line {
+            if now.duration_since(at) < Duration::from_secs(1) || (done - was.min(done)) * 10 < self.total {
+                return None;
+            }
+        }
+        let left = elapsed.as_secs_f64() * (self.total - done) as f64 / done as f64;
+        Some(format!(
+            "{}: {:.0}% after {:.0} s, about {:.0} s to go",
+            self.label,
+            100.0 * done as f64 / self.total as f64,
+            elapsed.as_secs_f64(),
+            left.ceil()
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +204,20 @@ mod tests {
         init();
         assert!(std::env::var_os(INSTALLED).is_none());
         assert!(lost_variables_note().is_none());
+    }
+
+    #[test]
+    fn progress_is_quiet_at_first_then_a_line_every_tenth() {
+        let p = Progress::new("work", 100);
+        let t0 = p.start;
+        assert_eq!(p.line_due(t0 + Duration::from_millis(1500), 50), None, "quiet for the first 2 s");
+        let first = p.line_due(t0 + Duration::from_secs(3), 30).expect("a line after 2 s");
+        assert_eq!(first, "work: 30% after 3 s, about 7 s to go");
+        let mut p = p;
+        p.last_line = Some((t0 + Duration::from_secs(3), 30));
+        assert_eq!(p.line_due(t0 + Duration::from_secs(5), 35), None, "less than a tenth more");
+        assert_eq!(p.line_due(t0 + Duration::from_millis(3500), 45), None, "less than a second later");
+        assert!(p.line_due(t0 + Duration::from_secs(5), 40).is_some());
+        assert_eq!(p.line_due(t0 + Duration::from_secs(9), 100), None, "the end is finish()'s line");
     }
 }

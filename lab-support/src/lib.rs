@@ -36,6 +36,7 @@ pub mod prelude {
     pub use crate::approx::{log2_points, Mlp};
     pub use crate::attack::{epsilon_sweep, fgsm, pgd, targeted_descent, AttackResult, DescentConfig, Norm, PgdConfig, SweepPoint, TraceStep};
     pub use crate::grad::{clamp_pixels, input_gradient, noise_images, normalize_l2, per_image_l2, per_image_linf, project_l2, project_linf, InputGradient, Objective};
+    pub use crate::kernel::Progress;
     pub use crate::model::{Classifier, Prediction};
     pub use crate::plot::{crafting_progress, indexed, BarChart, Chart, Figure, ImageGrid, LinePlot, Stack, Table};
     pub use candle_core::{DType, Device, Tensor, Var, D};

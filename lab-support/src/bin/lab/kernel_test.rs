@@ -8,7 +8,7 @@ use crate::setup::Paths;
 use crate::CliResult;
 use serde_json::Value;
 
-const CELLS: [&str; 7] = [
+const CELLS: [&str; 8] = [
     ":dep lab-support = { path = \"../lab-support\" }\nuse lab_support::prelude::*;",
     "let model = Classifier::pretrained()?;",
     // A TODO not written yet, called from a later cell.
@@ -20,6 +20,8 @@ const CELLS: [&str; 7] = [
     "let bad = Tensor::zeros((2, 3), DType::F32, &Device::Cpu)?.matmul(&Tensor::zeros((2, 3), DType::F32, &Device::Cpu)?)?;",
     // A lab-support error after the note was shown once.
     "let again = photo(\"cat.png\")?;",
+    // Long work (several seconds) shows a few progress lines.
+    "epsilon_sweep(&model, &mnist::test()?.take(500)?, Norm::Linf, &[0.1, 0.2, 0.3], 40)?.len()",
 ];
 
 /// Runs the cells and returns what is wrong with what they showed.
@@ -56,6 +58,11 @@ pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
     }
     if !stderr(6).contains("rocket.jpg") {
         problems.push(format!("an unknown photo should list the photos, it said: {:?}", stderr(6)));
+    }
+    let stdout: String = cells.get(7).and_then(|c| c["outputs"].as_array()).into_iter().flatten().filter(|o| o["name"] == "stdout").map(output_text).collect();
+    let lines = stdout.lines().filter(|l| l.contains("% after")).count();
+    if lines == 0 || lines > 10 || !stdout.contains("done in") {
+        problems.push(format!("a sweep of several seconds should show a few progress lines and a closing one, it showed: {stdout:?}"));
     }
     if nb["cells"][0]["outputs"].as_array().is_some_and(|o| o.iter().any(|o| o["output_type"] == "error")) || !matches!(nb["cells"][1]["execution_count"], Value::Number(_)) {
         problems.push("the kernel did not load lab-support".into());
