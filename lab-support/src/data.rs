@@ -476,11 +476,7 @@ pub fn check_float(t: &Tensor, what: &str) -> Result<()> {
 
 /// Checks that every value of `t` is finite and in `[0, 1]`.
 pub fn check_pixels(t: &Tensor, what: &str) -> Result<()> {
-    let values = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-    let count = values.iter().filter(|v| !v.is_finite()).count();
-    if count > 0 {
-        return Err(LabError::NotFinite { what: what.into(), count });
-    }
+    let values = finite_values(t, what)?;
     let (min, max) = values.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
     if min < -PIXEL_SLACK || max > 1.0 + PIXEL_SLACK {
         return Err(LabError::PixelRange { what: what.into(), min, max });
@@ -490,12 +486,17 @@ pub fn check_pixels(t: &Tensor, what: &str) -> Result<()> {
 
 /// Checks that every value of `t` is finite.
 pub fn check_finite(t: &Tensor, what: &str) -> Result<()> {
+    finite_values(t, what).map(|_| ())
+}
+
+/// The values of `t` as f32, if all of them are finite.
+fn finite_values(t: &Tensor, what: &str) -> Result<Vec<f32>> {
     let values = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
     let count = values.iter().filter(|v| !v.is_finite()).count();
     if count > 0 {
         return Err(LabError::NotFinite { what: what.into(), count });
     }
-    Ok(())
+    Ok(values)
 }
 
 #[cfg(test)]
