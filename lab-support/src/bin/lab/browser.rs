@@ -35,7 +35,7 @@ fn chromium() -> PathBuf {
     std::env::var_os("LAB_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| "/usr/bin/chromium".into())
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     output_of(Command::new("id").arg("-u")).is_some_and(|uid| uid.trim() == "0")
 }
 

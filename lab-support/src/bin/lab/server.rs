@@ -8,7 +8,7 @@
 //!   after binding, and that file is where the port comes from, so `--port 0` works and a busy
 //!   port gives an error instead of a URL that leads nowhere.
 
-use crate::setup::{output_of, random_token, Paths};
+use crate::setup::{random_token, Paths};
 use crate::CliResult;
 use serde_json::Value;
 use std::io::ErrorKind;
@@ -41,7 +41,7 @@ pub fn serve(paths: &Paths, port: u16, no_browser: bool) -> CliResult<()> {
         cmd.arg("--no-browser");
     }
     // Jupyter refuses to start as root (a container, a CI box) unless told that it is meant.
-    if output_of(Command::new("id").arg("-u")).is_some_and(|uid| uid.trim() == "0") {
+    if crate::browser::is_root() {
         cmd.arg("--allow-root");
     }
     paths.jupyter_env(&mut cmd);
