@@ -446,13 +446,14 @@ pub fn reference_craft(model: &Classifier, original: &Tensor, target: u32, eps: 
     Ok(history)
 }
 
-/// The probe of TODO 5: test digits #0 to #3, an L2 budget of 3 (about 4 pixels flipped from
-/// black to white, or a faint change spread over many), 20 steps of eps / 8.
+/// The probe of TODO 5: test digits #0 to #3, an L2 budget of 3 (9 pixels flipped from black to
+/// white, or a fainter change spread over many), 20 steps of eps / 8.
 const L2_PROBE: (usize, f32, usize, f64) = (4, 3.0, 20, 0.375);
 
 /// The reference untargeted L2 attack: steps of fixed L2 length *up* the loss of the true class,
 /// along the gradient scaled to unit length, projected back onto the L2 ball around the original
-/// and into [0, 1] after each.
+/// and into [0, 1] after each. The loop of [`crate::attack::pgd`] under L2, written out as a
+/// student writes it (it also takes a negative step size, which the tests use as a mistake).
 pub fn reference_untargeted_l2(model: &Classifier, x: &Tensor, label: u32, eps: f32, steps: usize, step_size: f64) -> Result<Tensor> {
     let objective = Objective::targeted(label, x.dim(0)?)?;
     let mut adv = x.clone();

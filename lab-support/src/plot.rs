@@ -170,9 +170,9 @@ impl<P: Point> Point for &P {
 /// LinePlot::new("t").line("a", v)`), evcxr cannot store `v` after the cell and, to get the cell
 /// compiled at all, shows the value through `format!("{:?}", ..)` instead of its `evcxr_display`.
 /// Drawing here makes that cell show its figure as written. Outside a kernel (tests, programs)
-/// Debug is only the summary. `EVCXR_IS_RUNTIME` is set by evcxr for the process that runs cells.
+/// Debug is only the summary.
 pub(crate) fn debug_figure(f: &mut std::fmt::Formatter<'_>, kind: &str, title: &str, display: impl FnOnce()) -> std::fmt::Result {
-    if std::env::var_os("EVCXR_IS_RUNTIME").is_some() {
+    if crate::kernel::in_notebook() {
         display();
     }
     write!(f, "{kind} {title:?}")
