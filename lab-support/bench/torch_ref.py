@@ -78,6 +78,22 @@ class Bench:
         with torch.no_grad():
             return self.frozen(self.images[:batch])
 
+    def adv_train_step(self, batch, _, eps=0.3, steps=7, ratio=0.3):
+        """lab-support's adversarial training step: PGD-7 from a random start, then Adam."""
+        x0, y = self.images[:batch], self.labels[:batch]
+        x = (x0 + torch.empty_like(x0).uniform_(-eps, eps)).clamp(0.0, 1.0)
+        for _ in range(steps):
+            x.requires_grad_(True)
+            # The lab's untargeted objective, log p(true) summed, descended; gradients for x only.
+            loss = F.log_softmax(self.trained(x), dim=1).gather(1, y[:, None]).sum()
+            (grad,) = torch.autograd.grad(loss, x)
+            x = torch.min(torch.max(x.detach() - ratio * eps * grad.sign(), x0 - eps), x0 + eps).clamp(0.0, 1.0)
+        self.opt.zero_grad()
+        loss = F.cross_entropy(self.trained(x), y)
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
     def train_step(self, batch, _):
         self.opt.zero_grad()
         loss = F.cross_entropy(self.trained(self.images[:batch]), self.labels[:batch])

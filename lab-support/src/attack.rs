@@ -1,4 +1,5 @@
-//! Reference attacks: the seed's targeted gradient descent on the input, FGSM and PGD.
+//! Reference attacks: the seed's targeted gradient descent on the input, FGSM and PGD (with random
+//! restarts and a margin loss), and robustness curves ([`epsilon_sweep`], [`worst_case_sweep`]).
 //!
 //! All of them keep the model's weights fixed and move the pixels against the gradient of an
 //! [`Objective`]. Each returns an [`AttackResult`]: the adversarial batch and a per-step trace of
@@ -19,8 +20,8 @@
 use crate::data::{check_batch, Dataset};
 use crate::error::{LabError, Result};
 use crate::grad::{
-    check_eps, clamp_pixels, input_gradient_unchecked, normalize_l2, per_image_l2, per_image_linf, project_l2,
-    project_linf, uniform_noise, Objective,
+    check_eps, clamp_pixels, input_gradient_of, normalize_l2, per_image_l2, per_image_linf, project_l2,
+    project_linf, uniform_noise, AttackLoss, Objective,
 };
 use crate::model::Classifier;
 use candle_core::{Tensor, D};
@@ -102,17 +103,22 @@ pub struct PgdConfig {
     pub steps: usize,
     /// Start from a random point in the ball (seeded) instead of the original image.
     pub random_start: Option<u64>,
+    /// The loss descended: cross-entropy, or the margin of the logits.
+    pub loss: AttackLoss,
+    /// Runs from different random starts (seeds `s`, `s + 1`, ...); each image keeps the first
+    /// run that fooled the model. 1 is a single run. More than 1 needs a `random_start`.
+    pub restarts: usize,
 }
 
 impl PgdConfig {
-    /// The usual L-inf PGD: 40 steps of eps/10 from a random start.
+    /// The usual L-inf PGD: 40 steps of eps/10 from a random start, cross-entropy, one run.
     pub fn linf(eps: f32) -> Self {
-        PgdConfig { norm: Norm::Linf, eps, step_size: eps / 10.0, steps: 40, random_start: Some(0) }
+        PgdConfig { norm: Norm::Linf, eps, step_size: eps / 10.0, steps: 40, random_start: Some(0), loss: AttackLoss::CrossEntropy, restarts: 1 }
     }
 
-    /// The usual L2 PGD: 40 steps of eps/8 from a random start.
+    /// The usual L2 PGD: 40 steps of eps/8 from a random start, cross-entropy, one run.
     pub fn l2(eps: f32) -> Self {
-        PgdConfig { norm: Norm::L2, eps, step_size: eps / 8.0, steps: 40, random_start: Some(0) }
+        PgdConfig { norm: Norm::L2, eps, step_size: eps / 8.0, steps: 40, random_start: Some(0), loss: AttackLoss::CrossEntropy, restarts: 1 }
     }
 }
 
@@ -153,15 +159,52 @@ pub fn targeted_descent(model: &Classifier, images: &Tensor, target: u32, config
 
 /// Fast Gradient Sign Method: one L-inf step of size `eps` along the sign of the gradient.
 pub fn fgsm(model: &Classifier, images: &Tensor, objective: &Objective, eps: f32) -> Result<AttackResult> {
-    pgd(model, images, objective, &PgdConfig { norm: Norm::Linf, eps, step_size: eps, steps: 1, random_start: None })
+    pgd(model, images, objective, &PgdConfig { step_size: eps, steps: 1, random_start: None, ..PgdConfig::linf(eps) })
 }
 
 /// Projected gradient descent under an L-inf or L2 budget, targeted or untargeted.
+///
+/// With `restarts > 1`, each further run attacks only the images no earlier run fooled, from
+/// another random start; the trace is the first run's.
 pub fn pgd(model: &Classifier, images: &Tensor, objective: &Objective, config: &PgdConfig) -> Result<AttackResult> {
     check_batch(images, "the image batch")?;
     objective.validate(images.dim(0)?)?;
     check_eps(config.eps)?;
     check_steps(config.steps)?;
+    check_restarts(config)?;
+    let mut result = pgd_once(model, images, objective, config, config.random_start)?;
+    for restart in 1..config.restarts {
+        let fooled = result.successes(model, objective)?;
+        let left: Vec<u32> = (0..fooled.len() as u32).filter(|&i| !fooled[i as usize]).collect();
+        if left.is_empty() {
+            break;
+        }
+        let idx = Tensor::new(left.as_slice(), images.device())?;
+        let classes = left.iter().map(|&i| objective.classes()[i as usize]).collect();
+        let sub_objective = if objective.is_targeted() { Objective::Targeted(classes) } else { Objective::Untargeted(classes) };
+        let seed = config.random_start.map(|s| s.wrapping_add(restart as u64));
+        let again = pgd_once(model, &images.index_select(&idx, 0)?, &sub_objective, config, seed)?;
+        result.adversarial = result.adversarial.index_add(&idx, &(again.adversarial - result.adversarial.index_select(&idx, 0)?)?, 0)?;
+    }
+    Ok(result)
+}
+
+fn check_restarts(config: &PgdConfig) -> Result<()> {
+    if config.restarts == 0 || config.restarts > 1000 {
+        return Err(LabError::invalid("restarts", config.restarts, "between 1 (a single run) and 1000"));
+    }
+    if config.restarts > 1 && config.random_start.is_none() {
+        return Err(LabError::invalid(
+            "restarts",
+            config.restarts,
+            "1 without a random start: every run from the image itself is the same run. Set `random_start: Some(0)`",
+        ));
+    }
+    Ok(())
+}
+
+/// One PGD run from the random start `seed` (or the image itself).
+fn pgd_once(model: &Classifier, images: &Tensor, objective: &Objective, config: &PgdConfig, seed: Option<u64>) -> Result<AttackResult> {
     // With no budget nothing can move, whatever the step size (eps / 10 is 0 there too).
     let steps = if config.eps == 0.0 { 0 } else { config.steps };
     if steps > 0 {
@@ -175,11 +218,11 @@ pub fn pgd(model: &Classifier, images: &Tensor, objective: &Objective, config: &
         clamp_pixels(&x)
     };
     // Random start: from the image itself, PGD on a plain CNN can stall where the gradient is flat.
-    let start = match config.random_start {
+    let start = match seed {
         Some(seed) => project(&(images + uniform_noise(images.dims(), config.eps, seed)?)?)?,
         None => images.clone(),
     };
-    let mut result = run_from(model, images, &start, objective, steps, |x, grad| {
+    let mut result = run_from(model, images, &start, objective, config.loss, steps, |x, grad| {
         let step = match config.norm {
             Norm::Linf => grad.sign()?,
             Norm::L2 => normalize_l2(grad)?,
@@ -248,6 +291,81 @@ pub fn epsilon_sweep(model: &Classifier, set: &Dataset, norm: Norm, eps: &[f32],
     Ok(eps.iter().zip(correct).map(|(&eps, c)| SweepPoint { eps, accuracy: c as f32 / set.len() as f32 }).collect())
 }
 
+/// How hard [`worst_case_sweep`] tries: for each digit, PGD with `steps` steps of `2.5 eps / steps`,
+/// `restarts` random starts, once per loss in `losses`; the digit counts as robust only if every
+/// one of those runs fails.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    pub steps: usize,
+    pub restarts: usize,
+    pub losses: Vec<AttackLoss>,
+}
+
+impl Evaluation {
+    /// The strongest evaluation the lab runs: PGD-100, 2 random starts, cross-entropy and margin
+    /// (4 runs of 100 steps on every digit that survives).
+    pub fn strongest() -> Self {
+        Evaluation { steps: 100, restarts: 2, losses: vec![AttackLoss::CrossEntropy, AttackLoss::Margin] }
+    }
+
+    /// A quick one for monitoring and notebooks: PGD-`steps`, one start, cross-entropy.
+    pub fn quick(steps: usize) -> Self {
+        Evaluation { steps, restarts: 1, losses: vec![AttackLoss::CrossEntropy] }
+    }
+}
+
+/// The robustness curve under the worst case of several attacks: for each budget in `eps`, the
+/// fraction of `set` that no attack of `evaluation` could make the model misclassify.
+///
+/// A weak attack flatters a defense: a digit that survives one PGD run may fall to a second start
+/// or another loss. Each further run attacks only the digits still standing, so the cost falls as
+/// the model fails. In batches of 500.
+pub fn worst_case_sweep(model: &Classifier, set: &Dataset, norm: Norm, eps: &[f32], evaluation: &Evaluation) -> Result<Vec<SweepPoint>> {
+    if set.is_empty() {
+        return Err(LabError::invalid("set", "an empty dataset", "at least one image"));
+    }
+    if evaluation.steps == 0 || evaluation.losses.is_empty() {
+        return Err(LabError::invalid("evaluation", format!("{evaluation:?}"), "at least 1 step and 1 loss"));
+    }
+    check_steps(evaluation.steps)?;
+    eps.iter().try_for_each(|&e| check_eps(e))?;
+    let base = PgdConfig { norm, steps: evaluation.steps, restarts: evaluation.restarts, ..PgdConfig::linf(1.0) };
+    check_restarts(&base)?;
+    let attacks = set.len().div_ceil(500) * eps.iter().filter(|&&e| e > 0.0).count();
+    let mut progress = crate::kernel::Progress::new(
+        format!("worst case of {} PGD-{} run(s) on {} digits at {} budgets", evaluation.restarts * evaluation.losses.len(), evaluation.steps, set.len(), eps.len()),
+        attacks,
+    );
+    let (mut correct, mut done) = (vec![0usize; eps.len()], 0);
+    for start in (0..set.len()).step_by(500) {
+        let part = set.slice(start, 500.min(set.len() - start))?;
+        let labels = Objective::untargeted(&part.labels)?.classes().to_vec();
+        let clean = model.predict(&part.images)?;
+        for (count, &e) in correct.iter_mut().zip(eps) {
+            // Indices of the digits still classified correctly.
+            let mut standing: Vec<u32> = (0..labels.len() as u32).filter(|&i| clean[i as usize].class == labels[i as usize] as usize).collect();
+            if e > 0.0 {
+                for (k, &loss) in evaluation.losses.iter().enumerate() {
+                    if standing.is_empty() {
+                        break;
+                    }
+                    let idx = Tensor::new(standing.as_slice(), part.images.device())?;
+                    let images = part.images.index_select(&idx, 0)?;
+                    let objective = Objective::Untargeted(standing.iter().map(|&i| labels[i as usize]).collect());
+                    let config = PgdConfig { eps: e, step_size: 2.5 * e / evaluation.steps as f32, loss, random_start: Some(1000 * k as u64), ..base };
+                    let fooled = pgd(model, &images, &objective, &config)?.successes(model, &objective)?;
+                    standing = standing.into_iter().zip(fooled).filter(|(_, f)| !f).map(|(i, _)| i).collect();
+                }
+                done += 1;
+                progress.update(done);
+            }
+            *count += standing.len();
+        }
+    }
+    progress.finish();
+    Ok(eps.iter().zip(correct).map(|(&eps, c)| SweepPoint { eps, accuracy: c as f32 / set.len() as f32 }).collect())
+}
+
 fn run(
     model: &Classifier,
     images: &Tensor,
@@ -255,7 +373,7 @@ fn run(
     steps: usize,
     step: impl FnMut(&Tensor, &Tensor) -> Result<Tensor>,
 ) -> Result<AttackResult> {
-    run_from(model, images, images, objective, steps, step)
+    run_from(model, images, images, objective, AttackLoss::CrossEntropy, steps, step)
 }
 
 /// The loop every attack shares: gradient, trace line, step; then one last trace line.
@@ -264,6 +382,7 @@ fn run_from(
     original: &Tensor,
     start: &Tensor,
     objective: &Objective,
+    loss: AttackLoss,
     steps: usize,
     mut step: impl FnMut(&Tensor, &Tensor) -> Result<Tensor>,
 ) -> Result<AttackResult> {
@@ -271,13 +390,13 @@ fn run_from(
     let mut x = start.detach();
     let mut trace = Vec::with_capacity(steps + 1);
     for i in 0..steps {
-        let g = input_gradient_unchecked(model, &x, objective)?;
+        let g = input_gradient_of(model, &x, objective, loss)?;
         trace.push(trace_line(i, &g.logits, &x, original, objective, g.loss / n as f32)?);
         x = step(&x, &g.grad)?.detach();
     }
     let logits = model.forward(&x)?;
-    let loss = objective.loss(&logits)?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? / n as f32;
-    trace.push(trace_line(steps, &logits, &x, original, objective, loss)?);
+    let final_loss = objective.loss_of(&logits, loss)?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? / n as f32;
+    trace.push(trace_line(steps, &logits, &x, original, objective, final_loss)?);
     Ok(AttackResult { adversarial: x, trace })
 }
 

@@ -75,6 +75,36 @@ impl Objective {
         Ok(())
     }
 
+    /// The loss of the given kind to minimise, summed over the batch, from logits `(N, 10)`.
+    pub fn loss_of(&self, logits: &Tensor, kind: AttackLoss) -> Result<Tensor> {
+        match kind {
+            AttackLoss::CrossEntropy => self.loss(logits),
+            AttackLoss::Margin => self.margin_loss(logits),
+        }
+    }
+
+    /// The margin (Carlini-Wagner) loss to minimise, summed over the batch, from logits `(N, 10)`:
+    /// `z_true - max_{j != true} z_j` away from the true class, `max_{j != target} z_j - z_target`
+    /// toward a target. Below zero, the attack has succeeded.
+    ///
+    /// Cross-entropy flattens out once the softmax saturates (a model that is 99.99% sure has a
+    /// gradient of almost nothing), and some defenses saturate it on purpose; the margin of the
+    /// logits keeps a gradient of the same size however sure the model is.
+    pub fn margin_loss(&self, logits: &Tensor) -> Result<Tensor> {
+        let (n, k) = logits.dims2()?;
+        let classes = Tensor::new(self.classes(), logits.device())?.unsqueeze(1)?;
+        let picked = logits.gather(&classes, 1)?.squeeze(1)?;
+        // The class's own logit pushed far down, so the max runs over the others.
+        let is_class = Tensor::arange(0u32, k as u32, logits.device())?.unsqueeze(0)?.broadcast_as((n, k))?.broadcast_eq(&classes)?;
+        let pushed = is_class.to_dtype(logits.dtype())?.affine(1e9, 0.0)?;
+        let others = (logits - pushed)?.max(1)?;
+        let margin = match self {
+            Objective::Targeted(_) => (others - picked)?,
+            Objective::Untargeted(_) => (picked - others)?,
+        };
+        Ok(margin.sum_all()?)
+    }
+
     /// The loss to minimise, summed over the batch, from logits `(N, 10)`.
     pub fn loss(&self, logits: &Tensor) -> Result<Tensor> {
         let classes = Tensor::new(self.classes(), logits.device())?;
@@ -85,6 +115,16 @@ impl Objective {
             Objective::Untargeted(_) => picked,
         })
     }
+}
+
+/// Which loss an attack descends. Both reach the same goal; they differ in where their gradient
+/// vanishes (see [`Objective::margin_loss`]). A strong evaluation tries both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttackLoss {
+    /// [`Objective::loss`]: cross-entropy toward the target, or away from the true class.
+    CrossEntropy,
+    /// [`Objective::margin_loss`]: the gap between the class's logit and the best other one.
+    Margin,
 }
 
 /// Checks that `class` is one of the ten digit classes.
@@ -115,9 +155,14 @@ pub fn input_gradient(model: &Classifier, images: &Tensor, objective: &Objective
 
 /// [`input_gradient`] without the input checks, for attack loops that checked once.
 pub(crate) fn input_gradient_unchecked(model: &Classifier, images: &Tensor, objective: &Objective) -> Result<InputGradient> {
+    input_gradient_of(model, images, objective, AttackLoss::CrossEntropy)
+}
+
+/// [`input_gradient_unchecked`] of either loss.
+pub(crate) fn input_gradient_of(model: &Classifier, images: &Tensor, objective: &Objective, kind: AttackLoss) -> Result<InputGradient> {
     let x = Var::from_tensor(&images.detach())?;
     let logits = model.forward(x.as_tensor())?;
-    let loss = objective.loss(&logits)?;
+    let loss = objective.loss_of(&logits, kind)?;
     let grads = loss.backward()?;
     let grad = grads.get(x.as_tensor()).cloned().ok_or_else(|| {
         LabError::Other("the loss does not depend on the input: no gradient reached it".into())

@@ -1,9 +1,10 @@
 //! Support crate for the adversarial-examples lab.
 //!
 //! One module per concept: [`approx`] (the tiny approximator of Problem #1), [`check`] (the
-//! notebooks' instant checks), [`data`] (datasets and images), [`model`] (the digit CNN), [`train`]
-//! (gradient descent on the weights), [`grad`] (gradients with respect to the *input*),
-//! [`attack`] (FGSM, PGD and the seed's targeted descent), [`kernels`] (the fast CPU conv blocks),
+//! notebooks' instant checks), [`data`] (datasets and images), [`model`] (the digit CNN, plain and
+//! robust), [`train`] (gradient descent on the weights, plain or adversarial), [`grad`] (gradients
+//! with respect to the *input*, cross-entropy and margin losses), [`attack`] (FGSM, PGD with
+//! restarts, the seed's targeted descent, robustness curves), [`kernels`] (the fast CPU conv blocks),
 //! [`plot`] (figures that render inline in Jupyter), [`kernel`] (short panic reports in the
 //! notebooks' evcxr kernel). Notebooks start with:
 //!
@@ -34,11 +35,11 @@ pub mod prelude {
     pub use crate::data::{fashion_mnist, load_digit_png, load_drawing, load_image, mnist, photo, save_digit_png, Dataset};
     pub use crate::error::{LabError, Result};
     pub use crate::approx::{log2_points, Mlp};
-    pub use crate::attack::{epsilon_sweep, fgsm, pgd, targeted_descent, AttackResult, DescentConfig, Norm, PgdConfig, SweepPoint, TraceStep};
-    pub use crate::grad::{clamp_pixels, input_gradient, noise_images, normalize_l2, per_image_l2, per_image_linf, project_l2, project_linf, InputGradient, Objective};
+    pub use crate::attack::{epsilon_sweep, fgsm, pgd, targeted_descent, worst_case_sweep, AttackResult, DescentConfig, Evaluation, Norm, PgdConfig, SweepPoint, TraceStep};
+    pub use crate::grad::{clamp_pixels, AttackLoss, input_gradient, noise_images, normalize_l2, per_image_l2, per_image_linf, project_l2, project_linf, InputGradient, Objective};
     pub use crate::kernel::Progress;
     pub use crate::model::{Classifier, Prediction};
     pub use crate::plot::{crafting_progress, indexed, BarChart, Chart, Figure, ImageGrid, LinePlot, Stack, Table};
     pub use candle_core::{DType, Device, Tensor, Var, D};
-    pub use candle_nn::{loss, ops};
+    pub use candle_nn::{loss, ops, AdamW, Optimizer, ParamsAdamW};
 }

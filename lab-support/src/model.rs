@@ -33,6 +33,8 @@ use std::sync::Arc;
 
 /// Where the shipped weights live, relative to the data folder.
 pub const WEIGHTS_FILE: &str = "models/lab-cnn.safetensors";
+/// Where the adversarially trained weights live (`cargo lab train --adversarial`).
+pub const ROBUST_WEIGHTS_FILE: &str = "models/lab-cnn-robust.safetensors";
 
 /// Every parameter of the network with its shape, in PyTorch's naming.
 pub const PARAMETERS: [(&str, &[usize]); 8] = [
@@ -71,6 +73,12 @@ impl Classifier {
     /// The shipped digit model, frozen, from `data/models/lab-cnn.safetensors` (hash-checked).
     pub fn pretrained() -> Result<Self> {
         Self::load_from(&data_dir(), WEIGHTS_FILE)
+    }
+
+    /// The shipped robust model: the same network, adversarially trained against L-inf PGD at
+    /// eps 0.3 (see `data/models/README.md`), frozen and hash-checked.
+    pub fn robust() -> Result<Self> {
+        Self::load_from(&data_dir(), ROBUST_WEIGHTS_FILE)
     }
 
     /// Loads weights from `root/rel`, checked against `root/SHA256SUMS`.
@@ -114,6 +122,14 @@ impl Classifier {
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let model = Self::from_tensors(vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect())?;
         Ok((model, vars))
+    }
+
+    /// The same network with its weights cut off from autograd, sharing their storage: an attack
+    /// through it computes gradients for the input only, while the optimiser keeps updating the
+    /// weights in place. The inner attack of adversarial training runs on it.
+    pub fn frozen(&self) -> Self {
+        let params = self.params.iter().map(|(k, t)| (k.clone(), t.detach())).collect();
+        Classifier { params, class_names: self.class_names, calls: self.calls.clone() }
     }
 
     /// The same network computing in `dtype` (`DType::F64` for precise gradient checks).

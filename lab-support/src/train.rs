@@ -4,6 +4,10 @@
 //! `loss = E(y_pred, y_true)` (cross-entropy), and move every weight against `dE/dw`. Notebook 03
 //! keeps the weights fixed and moves the pixels instead.
 //!
+//! Adversarial training ([`AdversarialTraining`]) plays both games at once: each batch is first
+//! attacked with PGD against the current weights (the inner max over the input), and the weight
+//! step is taken on the attacked batch (the outer min over the weights), as in Madry et al. 2018.
+//!
 //! Candle's CPU random generator cannot be seeded, so the initial weights come from [`SeededRng`]
 //! (SplitMix64): the same seed gives the same network, bit for bit, on the same machine.
 //!
@@ -14,12 +18,15 @@
 //! # Ok::<(), lab_support::LabError>(())
 //! ```
 
+use crate::attack::{pgd, worst_case_sweep, Evaluation, Norm, PgdConfig};
 use crate::data::{mnist, Dataset};
 use crate::error::{LabError, Result};
+use crate::grad::Objective;
 use crate::model::{Classifier, PARAMETERS};
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// A small seedable random generator (SplitMix64), for weights and shuffling.
@@ -79,12 +86,55 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Train on only the first `limit` training images (for quick tests); `None` for all.
     pub limit: Option<usize>,
+    /// Attack every batch before the weight step (adversarial training); `None` for plain training.
+    pub adversarial: Option<AdversarialTraining>,
+    /// Save the weights here after every epoch (to look at a long run before it ends).
+    pub checkpoint: Option<PathBuf>,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { epochs: 5, batch_size: 64, learning_rate: 1.5e-3, seed: 2024, limit: None }
+        TrainConfig { epochs: 5, batch_size: 64, learning_rate: 1.5e-3, seed: 2024, limit: None, adversarial: None, checkpoint: None }
     }
+}
+
+/// The inner attack of adversarial training: untargeted L-inf PGD from a random start, against the
+/// current weights, on every batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdversarialTraining {
+    /// The budget trained for.
+    pub eps: f32,
+    /// PGD steps per batch; 1 is FGSM from a random start ("Fast is better than free").
+    pub steps: usize,
+    /// Step size as a fraction of the current eps (Madry et al.: 2.5 / steps; FGSM-RS: 1.25).
+    pub step_ratio: f32,
+    /// The budget grows linearly from 0 to `eps` over this many epochs; a network attacked at
+    /// full strength from its first step often never learns at all.
+    pub ramp_epochs: f32,
+}
+
+impl AdversarialTraining {
+    /// The recipe of the shipped robust model.
+    pub fn shipped() -> Self {
+        AdversarialTraining { eps: 0.3, steps: 7, step_ratio: 0.3, ramp_epochs: 2.0 }
+    }
+
+    /// The PGD the inner maximisation runs at budget `eps`, from random start `seed`.
+    pub fn attack(&self, eps: f32, seed: u64) -> PgdConfig {
+        PgdConfig { eps, step_size: self.step_ratio * eps, steps: self.steps, random_start: Some(seed), ..PgdConfig::linf(eps) }
+    }
+}
+
+/// One look at the validation digits during training.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Validation {
+    pub step: usize,
+    pub seconds: f64,
+    /// The budget trained at, at that step.
+    pub eps: f32,
+    pub clean: f32,
+    /// Accuracy under PGD-10 at the full budget (adversarial training only).
+    pub robust: Option<f32>,
 }
 
 /// What a training run did.
@@ -94,7 +144,16 @@ pub struct TrainReport {
     pub final_loss: f32,
     pub seconds: f64,
     pub steps: usize,
+    /// Validation accuracy through training (adversarial training only; 1,000 held-out digits).
+    pub history: Vec<Validation>,
+    /// Why training stopped early, if it did.
+    pub stopped_early: Option<String>,
 }
+
+/// Digits held out of adversarial training to watch robust accuracy on.
+const VALIDATION: usize = 1000;
+/// Validation looks per run.
+const LOOKS: usize = 20;
 
 /// Fresh weights drawn from `seed`, like PyTorch's default: uniform in `±1/sqrt(fan_in)`.
 pub fn initial_parameters(seed: u64) -> Result<HashMap<String, Tensor>> {
@@ -114,11 +173,27 @@ pub fn initial_parameters(seed: u64) -> Result<HashMap<String, Tensor>> {
 }
 
 /// Trains the lab CNN on MNIST and reports its test accuracy. Shows a progress bar if `progress`.
+///
+/// With `config.adversarial`, every batch is attacked first and the last 1,000 training digits
+/// are held out to watch clean and robust accuracy (PGD-10) as training goes. If robust accuracy
+/// collapses (catastrophic overfitting, the failure of one-step training), training stops and
+/// keeps the weights of the best look.
 pub fn train(config: &TrainConfig, progress: bool) -> Result<(Classifier, TrainReport)> {
     if config.epochs == 0 || config.batch_size == 0 {
         return Err(LabError::invalid("epochs/batch_size", format!("{}/{}", config.epochs, config.batch_size), "both at least 1"));
     }
     let mut train_set = mnist::train()?;
+    let mut validation = None;
+    if let Some(adv) = &config.adversarial {
+        crate::grad::check_eps(adv.eps)?;
+        crate::attack::check_steps(adv.steps)?;
+        if adv.steps == 0 || !(adv.step_ratio.is_finite() && adv.step_ratio > 0.0) || !(adv.ramp_epochs >= 0.0) {
+            return Err(LabError::invalid("adversarial", format!("{adv:?}"), "at least 1 step, a step_ratio > 0 and ramp_epochs >= 0"));
+        }
+        let keep = train_set.len() - VALIDATION;
+        validation = Some(train_set.slice(keep, VALIDATION)?);
+        train_set = train_set.take(keep)?;
+    }
     if let Some(n) = config.limit {
         train_set = train_set.take(n)?;
     }
@@ -133,42 +208,106 @@ pub fn train(config: &TrainConfig, progress: bool) -> Result<(Classifier, TrainR
     let bar = progress_bar(progress, total as u64);
     let mut rng = SeededRng::new(config.seed ^ 0x5eed);
     let start = Instant::now();
-    let mut step = 0;
-    let mut smoothed = f32::NAN;
-    for epoch in 0..config.epochs {
+    let (mut step, mut smoothed, mut look) = (0, f32::NAN, String::new());
+    let (mut history, mut best, mut stopped_early) = (Vec::new(), None::<(f32, HashMap<String, Tensor>)>, None);
+    'epochs: for epoch in 0..config.epochs {
         let order = rng.permutation(train_set.len());
         for chunk in order.chunks(config.batch_size) {
             let lr = config.learning_rate * (1.0 - 0.9 * step as f64 / total as f64);
             opt.set_learning_rate(lr);
-            let loss = batch_loss(&model, &train_set, chunk)?;
+            let eps = current_eps(config, step, steps_per_epoch);
+            let (x, y) = batch(&train_set, chunk)?;
+            let x = match &config.adversarial {
+                Some(adv) if eps > 0.0 => attack_batch(&frozen(&vars)?, &x, &y, adv, eps, rng.next_u64())?,
+                _ => x,
+            };
+            let loss = candle_nn::loss::cross_entropy(&model.forward(&x)?, &y)?;
             opt.backward_step(&loss)?;
             let l = loss.to_scalar::<f32>()?;
             smoothed = if smoothed.is_nan() { l } else { 0.98 * smoothed + 0.02 * l };
             step += 1;
+            let last = step == total;
+            if let (Some(val), Some(adv)) = (&validation, &config.adversarial) {
+                if step % (total / LOOKS).max(1) == 0 || last {
+                    let v = validate(&frozen(&vars)?, val, adv, step, eps, start.elapsed().as_secs_f64())?;
+                    let robust = v.robust.unwrap_or(0.0);
+                    look = format!(" | held out: clean {:.1}%, PGD-10 at {} {:.1}%", 100.0 * v.clean, adv.eps, 100.0 * robust);
+                    history.push(v);
+                    // Only once the budget is at full strength do looks compare.
+                    if eps >= adv.eps {
+                        if best.as_ref().is_some_and(|(b, _)| robust < b - 0.2) {
+                            stopped_early = Some(format!(
+                                "robust accuracy on the held-out digits fell from {:.1}% to {:.1}% at step {step} (catastrophic overfitting); kept the weights of the best look",
+                                100.0 * best.as_ref().map_or(0.0, |b| b.0),
+                                100.0 * robust
+                            ));
+                            break 'epochs;
+                        }
+                        if best.as_ref().is_none_or(|(b, _)| robust >= *b) {
+                            best = Some((robust, snapshot(&vars)));
+                        }
+                    }
+                }
+            }
             if let Some(bar) = &bar {
-                bar.set_message(format!("epoch {}/{} loss {smoothed:.4}", epoch + 1, config.epochs));
+                bar.set_message(format!("epoch {}/{} loss {smoothed:.4}{look}", epoch + 1, config.epochs));
                 bar.inc(1);
                 // Without a terminal (a log, a notebook) the bar is hidden: print a line every 5% instead.
                 if bar.is_hidden() && step % (total / 20).max(1) == 0 {
-                    println!("step {step}/{total}, epoch {}/{}, loss {smoothed:.4}, {:.0} s", epoch + 1, config.epochs, start.elapsed().as_secs_f64());
+                    println!("step {step}/{total}, epoch {}/{}, loss {smoothed:.4}{look}, {:.0} s", epoch + 1, config.epochs, start.elapsed().as_secs_f64());
                 }
             }
         }
+        if let Some(path) = &config.checkpoint {
+            frozen(&vars)?.save(path)?;
+        }
     }
     if let Some(bar) = &bar {
-        bar.finish_with_message(format!("loss {smoothed:.4}"));
+        bar.finish_with_message(format!("loss {smoothed:.4}{look}"));
     }
     let seconds = start.elapsed().as_secs_f64();
-    let frozen = Classifier::from_tensors(vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect())?;
+    let frozen = match (&stopped_early, best) {
+        (Some(_), Some((_, weights))) => Classifier::from_tensors(weights)?,
+        _ => frozen(&vars)?,
+    };
     let test_accuracy = frozen.accuracy(&test_set)?;
-    Ok((frozen, TrainReport { test_accuracy, final_loss: smoothed, seconds, steps: step }))
+    Ok((frozen, TrainReport { test_accuracy, final_loss: smoothed, seconds, steps: step, history, stopped_early }))
 }
 
-fn batch_loss(model: &Classifier, set: &Dataset, indices: &[u32]) -> Result<Tensor> {
+/// The budget of adversarial training at `step`: a linear ramp from 0 over `ramp_epochs`.
+fn current_eps(config: &TrainConfig, step: usize, steps_per_epoch: usize) -> f32 {
+    match &config.adversarial {
+        None => 0.0,
+        Some(adv) if adv.ramp_epochs <= 0.0 => adv.eps,
+        Some(adv) => adv.eps * (step as f32 / (adv.ramp_epochs * steps_per_epoch as f32)).min(1.0),
+    }
+}
+
+/// The inner maximisation: untargeted PGD on the batch against frozen weights.
+pub fn attack_batch(frozen: &Classifier, x: &Tensor, y: &Tensor, adv: &AdversarialTraining, eps: f32, seed: u64) -> Result<Tensor> {
+    Ok(pgd(frozen, x, &Objective::untargeted(y)?, &adv.attack(eps, seed))?.adversarial)
+}
+
+/// The current weights as plain tensors: a frozen view that shares the `Var`s' storage, so an
+/// attack through it computes gradients for the input only.
+fn frozen(vars: &[(String, Var)]) -> Result<Classifier> {
+    Classifier::from_tensors(vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect())
+}
+
+/// A copy of the current weights.
+fn snapshot(vars: &[(String, Var)]) -> HashMap<String, Tensor> {
+    vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().copy().map(|t| t.detach()).unwrap_or_else(|_| v.as_tensor().detach()))).collect()
+}
+
+fn validate(model: &Classifier, set: &Dataset, adv: &AdversarialTraining, step: usize, eps: f32, seconds: f64) -> Result<Validation> {
+    let clean = model.accuracy(set)?;
+    let robust = worst_case_sweep(model, set, Norm::Linf, &[adv.eps], &Evaluation::quick(10))?[0].accuracy;
+    Ok(Validation { step, seconds, eps, clean, robust: Some(robust) })
+}
+
+fn batch(set: &Dataset, indices: &[u32]) -> Result<(Tensor, Tensor)> {
     let idx = Tensor::new(indices, &Device::Cpu)?;
-    let x = set.images.index_select(&idx, 0)?;
-    let y = set.labels.index_select(&idx, 0)?;
-    Ok(candle_nn::loss::cross_entropy(&model.forward(&x)?, &y)?)
+    Ok((set.images.index_select(&idx, 0)?, set.labels.index_select(&idx, 0)?))
 }
 
 fn progress_bar(show: bool, len: u64) -> Option<indicatif::ProgressBar> {

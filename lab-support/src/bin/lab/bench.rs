@@ -38,12 +38,18 @@ struct Case {
     iters: usize,
 }
 
-const CASES: [Case; 4] = [
+const CASES: [Case; 5] = [
     Case { name: "input_grad_step", batch: 1, iters: 200 },
     Case { name: "input_grad_step", batch: 100, iters: 10 },
     Case { name: "forward", batch: 100, iters: 20 },
     Case { name: "train_step", batch: 64, iters: 10 },
+    Case { name: "adv_train_step", batch: 64, iters: 4 },
 ];
+
+/// The adversarial training step both sides time: L-inf PGD-7 at eps 0.3 (step 0.09, random
+/// start, untargeted cross-entropy, gradients for the input only), then one Adam step on the
+/// attacked batch; the recipe of `cargo lab train --adversarial`.
+const ADV_EPS: f32 = 0.3;
 
 /// The PyTorch process.
 struct Torch {
@@ -161,6 +167,22 @@ fn time_lab(case: &Case, model: &Classifier, images: &Tensor, targets: &[u32], l
             let y = labels.narrow(0, 0, case.batch)?;
             timed(Box::new(move || {
                 let loss = candle_nn::loss::cross_entropy(&trained.forward(&x0)?, &y)?;
+                opt.backward_step(&loss)?;
+                loss.to_scalar::<f32>()?;
+                Ok(())
+            }))?;
+        }
+        "adv_train_step" => {
+            use lab_support::train::{attack_batch, AdversarialTraining};
+            let (trained, vars) = Classifier::trainable(model.parameters())?;
+            let mut opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), ParamsAdamW { lr: 1e-3, weight_decay: 0.0, ..Default::default() })?;
+            let y = labels.narrow(0, 0, case.batch)?;
+            let recipe = AdversarialTraining { eps: ADV_EPS, ..AdversarialTraining::shipped() };
+            let mut seed = 0;
+            timed(Box::new(move || {
+                seed += 1;
+                let x_adv = attack_batch(&trained.frozen(), &x0, &y, &recipe, ADV_EPS, seed)?;
+                let loss = candle_nn::loss::cross_entropy(&trained.forward(&x_adv)?, &y)?;
                 opt.backward_step(&loss)?;
                 loss.to_scalar::<f32>()?;
                 Ok(())

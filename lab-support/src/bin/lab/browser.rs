@@ -1,9 +1,9 @@
 //! The browser test of `cargo lab test`: what a student sees, not only what the kernel returns.
 //!
-//! It starts JupyterLab with `cargo lab up --no-browser --port N`, opens a copy of the 03 solution
-//! notebook in Debian's Chromium driven by Playwright (`lab-support/browser-test/`), does Run All,
-//! and checks the rendered page: images decoded, SVG plots drawn, no error output, the check
-//! cells' PASS lines. A screenshot of the whole notebook lands in `target/browser-test/`.
+//! It starts JupyterLab with `cargo lab up --no-browser --port N`, opens a copy of each solution
+//! notebook in [`NOTEBOOKS`] in Debian's Chromium driven by Playwright (`lab-support/browser-test/`),
+//! does Run All, and checks the rendered page: images decoded, SVG plots drawn, no error output,
+//! the check cells' PASS lines. A screenshot of each whole notebook lands in `target/browser-test/`.
 //! JupyterLab is shut down and the copy removed even when the test fails.
 //!
 //! It installs what it needs: Chromium, and Node.js with npm, with apt-get when they are missing
@@ -19,7 +19,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TEST_DIR: &str = "lab-support/browser-test";
-pub const NOTEBOOK: &str = "notebooks/solutions/03-adversarial.ipynb";
+/// The notebooks it runs: the attack, and the defense.
+pub const NOTEBOOKS: [&str; 2] = ["notebooks/solutions/03-adversarial.ipynb", "notebooks/solutions/04-defense.ipynb"];
 /// Where the copy goes: inside JupyterLab's root (notebooks/), two levels deep like the original,
 /// so its relative `:dep` path still works. Ignored by git and removed after the test.
 const COPY_DIR: &str = "notebooks/browser-test";
@@ -28,7 +29,7 @@ const COPY_DIR: &str = "notebooks/browser-test";
 pub struct BrowserReport {
     pub problems: Vec<String>,
     pub seconds: f64,
-    pub screenshot: PathBuf,
+    pub screenshots: Vec<PathBuf>,
 }
 
 fn chromium() -> PathBuf {
@@ -120,9 +121,9 @@ fn shows_figure(source: &str) -> bool {
     crate::notebooks::FIGURES.iter().filter(|f| !matches!(**f, "Table" | "Verdict")).any(|f| last.contains(&format!("{f}::")))
 }
 
-/// The notebook copy with its outputs cleared; returns what it should show.
-fn copy_notebook(root: &Path) -> CliResult<Expected> {
-    let src = root.join(NOTEBOOK);
+/// A copy of `notebook` with its outputs cleared, under [`COPY_DIR`]; returns what it should show.
+fn copy_notebook(root: &Path, notebook: &str) -> CliResult<Expected> {
+    let src = root.join(notebook);
     let text = std::fs::read_to_string(&src).map_err(|e| format!("{}: {e}", src.display()))?;
     let mut nb: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", src.display()))?;
     let mut expected = Expected { checks: 0, code_cells: 0, figure_cells: vec![] };
@@ -145,7 +146,7 @@ fn copy_notebook(root: &Path) -> CliResult<Expected> {
     }
     let dir = root.join(COPY_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let dst = dir.join("03-adversarial.ipynb");
+    let dst = dir.join(src.file_name().unwrap_or_default());
     std::fs::write(&dst, serde_json::to_string_pretty(&nb).unwrap_or(text)).map_err(|e| format!("{}: {e}", dst.display()))?;
     Ok(expected)
 }
@@ -235,40 +236,46 @@ pub fn test(paths: &Paths) -> CliResult<BrowserReport> {
     ensure_playwright(&paths.root)?;
     let out = paths.root.join("target/browser-test");
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let screenshot = out.join("03-adversarial.png");
-    let _ = std::fs::remove_file(&screenshot);
     let start = Instant::now();
-    let expected = copy_notebook(&paths.root)?;
     let jupyter = Jupyter::start(paths, &out.join("jupyter.log"))?;
-    let result = Command::new("node")
-        .arg(paths.root.join(TEST_DIR).join("run-notebook.mjs"))
-        .arg(jupyter.url("browser-test/03-adversarial.ipynb"))
-        .arg(&screenshot)
-        .arg(expected.checks.to_string())
-        .arg(expected.code_cells.to_string())
-        .arg(expected.figure_cells.iter().map(usize::to_string).collect::<Vec<_>>().join(","))
-        .env("LAB_CHROMIUM", chromium())
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("could not run node: {e}"))?;
+    let (mut problems, mut screenshots) = (Vec::new(), Vec::new());
+    for notebook in NOTEBOOKS {
+        let name = Path::new(notebook).file_name().and_then(|n| n.to_str()).unwrap_or(notebook).to_string();
+        let screenshot = out.join(Path::new(&name).with_extension("png"));
+        let _ = std::fs::remove_file(&screenshot);
+        let expected = copy_notebook(&paths.root, notebook)?;
+        let result = Command::new("node")
+            .arg(paths.root.join(TEST_DIR).join("run-notebook.mjs"))
+            .arg(jupyter.url(&format!("browser-test/{name}")))
+            .arg(&screenshot)
+            .arg(expected.checks.to_string())
+            .arg(expected.code_cells.to_string())
+            .arg(expected.figure_cells.iter().map(usize::to_string).collect::<Vec<_>>().join(","))
+            .env("LAB_CHROMIUM", chromium())
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("could not run node: {e}"))?;
+        let stdout = String::from_utf8_lossy(&result.stdout);
+        let seen: Value = stdout.lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap_or(Value::Null);
+        let found: Vec<String> = seen["problems"].as_array().map(|a| a.iter().filter_map(|p| p.as_str().map(|p| format!("{name}: {p}"))).collect()).unwrap_or_default();
+        if found.is_empty() && !result.status.success() {
+            problems.push(format!("{name}: the browser test failed ({}) without a report; its output: {stdout}", result.status));
+        } else if found.is_empty() {
+            eprintln!(
+                "    {name}: saw {} PNG image(s), {} SVG plot(s), a figure in each of the {} figure cells, {} PASS line(s); Run All took {} s; screenshot {}",
+                seen["png_images"].as_array().map_or(0, Vec::len),
+                seen["svg_images"].as_array().map_or(0, Vec::len) + seen["inline_svgs"].as_array().map_or(0, Vec::len),
+                expected.figure_cells.len(),
+                seen["pass_lines"],
+                seen["run_seconds"],
+                screenshot.display()
+            );
+        }
+        problems.extend(found);
+        screenshots.push(screenshot);
+    }
     drop(jupyter);
-    let stdout = String::from_utf8_lossy(&result.stdout);
-    let seen: Value = stdout.lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap_or(Value::Null);
-    let mut problems: Vec<String> = seen["problems"].as_array().map(|a| a.iter().filter_map(|p| p.as_str().map(String::from)).collect()).unwrap_or_default();
-    if !result.status.success() && problems.is_empty() {
-        problems.push(format!("the browser test failed ({}) without a report; its output: {stdout}", result.status));
-    }
-    if problems.is_empty() {
-        eprintln!(
-            "    saw {} PNG image(s), {} SVG plot(s), a figure in each of the {} figure cells, {} PASS line(s); Run All took {} s",
-            seen["png_images"].as_array().map_or(0, Vec::len),
-            seen["svg_images"].as_array().map_or(0, Vec::len) + seen["inline_svgs"].as_array().map_or(0, Vec::len),
-            expected.figure_cells.len(),
-            seen["pass_lines"],
-            seen["run_seconds"]
-        );
-    }
-    Ok(BrowserReport { problems, seconds: start.elapsed().as_secs_f64(), screenshot })
+    Ok(BrowserReport { problems, seconds: start.elapsed().as_secs_f64(), screenshots })
 }
 
 #[cfg(test)]

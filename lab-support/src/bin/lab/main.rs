@@ -15,6 +15,7 @@ mod notebooks;
 mod server;
 mod setup;
 mod student;
+mod train;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -63,12 +64,53 @@ enum Command {
         #[arg(long)]
         sweep: bool,
     },
-    /// Retrain the shipped digit model and update data/models/ and data/SHA256SUMS.
+    /// Retrain a shipped digit model and update data/models/ and data/SHA256SUMS.
     Train {
-        #[arg(long, default_value_t = lab_support::train::TrainConfig::default().epochs)]
-        epochs: usize,
+        /// Epochs (default: 5 plain, 20 adversarial).
+        #[arg(long)]
+        epochs: Option<usize>,
         #[arg(long, default_value_t = lab_support::train::TrainConfig::default().seed)]
         seed: u64,
+        /// Adversarial training (PGD on every batch): writes lab-cnn-robust.safetensors.
+        #[arg(long)]
+        adversarial: bool,
+        /// Budget of adversarial training (L-inf).
+        #[arg(long, default_value_t = lab_support::train::AdversarialTraining::shipped().eps)]
+        eps: f32,
+        /// PGD steps per batch in adversarial training (1: FGSM from a random start).
+        #[arg(long, default_value_t = lab_support::train::AdversarialTraining::shipped().steps)]
+        steps: usize,
+        /// PGD step size as a fraction of eps.
+        #[arg(long, default_value_t = lab_support::train::AdversarialTraining::shipped().step_ratio)]
+        step_ratio: f32,
+        /// Epochs over which eps grows from 0.
+        #[arg(long, default_value_t = lab_support::train::AdversarialTraining::shipped().ramp_epochs)]
+        ramp_epochs: f32,
+        /// Adam's first learning rate.
+        #[arg(long, default_value_t = lab_support::train::TrainConfig::default().learning_rate)]
+        learning_rate: f64,
+        /// Train, report and save under target/train/ only: data/models/ stays as it is.
+        #[arg(long)]
+        trial: bool,
+    },
+    /// Judge a shipped model under the lab's strongest attack (PGD-100, 2 restarts, cross-entropy and
+    /// margin losses, worst case per digit) on the MNIST test digits.
+    Eval {
+        /// `plain`, `robust`, or a path to a .safetensors file.
+        #[arg(long, default_value = "robust")]
+        model: String,
+        /// How many test digits (the first N).
+        #[arg(long, default_value_t = 10_000)]
+        images: usize,
+        /// L-inf budgets, comma-separated.
+        #[arg(long, default_value = "0.1,0.2,0.3", value_delimiter = ',')]
+        eps: Vec<f32>,
+        /// PGD steps per run.
+        #[arg(long, default_value_t = 100)]
+        steps: usize,
+        /// Random starts per loss.
+        #[arg(long, default_value_t = 2)]
+        restarts: usize,
     },
 }
 
@@ -84,7 +126,11 @@ fn main() -> ExitCode {
         Command::Up { no_browser, port, setup_only } => setup::up(no_browser, port, setup_only),
         Command::Test { notebook } => notebooks::test(notebook.as_deref()),
         Command::Student { force } => student::run(force),
-        Command::Train { epochs, seed } => train(epochs, seed),
+        Command::Train { epochs, seed, adversarial, eps, steps, step_ratio, ramp_epochs, learning_rate, trial } => {
+            let adversarial = adversarial.then_some(lab_support::train::AdversarialTraining { eps, steps, step_ratio, ramp_epochs });
+            train::run(epochs, seed, adversarial, learning_rate, trial)
+        }
+        Command::Eval { model, images, eps, steps, restarts } => train::eval(&model, images, &eps, steps, restarts),
         Command::Bench { sweep } => bench::bench(sweep),
     };
     match outcome {
@@ -96,53 +142,3 @@ fn main() -> ExitCode {
     }
 }
 
-fn train(epochs: usize, seed: u64) -> CliResult<()> {
-    use lab_support::data::{data_dir, sha256_hex};
-    use lab_support::model::WEIGHTS_FILE;
-    use lab_support::train::{train, TrainConfig};
-    let config = TrainConfig { epochs, seed, ..TrainConfig::default() };
-    eprintln!("Training the lab CNN on MNIST: {config:?}");
-    let (model, report) = train(&config, true).map_err(|e| e.to_string())?;
-    let dir = data_dir();
-    let path = dir.join(WEIGHTS_FILE);
-    model.save(&path).map_err(|e| e.to_string())?;
-    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let hash = sha256_hex(&bytes);
-    let sums_path = dir.join("SHA256SUMS");
-    let sums = std::fs::read_to_string(&sums_path).unwrap_or_default();
-    let mut lines: Vec<String> = sums.lines().filter(|l| !l.ends_with(WEIGHTS_FILE)).map(String::from).collect();
-    lines.push(format!("{hash}  {WEIGHTS_FILE}"));
-    std::fs::write(&sums_path, lines.join("\n") + "\n").map_err(|e| format!("{}: {e}", sums_path.display()))?;
-    let readme = format!(
-        "# The shipped digit model\n\n\
-         `lab-cnn.safetensors` holds the weights of lab-support's `Classifier` (conv3x3 1->32, relu, \
-         maxpool2, conv3x3 32->64, relu, maxpool2, fc 1600->128, relu, fc 128->10), in PyTorch's \
-         parameter names.\n\n\
-         | what | value |\n| --- | --- |\n\
-         | command | `cargo lab train --epochs {epochs} --seed {seed}` |\n\
-         | data | MNIST, 60,000 training images, no augmentation |\n\
-         | optimiser | Adam (no weight decay), batch {batch}, learning rate {lr} decaying linearly to a tenth |\n\
-         | steps | {steps} |\n\
-         | test accuracy | {acc:.4} on the 10,000 MNIST test images |\n\
-         | training time | {secs:.0} s on a {cores}-core CPU |\n\
-         | SHA-256 | `{hash}` |\n\n\
-         The same seed gives the same weights: initial weights and shuffling come from the crate's own \
-         seeded generator, because candle's CPU generator cannot be seeded.\n",
-        batch = config.batch_size,
-        lr = config.learning_rate,
-        steps = report.steps,
-        acc = report.test_accuracy,
-        secs = report.seconds,
-        cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-    );
-    let readme_path = dir.join("models/README.md");
-    std::fs::write(&readme_path, readme).map_err(|e| format!("{}: {e}", readme_path.display()))?;
-    println!(
-        "test accuracy {:.4}, {} steps in {:.0} s; wrote {} and updated SHA256SUMS",
-        report.test_accuracy,
-        report.steps,
-        report.seconds,
-        path.display()
-    );
-    Ok(())
-}

@@ -85,9 +85,10 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
         tally.record("server test".into(), seconds, "", &problems);
     }
     if filter.is_none_or(|f| f == "browser") {
-        eprintln!("==> browser test: {} in JupyterLab, headless Chromium", crate::browser::NOTEBOOK);
+        eprintln!("==> browser test: {} in JupyterLab, headless Chromium", crate::browser::NOTEBOOKS.join(" and "));
         let report = crate::browser::test(&paths)?;
-        tally.record("browser test".into(), report.seconds, &format!("; screenshot: {}", report.screenshot.display()), &report.problems);
+        let shots: Vec<String> = report.screenshots.iter().map(|s| s.display().to_string()).collect();
+        tally.record("browser test".into(), report.seconds, &format!("; screenshots: {}", shots.join(", ")), &report.problems);
     }
     println!();
     if !tally.failures.is_empty() {

@@ -1,0 +1,161 @@
+//! `cargo lab train` and `cargo lab eval`: retrain a shipped model, and judge one under the lab's
+//! strongest attack.
+//!
+//! Each model has its own section of `data/models/README.md`, between `<!-- model: FILE -->` and
+//! `<!-- end -->`; retraining one rewrites its section only.
+
+use crate::CliResult;
+use lab_support::attack::{worst_case_sweep, Evaluation, Norm};
+use lab_support::data::{data_dir, mnist, sha256_hex};
+use lab_support::model::{Classifier, ROBUST_WEIGHTS_FILE, WEIGHTS_FILE};
+use lab_support::train::{train, AdversarialTraining, TrainConfig, TrainReport};
+use serde_json::json;
+use std::path::Path;
+use std::time::Instant;
+
+pub fn run(epochs: Option<usize>, seed: u64, adversarial: Option<AdversarialTraining>, learning_rate: f64, trial: bool) -> CliResult<()> {
+    let file = if adversarial.is_some() { ROBUST_WEIGHTS_FILE } else { WEIGHTS_FILE };
+    let epochs = epochs.unwrap_or(if adversarial.is_some() { 20 } else { TrainConfig::default().epochs });
+    let dir = data_dir();
+    let out = if trial { crate::repo_root().join("target/train").join(Path::new(file).file_name().unwrap_or_default()) } else { dir.join(file) };
+    let parent = out.parent().ok_or("no folder for the weights")?;
+    std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    let checkpoint = crate::repo_root().join("target/train/checkpoint.safetensors");
+    std::fs::create_dir_all(checkpoint.parent().unwrap_or(parent)).map_err(|e| e.to_string())?;
+    let config = TrainConfig { epochs, seed, learning_rate, adversarial, checkpoint: Some(checkpoint.clone()), ..TrainConfig::default() };
+    eprintln!("Training the lab CNN on MNIST: {config:?}");
+    eprintln!("(the weights after each epoch go to {})", checkpoint.display());
+    let (model, report) = train(&config, true).map_err(|e| e.to_string())?;
+    model.save(&out).map_err(|e| e.to_string())?;
+    if let Some(why) = &report.stopped_early {
+        eprintln!("stopped early: {why}");
+    }
+    for v in &report.history {
+        println!("{}", json!({"step": v.step, "seconds": v.seconds.round(), "eps": v.eps, "heldout_clean": v.clean, "heldout_pgd10": v.robust}));
+    }
+    println!("test accuracy {:.4}, {} steps in {:.0} s; wrote {}", report.test_accuracy, report.steps, report.seconds, out.display());
+    if trial {
+        println!("(a trial: data/models/ is unchanged; judge it with `cargo lab eval --model {}`)", out.display());
+        return Ok(());
+    }
+    let bytes = std::fs::read(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let hash = sha256_hex(&bytes);
+    let sums_path = dir.join("SHA256SUMS");
+    let sums = std::fs::read_to_string(&sums_path).unwrap_or_default();
+    let mut lines: Vec<String> = sums.lines().filter(|l| !l.ends_with(file)).map(String::from).collect();
+    lines.push(format!("{hash}  {file}"));
+    std::fs::write(&sums_path, lines.join("\n") + "\n").map_err(|e| format!("{}: {e}", sums_path.display()))?;
+    let readme_path = dir.join("models/README.md");
+    let readme = std::fs::read_to_string(&readme_path).unwrap_or_else(|_| "# The shipped digit models\n".into());
+    std::fs::write(&readme_path, with_section(&readme, file, &section(file, &config, &report, &hash)))
+        .map_err(|e| format!("{}: {e}", readme_path.display()))?;
+    println!("updated data/SHA256SUMS and data/models/README.md; judge the model with `cargo lab eval`");
+    Ok(())
+}
+
+/// The README section of one model.
+fn section(file: &str, config: &TrainConfig, report: &TrainReport, hash: &str) -> String {
+    let name = Path::new(file).file_name().and_then(|n| n.to_str()).unwrap_or(file);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let (command, data, how) = match &config.adversarial {
+        None => (
+            format!("`cargo lab train --epochs {} --seed {}`", config.epochs, config.seed),
+            "MNIST, 60,000 training images, no augmentation".to_string(),
+            "plain training: cross-entropy on the clean batch".to_string(),
+        ),
+        Some(a) => (
+            format!(
+                "`cargo lab train --adversarial --epochs {} --seed {} --eps {} --steps {} --step-ratio {} --ramp-epochs {} --learning-rate {}`",
+                config.epochs, config.seed, a.eps, a.steps, a.step_ratio, a.ramp_epochs, config.learning_rate
+            ),
+            "MNIST, the first 59,000 training images (the last 1,000 are held out to watch robust accuracy), no augmentation".to_string(),
+            format!(
+                "adversarial training: every batch attacked first by L-inf PGD-{} (random start, step {} x eps, cross-entropy) against the current weights; eps grows linearly from 0 to {} over the first {} epoch(s); the weight step is taken on the attacked batch only",
+                a.steps, a.step_ratio, a.eps, a.ramp_epochs
+            ),
+        ),
+    };
+    let mut text = format!(
+        "## `{name}`\n\n\
+         | what | value |\n| --- | --- |\n\
+         | network | conv3x3 1->32, relu, maxpool2, conv3x3 32->64, relu, maxpool2, fc 1600->128, relu, fc 128->10 (PyTorch parameter names) |\n\
+         | command | {command} |\n\
+         | data | {data} |\n\
+         | training | {how} |\n\
+         | optimiser | Adam (no weight decay), batch {batch}, learning rate {lr} decaying linearly to a tenth |\n\
+         | steps | {steps} |\n\
+         | clean test accuracy | {acc:.4} on the 10,000 MNIST test images |\n\
+         | training time | {secs:.0} s on a {cores}-core CPU |\n\
+         | SHA-256 | `{hash}` |\n",
+        batch = config.batch_size,
+        lr = config.learning_rate,
+        steps = report.steps,
+        acc = report.test_accuracy,
+        secs = report.seconds,
+    );
+    if let Some(why) = &report.stopped_early {
+        text += &format!("\nTraining stopped early: {why}.\n");
+    }
+    if !report.history.is_empty() {
+        text += "\nHeld-out digits during training (clean, and under PGD-10 at the full budget):\n\n| step | seconds | eps trained at | clean | PGD-10 |\n| --- | --- | --- | --- | --- |\n";
+        for v in &report.history {
+            text += &format!("| {} | {:.0} | {:.3} | {:.3} | {:.3} |\n", v.step, v.seconds, v.eps, v.clean, v.robust.unwrap_or(f32::NAN));
+        }
+        text += "\nIts robustness under the lab's strongest attack: `cargo lab eval --model robust` (see the README).\n";
+    }
+    text
+}
+
+/// `readme` with the section of `file` replaced by `body` (or added at the end).
+fn with_section(readme: &str, file: &str, body: &str) -> String {
+    let open = format!("<!-- model: {file} -->");
+    let close = "<!-- end -->";
+    let block = format!("{open}\n{body}{close}");
+    match readme.find(&open) {
+        Some(start) => match readme[start..].find(close) {
+            Some(len) => format!("{}{block}{}", &readme[..start], &readme[start + len + close.len()..]),
+            None => format!("{}{block}\n", &readme[..start]),
+        },
+        None => format!("{}\n{block}\n", readme.trim_end()),
+    }
+}
+
+pub fn eval(which: &str, images: usize, eps: &[f32], steps: usize, restarts: usize) -> CliResult<()> {
+    let model = match which {
+        "plain" => Classifier::pretrained(),
+        "robust" => Classifier::robust(),
+        path => {
+            let tensors = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+                .map_err(|e| format!("--model {path}: {e} (give `plain`, `robust` or a .safetensors file)"))?;
+            Classifier::from_tensors(tensors)
+        }
+    }
+    .map_err(|e| e.to_string())?;
+    let test = mnist::test().and_then(|t| t.take(images.clamp(1, 10_000))).map_err(|e| e.to_string())?;
+    let evaluation = Evaluation { steps, restarts, ..Evaluation::strongest() };
+    let mut budgets = vec![0.0];
+    budgets.extend(eps.iter().copied().filter(|&e| e > 0.0));
+    eprintln!("{which}: worst case of {evaluation:?} on the first {} test digits, L-inf eps {budgets:?}", test.len());
+    let start = Instant::now();
+    let curve = worst_case_sweep(&model, &test, Norm::Linf, &budgets, &evaluation).map_err(|e| e.to_string())?;
+    let seconds = start.elapsed().as_secs_f64();
+    for p in &curve {
+        println!("{}", json!({"model": which, "images": test.len(), "eps": p.eps, "accuracy": p.accuracy, "steps": steps, "restarts": restarts}));
+    }
+    eprintln!("{:.0} s", seconds);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_section;
+
+    #[test]
+    fn a_models_section_is_replaced_and_the_others_kept() {
+        let readme = "# Models\n\n<!-- model: a -->\nold a\n<!-- end -->\n\n<!-- model: b -->\nb\n<!-- end -->\n";
+        let new = with_section(readme, "a", "new a\n");
+        assert_eq!(new, "# Models\n\n<!-- model: a -->\nnew a\n<!-- end -->\n\n<!-- model: b -->\nb\n<!-- end -->\n");
+        let added = with_section(&new, "c", "c\n");
+        assert!(added.ends_with("<!-- model: c -->\nc\n<!-- end -->\n") && added.contains("new a") && added.contains("\nb\n"));
+    }
+}
