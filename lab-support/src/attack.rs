@@ -172,7 +172,7 @@ pub fn pgd(model: &Classifier, images: &Tensor, objective: &Objective, config: &
     check_eps(config.eps)?;
     check_steps(config.steps)?;
     check_restarts(config)?;
-    let mut result = pgd_once(model, images, objective, config, config.random_start)?;
+    let mut result = pgd_once(model, images, objective, config, config.random_start, true)?;
     for restart in 1..config.restarts {
         let fooled = result.successes(model, objective)?;
         let left: Vec<u32> = (0..fooled.len() as u32).filter(|&i| !fooled[i as usize]).collect();
@@ -183,7 +183,7 @@ pub fn pgd(model: &Classifier, images: &Tensor, objective: &Objective, config: &
         let classes = left.iter().map(|&i| objective.classes()[i as usize]).collect();
         let sub_objective = if objective.is_targeted() { Objective::Targeted(classes) } else { Objective::Untargeted(classes) };
         let seed = config.random_start.map(|s| s.wrapping_add(restart as u64));
-        let again = pgd_once(model, &images.index_select(&idx, 0)?, &sub_objective, config, seed)?;
+        let again = pgd_once(model, &images.index_select(&idx, 0)?, &sub_objective, config, seed, true)?;
         result.adversarial = result.adversarial.index_add(&idx, &(again.adversarial - result.adversarial.index_select(&idx, 0)?)?, 0)?;
     }
     Ok(result)
@@ -203,8 +203,18 @@ fn check_restarts(config: &PgdConfig) -> Result<()> {
     Ok(())
 }
 
-/// One PGD run from the random start `seed` (or the image itself).
-fn pgd_once(model: &Classifier, images: &Tensor, objective: &Objective, config: &PgdConfig, seed: Option<u64>) -> Result<AttackResult> {
+/// [`pgd`] with one start and no trace: only the adversarial batch, for the inner loop of
+/// adversarial training (a trace costs an extra forward pass and a few reductions per step).
+pub(crate) fn pgd_untraced(model: &Classifier, images: &Tensor, objective: &Objective, config: &PgdConfig) -> Result<Tensor> {
+    check_batch(images, "the image batch")?;
+    objective.validate(images.dim(0)?)?;
+    check_eps(config.eps)?;
+    check_steps(config.steps)?;
+    Ok(pgd_once(model, images, objective, config, config.random_start, false)?.adversarial)
+}
+
+/// One PGD run from the random start `seed` (or the image itself), with a trace if `traced`.
+fn pgd_once(model: &Classifier, images: &Tensor, objective: &Objective, config: &PgdConfig, seed: Option<u64>, traced: bool) -> Result<AttackResult> {
     // With no budget nothing can move, whatever the step size (eps / 10 is 0 there too).
     let steps = if config.eps == 0.0 { 0 } else { config.steps };
     if steps > 0 {
@@ -222,7 +232,7 @@ fn pgd_once(model: &Classifier, images: &Tensor, objective: &Objective, config: 
         Some(seed) => project(&(images + uniform_noise(images.dims(), config.eps, seed)?)?)?,
         None => images.clone(),
     };
-    let mut result = run_from(model, images, &start, objective, config.loss, steps, |x, grad| {
+    let mut result = run_from(model, images, &start, objective, config.loss, steps, traced, |x, grad| {
         let step = match config.norm {
             Norm::Linf => grad.sign()?,
             Norm::L2 => normalize_l2(grad)?,
@@ -373,10 +383,12 @@ fn run(
     steps: usize,
     step: impl FnMut(&Tensor, &Tensor) -> Result<Tensor>,
 ) -> Result<AttackResult> {
-    run_from(model, images, images, objective, AttackLoss::CrossEntropy, steps, step)
+    run_from(model, images, images, objective, AttackLoss::CrossEntropy, steps, true, step)
 }
 
-/// The loop every attack shares: gradient, trace line, step; then one last trace line.
+/// The loop every attack shares: gradient, trace line, step; then one last trace line. Without
+/// `traced`, the trace stays empty.
+#[allow(clippy::too_many_arguments)]
 fn run_from(
     model: &Classifier,
     original: &Tensor,
@@ -384,15 +396,21 @@ fn run_from(
     objective: &Objective,
     loss: AttackLoss,
     steps: usize,
+    traced: bool,
     mut step: impl FnMut(&Tensor, &Tensor) -> Result<Tensor>,
 ) -> Result<AttackResult> {
     let n = original.dim(0)?;
     let mut x = start.detach();
-    let mut trace = Vec::with_capacity(steps + 1);
+    let mut trace = Vec::with_capacity(if traced { steps + 1 } else { 0 });
     for i in 0..steps {
         let g = input_gradient_of(model, &x, objective, loss)?;
-        trace.push(trace_line(i, &g.logits, &x, original, objective, g.loss / n as f32)?);
+        if traced {
+            trace.push(trace_line(i, &g.logits, &x, original, objective, g.loss / n as f32)?);
+        }
         x = step(&x, &g.grad)?.detach();
+    }
+    if !traced {
+        return Ok(AttackResult { adversarial: x, trace });
     }
     let logits = model.forward(&x)?;
     let final_loss = objective.loss_of(&logits, loss)?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? / n as f32;

@@ -151,7 +151,9 @@ struct Geom {
 impl Geom {
     fn new(x: &[usize], o: usize) -> Self {
         let (n, c, h, w) = (x[0], x[1], x[2], x[3]);
-        let (ho, wo) = (h - 2, w - 2);
+        // Only the outputs that 2x2 pooling reads: an odd last row or column (11x11 after conv2)
+        // would be computed and then dropped.
+        let (ho, wo) = ((h - 2) / 2 * 2, (w - 2) / 2 * 2);
         Geom { n, c, h, w, o, ho, wo, hp: ho / 2, wp: wo / 2 }
     }
     /// im2col rows: one per input channel and kernel position.

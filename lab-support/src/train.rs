@@ -18,7 +18,7 @@
 //! # Ok::<(), lab_support::LabError>(())
 //! ```
 
-use crate::attack::{pgd, worst_case_sweep, Evaluation, Norm, PgdConfig};
+use crate::attack::{pgd_untraced, worst_case_sweep, Evaluation, Norm, PgdConfig};
 use crate::data::{mnist, Dataset};
 use crate::error::{LabError, Result};
 use crate::grad::Objective;
@@ -285,7 +285,7 @@ fn current_eps(config: &TrainConfig, step: usize, steps_per_epoch: usize) -> f32
 
 /// The inner maximisation: untargeted PGD on the batch against frozen weights.
 pub fn attack_batch(frozen: &Classifier, x: &Tensor, y: &Tensor, adv: &AdversarialTraining, eps: f32, seed: u64) -> Result<Tensor> {
-    Ok(pgd(frozen, x, &Objective::untargeted(y)?, &adv.attack(eps, seed))?.adversarial)
+    pgd_untraced(frozen, x, &Objective::untargeted(y)?, &adv.attack(eps, seed))
 }
 
 /// The current weights as plain tensors: a frozen view that shares the `Var`s' storage, so an

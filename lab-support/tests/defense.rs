@@ -155,6 +155,22 @@ fn adversarial_step_check_passes_the_reference_and_names_typical_mistakes() {
         }),
         "did not move",
     );
+    // A budget written into the function: the check runs at eps 0.25.
+    assert_fails_with(
+        check::adversarial_step(|m: &Classifier, opt: &mut candle_nn::AdamW, x: &Tensor, y: &Tensor, _eps: f32| reference_adversarial_step(m, opt, x, y, 0.3)),
+        "a budget of its own",
+    );
+    // The loss computed through the frozen view: no weight gets a gradient.
+    assert_fails_with(
+        check::adversarial_step(|m: &Classifier, opt: &mut candle_nn::AdamW, x: &Tensor, y: &Tensor, eps: f32| {
+            let f = m.frozen();
+            let mut spare = check_optimiser(Classifier::trainable(m.parameters())?.1.into_iter().map(|(_, v)| v).collect())?;
+            let x_adv = reference_adversarial_step(&f, &mut spare, x, y, eps)?;
+            opt.backward_step(&loss::cross_entropy(&f.forward(&x_adv)?, y)?)?;
+            Ok(x_adv)
+        }),
+        "not `model.frozen()`",
+    );
     let todo = check::adversarial_step(|_: &Classifier, _: &mut candle_nn::AdamW, _: &Tensor, _: &Tensor, _: f32| -> Result<Tensor> { todo!("attack, then step") });
     assert_eq!(todo.outcome, Outcome::NotDone, "{todo}");
 }
