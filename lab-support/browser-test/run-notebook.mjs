@@ -142,6 +142,12 @@ try {
 } catch (e) {
   problems.push(`browser test stopped: ${e.message.split("\n")[0]}`);
   for (const p of browser?.contexts().flatMap((c) => c.pages()) ?? []) {
+    // Which prompts kept the wait from ending (a cell still running, or never run).
+    const prompts = await p
+      .evaluate(() => [...document.querySelectorAll(".jp-CodeCell .jp-InputPrompt")].map((e, i) => `${i}:${JSON.stringify(e.textContent.trim())}`))
+      .catch(() => []);
+    const odd = prompts.filter((t) => !/^\d+:"\[\d+\]:"$/.test(t));
+    if (odd.length > 0) problems.push(`prompts not finished: ${odd.slice(0, 10).join(", ")} (of ${prompts.length})`);
     await p.screenshot({ path: screenshot, fullPage: true }).catch(() => undefined);
   }
 } finally {

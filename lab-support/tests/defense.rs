@@ -92,6 +92,21 @@ fn adversarial_training_is_seeded_and_watches_robust_accuracy() {
     assert!(train(&bad, false).unwrap_err().to_string().contains("at least 1 step"));
 }
 
+/// A hand-written adversarial step: 7 signed steps of 0.3 eps along `direction` times the
+/// gradient of the untargeted objective (-1 descends it, as it should), projected or not, then
+/// one weight step on the result.
+fn sign_steps(m: &Classifier, opt: &mut candle_nn::AdamW, x: &Tensor, y: &Tensor, eps: f32, direction: f64, project: bool) -> Result<Tensor> {
+    let objective = Objective::untargeted(y)?;
+    let mut x_adv = x.clone();
+    for _ in 0..7 {
+        let g = input_gradient(&m.frozen(), &x_adv, &objective)?;
+        let stepped = (&x_adv + (g.grad.sign()? * (direction * 0.3 * eps as f64))?)?;
+        x_adv = clamp_pixels(&if project { project_linf(&stepped, x, eps)? } else { stepped })?;
+    }
+    opt.backward_step(&loss::cross_entropy(&m.forward(&x_adv)?, y)?)?;
+    Ok(x_adv)
+}
+
 fn assert_fails_with(v: Verdict, cause: &str) {
     assert_eq!(v.outcome, Outcome::Fail, "{v}");
     assert!(v.message.contains(cause), "expected `{cause}` in: {v}");
@@ -120,33 +135,9 @@ fn adversarial_step_check_passes_the_reference_and_names_typical_mistakes() {
         "must attack",
     );
     // Forgetting to project: steps that add up past eps.
-    assert_fails_with(
-        check::adversarial_step(|m: &Classifier, opt: &mut candle_nn::AdamW, x: &Tensor, y: &Tensor, eps: f32| {
-            let objective = Objective::untargeted(y)?;
-            let mut x_adv = x.clone();
-            for _ in 0..7 {
-                let g = input_gradient(&m.frozen(), &x_adv, &objective)?;
-                x_adv = clamp_pixels(&(&x_adv - (g.grad.sign()? * (0.3 * eps) as f64)?)?)?;
-            }
-            opt.backward_step(&loss::cross_entropy(&m.forward(&x_adv)?, y)?)?;
-            Ok(x_adv)
-        }),
-        "not projected",
-    );
+    assert_fails_with(check::adversarial_step(|m: &Classifier, opt: &mut candle_nn::AdamW, x: &Tensor, y: &Tensor, eps: f32| sign_steps(m, opt, x, y, eps, -1.0, false)), "not projected");
     // Climbing instead of descending the untargeted objective.
-    assert_fails_with(
-        check::adversarial_step(|m: &Classifier, opt: &mut candle_nn::AdamW, x: &Tensor, y: &Tensor, eps: f32| {
-            let objective = Objective::untargeted(y)?;
-            let mut x_adv = x.clone();
-            for _ in 0..7 {
-                let g = input_gradient(&m.frozen(), &x_adv, &objective)?;
-                x_adv = clamp_pixels(&project_linf(&(&x_adv + (g.grad.sign()? * (0.3 * eps) as f64)?)?, x, eps)?)?;
-            }
-            opt.backward_step(&loss::cross_entropy(&m.forward(&x_adv)?, y)?)?;
-            Ok(x_adv)
-        }),
-        "climbs the objective",
-    );
+    assert_fails_with(check::adversarial_step(|m: &Classifier, opt: &mut candle_nn::AdamW, x: &Tensor, y: &Tensor, eps: f32| sign_steps(m, opt, x, y, eps, 1.0, true)), "climbs the objective");
     // Attacking but never stepping the weights.
     assert_fails_with(
         check::adversarial_step(|m: &Classifier, _opt: &mut candle_nn::AdamW, x: &Tensor, y: &Tensor, eps: f32| {

@@ -203,8 +203,10 @@ impl Jupyter {
         Ok(jupyter)
     }
 
-    fn url(&self, notebook: &str) -> String {
-        format!("http://127.0.0.1:{}/lab/tree/{notebook}?token={}", self.port, self.token)
+    /// The notebook in a workspace of its own, reset: one notebook per page, so the checks of the
+    /// page (prompts, PASS lines, images) see only that notebook, not one still open from before.
+    fn url(&self, notebook: &str, workspace: &str) -> String {
+        format!("http://127.0.0.1:{}/lab/workspaces/{workspace}/tree/{notebook}?reset&token={}", self.port, self.token)
     }
 }
 
@@ -246,7 +248,7 @@ pub fn test(paths: &Paths) -> CliResult<BrowserReport> {
         let expected = copy_notebook(&paths.root, notebook)?;
         let result = Command::new("node")
             .arg(paths.root.join(TEST_DIR).join("run-notebook.mjs"))
-            .arg(jupyter.url(&format!("browser-test/{name}")))
+            .arg(jupyter.url(&format!("browser-test/{name}"), &name.replace('.', "-")))
             .arg(&screenshot)
             .arg(expected.checks.to_string())
             .arg(expected.code_cells.to_string())

@@ -49,7 +49,7 @@ pub fn serve(paths: &Paths, port: u16, no_browser: bool) -> CliResult<()> {
     // Ctrl-C reaches JupyterLab too, which asks whether to shut down; this process waits for it
     // instead of dying and leaving JupyterLab behind on the terminal.
     ignore_interrupts();
-    let bound = match wait_for_port(&mut child, &runtime) {
+    let bound = match wait_for_port(&mut child, &runtime, &token) {
         Ok(p) => p,
         Err(e) => {
             let _ = child.kill();
@@ -91,10 +91,17 @@ fn private_dir(dir: &Path) -> CliResult<std::path::PathBuf> {
     Ok(dir.to_path_buf())
 }
 
-/// Waits for JupyterLab's `jpserver-<pid>.json` and returns the port it records.
-fn wait_for_port(child: &mut Child, runtime: &Path) -> CliResult<u16> {
+/// Waits for JupyterLab's `jpserver-<pid>.json`, then for JupyterLab to answer on the port it
+/// records, and returns that port.
+///
+/// Only a file written after JupyterLab started counts: a JupyterLab that was killed leaves its
+/// file behind, and on a busy machine a new one can get the same pid. And the file is written
+/// before JupyterLab serves, so the URL is printed only once a request with the token succeeds.
+fn wait_for_port(child: &mut Child, runtime: &Path, token: &str) -> CliResult<u16> {
     let info = runtime.join(format!("jpserver-{}.json", child.id()));
+    let started = std::time::SystemTime::now() - Duration::from_secs(1);
     let start = Instant::now();
+    let mut port = None;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!(
@@ -102,9 +109,20 @@ fn wait_for_port(child: &mut Child, runtime: &Path) -> CliResult<u16> {
                  port is in use, pick another with `cargo lab up --port 8890`"
             ));
         }
-        let port = std::fs::read_to_string(&info).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()).and_then(|v| v["port"].as_u64());
-        if let Some(port) = port.and_then(|p| u16::try_from(p).ok()).filter(|&p| p != 0) {
-            return Ok(port);
+        if port.is_none() {
+            let fresh = std::fs::metadata(&info).and_then(|m| m.modified()).is_ok_and(|t| t >= started);
+            port = fresh
+                .then(|| std::fs::read_to_string(&info).ok())
+                .flatten()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .and_then(|v| v["port"].as_u64())
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|&p| p != 0);
+        }
+        if let Some(p) = port {
+            if crate::browser::http(p, "GET", "/api/status", token) == Some(200) {
+                return Ok(p);
+            }
         }
         if start.elapsed() > START_TIMEOUT {
             return Err(format!("JupyterLab did not start listening within {} s; its output is above", START_TIMEOUT.as_secs()));
