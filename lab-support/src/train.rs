@@ -218,7 +218,7 @@ pub fn train(config: &TrainConfig, progress: bool) -> Result<(Classifier, TrainR
             let eps = current_eps(config, step, steps_per_epoch);
             let (x, y) = batch(&train_set, chunk)?;
             let x = match &config.adversarial {
-                Some(adv) if eps > 0.0 => attack_batch(&frozen(&vars)?, &x, &y, adv, eps, rng.next_u64())?,
+                Some(adv) if eps > 0.0 => attack_batch(&model.frozen(), &x, &y, adv, eps, rng.next_u64())?,
                 _ => x,
             };
             let loss = candle_nn::loss::cross_entropy(&model.forward(&x)?, &y)?;
@@ -229,7 +229,7 @@ pub fn train(config: &TrainConfig, progress: bool) -> Result<(Classifier, TrainR
             let last = step == total;
             if let (Some(val), Some(adv)) = (&validation, &config.adversarial) {
                 if step % (total / LOOKS).max(1) == 0 || last {
-                    let v = validate(&frozen(&vars)?, val, adv, step, eps, start.elapsed().as_secs_f64())?;
+                    let v = validate(&model.frozen(), val, adv, step, eps, start.elapsed().as_secs_f64())?;
                     let robust = v.robust.unwrap_or(0.0);
                     look = format!(" | held out: clean {:.1}%, PGD-10 at {} {:.1}%", 100.0 * v.clean, adv.eps, 100.0 * robust);
                     history.push(v);
@@ -259,7 +259,7 @@ pub fn train(config: &TrainConfig, progress: bool) -> Result<(Classifier, TrainR
             }
         }
         if let Some(path) = &config.checkpoint {
-            frozen(&vars)?.save(path)?;
+            model.frozen().save(path)?;
         }
     }
     if let Some(bar) = &bar {
@@ -268,7 +268,7 @@ pub fn train(config: &TrainConfig, progress: bool) -> Result<(Classifier, TrainR
     let seconds = start.elapsed().as_secs_f64();
     let frozen = match (&stopped_early, best) {
         (Some(_), Some((_, weights))) => Classifier::from_tensors(weights)?,
-        _ => frozen(&vars)?,
+        _ => model.frozen(),
     };
     let test_accuracy = frozen.accuracy(&test_set)?;
     Ok((frozen, TrainReport { test_accuracy, final_loss: smoothed, seconds, steps: step, history, stopped_early }))
@@ -286,12 +286,6 @@ fn current_eps(config: &TrainConfig, step: usize, steps_per_epoch: usize) -> f32
 /// The inner maximisation: untargeted PGD on the batch against frozen weights.
 pub fn attack_batch(frozen: &Classifier, x: &Tensor, y: &Tensor, adv: &AdversarialTraining, eps: f32, seed: u64) -> Result<Tensor> {
     pgd_untraced(frozen, x, &Objective::untargeted(y)?, &adv.attack(eps, seed))
-}
-
-/// The current weights as plain tensors: a frozen view that shares the `Var`s' storage, so an
-/// attack through it computes gradients for the input only.
-fn frozen(vars: &[(String, Var)]) -> Result<Classifier> {
-    Classifier::from_tensors(vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect())
 }
 
 /// A copy of the current weights.
