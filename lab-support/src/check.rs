@@ -22,6 +22,7 @@ use crate::grad::{clamp_pixels, input_gradient, normalize_l2, per_image_l2, proj
 use crate::model::Classifier;
 use crate::train::SeededRng;
 use candle_core::{DType, Tensor, Var, D};
+use std::collections::HashMap;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -254,10 +255,13 @@ where
     )
 }
 
-/// The optimiser settings of [`adversarial_step`]'s check: Adam at 1e-3, no weight decay.
-pub fn check_optimiser(vars: Vec<Var>) -> Result<candle_nn::AdamW> {
+/// A trainable copy of `params` with its `Var`s and a fresh optimiser, as [`adversarial_step`]'s
+/// check hands them out: Adam at 1e-3, no weight decay.
+pub fn check_trainable(params: &HashMap<String, Tensor>) -> Result<(Classifier, Vec<(String, Var)>, candle_nn::AdamW)> {
     use candle_nn::Optimizer;
-    Ok(candle_nn::AdamW::new(vars, candle_nn::ParamsAdamW { lr: 1e-3, weight_decay: 0.0, ..Default::default() })?)
+    let (model, vars) = Classifier::trainable(params)?;
+    let opt = candle_nn::AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), candle_nn::ParamsAdamW { lr: 1e-3, weight_decay: 0.0, ..Default::default() })?;
+    Ok((model, vars, opt))
 }
 
 /// Notebook 04, the lab's own adversarial training step: PGD-7 (step 0.3 eps, random start)
@@ -277,10 +281,10 @@ pub fn reference_adversarial_step(model: &Classifier, opt: &mut candle_nn::AdamW
 /// step on the attacked batch, and return that batch.
 ///
 /// The check gives your function the shipped plain model (as `Var`s), a fresh Adam and 64
-/// training digits at eps 0.25 (not the 0.3 of the notebook, so a budget written into the
-/// function instead of taken from `eps` shows). It asks the untouched model about the batch you return (is it
-/// attacked, within budget, valid?) and replays one Adam step on it and on the clean batch from the
-/// same weights, to see which one your weights took.
+/// training digits at eps 0.25 (not the 0.3 of the notebook, so a budget written into the function
+/// instead of taken from `eps` shows). It asks the untouched model about the batch you return (is
+/// it attacked, within budget, valid?) and replays one Adam step on it and on the clean batch from
+/// the same weights, to see which one your weights took.
 pub fn adversarial_step<F>(f: F) -> Verdict
 where
     F: FnOnce(&Classifier, &mut candle_nn::AdamW, &Tensor, &Tensor, f32) -> Result<Tensor>,
@@ -292,8 +296,7 @@ where
             let batch = mnist::train()?.take(64)?;
             let (x, y) = (batch.images.clone(), batch.labels.clone());
             let plain = Classifier::pretrained()?;
-            let (model, vars) = Classifier::trainable(plain.parameters())?;
-            let mut opt = check_optimiser(vars.iter().map(|(_, v)| v.clone()).collect())?;
+            let (model, vars, mut opt) = check_trainable(plain.parameters())?;
             let returned = match run_student(TODO, || f(&model, &mut opt, &x, &y, eps)) {
                 Ok(t) => t,
                 Err(v) => return Ok(v),
@@ -316,12 +319,12 @@ where
                     "the attack was not projected back into the budget (after each step, `project_linf(&x_adv, x, eps)?` then `clamp_pixels`; a model trained on unbounded images learns the wrong game), or it uses a budget of its own instead of the `eps` argument",
                 ));
             }
+            let labels = Objective::untargeted(&y)?;
             let fooled = |images: &Tensor| -> Result<usize> {
-                Ok(plain.predict(images)?.iter().zip(Objective::untargeted(&y)?.classes()).filter(|(p, &c)| p.class != c as usize).count())
+                Ok(plain.predict(images)?.iter().zip(labels.classes()).filter(|(p, &c)| p.class != c as usize).count())
             };
             let (got_fooled, clean_fooled) = (fooled(&returned)?, fooled(&x)?);
-            let (ref_model, ref_vars) = Classifier::trainable(plain.parameters())?;
-            let mut ref_opt = check_optimiser(ref_vars.iter().map(|(_, v)| v.clone()).collect())?;
+            let (ref_model, _, mut ref_opt) = check_trainable(plain.parameters())?;
             let reference = reference_adversarial_step(&ref_model, &mut ref_opt, &x, &y, eps)?;
             let ref_fooled = fooled(&reference)?;
             if got_fooled * 2 < ref_fooled {
@@ -336,8 +339,7 @@ where
             let after: Vec<Tensor> = vars.iter().map(|(_, v)| v.as_tensor().detach()).collect();
             let replay = |images: &Tensor| -> Result<f32> {
                 use candle_nn::Optimizer;
-                let (m, vs) = Classifier::trainable(plain.parameters())?;
-                let mut o = check_optimiser(vs.iter().map(|(_, v)| v.clone()).collect())?;
+                let (m, vs, mut o) = check_trainable(plain.parameters())?;
                 o.backward_step(&candle_nn::loss::cross_entropy(&m.forward(images)?, &y)?)?;
                 agreement(&after, &vs)
             };

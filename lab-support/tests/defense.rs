@@ -1,7 +1,7 @@
 //! Adversarial training, the shipped robust model, and the stronger evaluation that judges it.
 
 use lab_support::attack::{epsilon_sweep, pgd, worst_case_sweep, Evaluation, Norm, PgdConfig};
-use lab_support::check::{self, check_optimiser, reference_adversarial_step, Outcome, Verdict};
+use lab_support::check::{self, check_trainable, reference_adversarial_step, Outcome, Verdict};
 use lab_support::data::mnist;
 use lab_support::grad::{AttackLoss, Objective};
 use lab_support::model::Classifier;
@@ -119,7 +119,7 @@ fn adversarial_step_check_passes_the_reference_and_names_typical_mistakes() {
     // Stepping on the clean batch, after attacking it.
     assert_fails_with(
         check::adversarial_step(|m: &Classifier, opt: &mut candle_nn::AdamW, x: &Tensor, y: &Tensor, eps: f32| {
-            let mut spare = check_optimiser(Classifier::trainable(m.parameters())?.1.into_iter().map(|(_, v)| v).collect())?;
+            let (_, _, mut spare) = check_trainable(m.parameters())?;
             let x_adv = reference_adversarial_step(&m.frozen(), &mut spare, x, y, eps)?;
             opt.backward_step(&loss::cross_entropy(&m.forward(x)?, y)?)?;
             Ok(x_adv)
@@ -141,7 +141,7 @@ fn adversarial_step_check_passes_the_reference_and_names_typical_mistakes() {
     // Attacking but never stepping the weights.
     assert_fails_with(
         check::adversarial_step(|m: &Classifier, _opt: &mut candle_nn::AdamW, x: &Tensor, y: &Tensor, eps: f32| {
-            let mut spare = check_optimiser(Classifier::trainable(m.parameters())?.1.into_iter().map(|(_, v)| v).collect())?;
+            let (_, _, mut spare) = check_trainable(m.parameters())?;
             reference_adversarial_step(&m.frozen(), &mut spare, x, y, eps)
         }),
         "did not move",
@@ -155,7 +155,7 @@ fn adversarial_step_check_passes_the_reference_and_names_typical_mistakes() {
     assert_fails_with(
         check::adversarial_step(|m: &Classifier, opt: &mut candle_nn::AdamW, x: &Tensor, y: &Tensor, eps: f32| {
             let f = m.frozen();
-            let mut spare = check_optimiser(Classifier::trainable(m.parameters())?.1.into_iter().map(|(_, v)| v).collect())?;
+            let (_, _, mut spare) = check_trainable(m.parameters())?;
             let x_adv = reference_adversarial_step(&f, &mut spare, x, y, eps)?;
             opt.backward_step(&loss::cross_entropy(&f.forward(&x_adv)?, y)?)?;
             Ok(x_adv)
