@@ -167,12 +167,25 @@ pub fn fgsm(model: &Classifier, images: &Tensor, objective: &Objective, eps: f32
 /// With `restarts > 1`, each further run attacks only the images no earlier run fooled, from
 /// another random start; the trace is the first run's.
 pub fn pgd(model: &Classifier, images: &Tensor, objective: &Objective, config: &PgdConfig) -> Result<AttackResult> {
+    pgd_with(model, images, objective, config, false)
+}
+
+/// [`pgd`] against a model behind a preprocessing [`crate::model::Defense`], with the gradient
+/// taken by BPDA (Backward Pass Differentiable Approximation, Athalye et al. 2018): the forward
+/// pass is the true one, network of the defended image; the backward pass goes through the network
+/// only and treats the defense as the identity, whose derivative is 1 instead of the zero of a
+/// rounding step. On a model without a defense it is plain [`pgd`].
+pub fn bpda_pgd(defended: &Classifier, images: &Tensor, objective: &Objective, config: &PgdConfig) -> Result<AttackResult> {
+    pgd_with(defended, images, objective, config, true)
+}
+
+fn pgd_with(model: &Classifier, images: &Tensor, objective: &Objective, config: &PgdConfig, bpda: bool) -> Result<AttackResult> {
     check_batch(images, "the image batch")?;
     objective.validate(images.dim(0)?)?;
     check_eps(config.eps)?;
     check_steps(config.steps)?;
     check_restarts(config)?;
-    let mut result = pgd_once(model, images, objective, config, config.random_start, true)?;
+    let mut result = pgd_once(model, images, objective, config, config.random_start, true, bpda)?;
     for restart in 1..config.restarts {
         let fooled = result.successes(model, objective)?;
         let left: Vec<u32> = (0..fooled.len() as u32).filter(|&i| !fooled[i as usize]).collect();
@@ -183,7 +196,7 @@ pub fn pgd(model: &Classifier, images: &Tensor, objective: &Objective, config: &
         let classes = left.iter().map(|&i| objective.classes()[i as usize]).collect();
         let sub_objective = if objective.is_targeted() { Objective::Targeted(classes) } else { Objective::Untargeted(classes) };
         let seed = config.random_start.map(|s| s.wrapping_add(restart as u64));
-        let again = pgd_once(model, &images.index_select(&idx, 0)?, &sub_objective, config, seed, true)?;
+        let again = pgd_once(model, &images.index_select(&idx, 0)?, &sub_objective, config, seed, true, bpda)?;
         result.adversarial = result.adversarial.index_add(&idx, &(again.adversarial - result.adversarial.index_select(&idx, 0)?)?, 0)?;
     }
     Ok(result)
@@ -210,11 +223,12 @@ pub(crate) fn pgd_untraced(model: &Classifier, images: &Tensor, objective: &Obje
     objective.validate(images.dim(0)?)?;
     check_eps(config.eps)?;
     check_steps(config.steps)?;
-    Ok(pgd_once(model, images, objective, config, config.random_start, false)?.adversarial)
+    Ok(pgd_once(model, images, objective, config, config.random_start, false, false)?.adversarial)
 }
 
-/// One PGD run from the random start `seed` (or the image itself), with a trace if `traced`.
-fn pgd_once(model: &Classifier, images: &Tensor, objective: &Objective, config: &PgdConfig, seed: Option<u64>, traced: bool) -> Result<AttackResult> {
+/// One PGD run from the random start `seed` (or the image itself), with a trace if `traced`, and
+/// BPDA's gradient if `bpda`.
+fn pgd_once(model: &Classifier, images: &Tensor, objective: &Objective, config: &PgdConfig, seed: Option<u64>, traced: bool, bpda: bool) -> Result<AttackResult> {
     // With no budget nothing can move, whatever the step size (eps / 10 is 0 there too).
     let steps = if config.eps == 0.0 { 0 } else { config.steps };
     if steps > 0 {
@@ -232,7 +246,7 @@ fn pgd_once(model: &Classifier, images: &Tensor, objective: &Objective, config: 
         Some(seed) => project(&(images + uniform_noise(images.dims(), config.eps, seed)?)?)?,
         None => images.clone(),
     };
-    let mut result = run_from(model, images, &start, objective, config.loss, steps, traced, |x, grad| {
+    let mut result = run_from(model, images, &start, objective, config.loss, steps, traced, bpda, |x, grad| {
         let step = match config.norm {
             Norm::Linf => grad.sign()?,
             Norm::L2 => normalize_l2(grad)?,
@@ -383,11 +397,12 @@ fn run(
     steps: usize,
     step: impl FnMut(&Tensor, &Tensor) -> Result<Tensor>,
 ) -> Result<AttackResult> {
-    run_from(model, images, images, objective, AttackLoss::CrossEntropy, steps, true, step)
+    run_from(model, images, images, objective, AttackLoss::CrossEntropy, steps, true, false, step)
 }
 
 /// The loop every attack shares: gradient, trace line, step; then one last trace line. Without
-/// `traced`, the trace stays empty.
+/// `traced`, the trace stays empty. With `bpda`, the gradient is the network's at the defended
+/// input (see [`bpda_pgd`]).
 #[allow(clippy::too_many_arguments)]
 fn run_from(
     model: &Classifier,
@@ -397,13 +412,19 @@ fn run_from(
     loss: AttackLoss,
     steps: usize,
     traced: bool,
+    bpda: bool,
     mut step: impl FnMut(&Tensor, &Tensor) -> Result<Tensor>,
 ) -> Result<AttackResult> {
     let n = original.dim(0)?;
     let mut x = start.detach();
     let mut trace = Vec::with_capacity(if traced { steps + 1 } else { 0 });
+    let defense = model.defense().filter(|_| bpda);
+    let network = model.without_defense();
     for i in 0..steps {
-        let g = input_gradient_of(model, &x, objective, loss)?;
+        let g = match defense {
+            Some(defense) => input_gradient_of(&network, &defense.apply(&x)?, objective, loss)?,
+            None => input_gradient_of(model, &x, objective, loss)?,
+        };
         if traced {
             trace.push(trace_line(i, &g.logits, &x, original, objective, g.loss / n as f32)?);
         }

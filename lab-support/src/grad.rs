@@ -164,9 +164,12 @@ pub(crate) fn input_gradient_of(model: &Classifier, images: &Tensor, objective: 
     let logits = model.forward(x.as_tensor())?;
     let loss = objective.loss_of(&logits, kind)?;
     let grads = loss.backward()?;
-    let grad = grads.get(x.as_tensor()).cloned().ok_or_else(|| {
-        LabError::Other("the loss does not depend on the input: no gradient reached it".into())
-    })?;
+    let grad = match grads.get(x.as_tensor()) {
+        Some(g) => g.clone(),
+        // A preprocessing defense rounds the input: its derivative, and so the gradient, is zero.
+        None if model.defense().is_some() => x.as_tensor().zeros_like()?,
+        None => return Err(LabError::Other("the loss does not depend on the input: no gradient reached it".into())),
+    };
     Ok(InputGradient { loss: loss.to_dtype(DType::F32)?.to_scalar::<f32>()?, grad, logits: logits.detach() })
 }
 

@@ -58,6 +58,8 @@ pub struct Classifier {
     class_names: &'static [&'static str],
     /// Counts forward passes when set (see [`Classifier::counting_calls`]); shared by clones.
     calls: Option<Arc<AtomicUsize>>,
+    /// A preprocessing step every input goes through first (see [`Classifier::with_defense`]).
+    defense: Option<Defense>,
 }
 
 /// One prediction: the class the model picks and its probability.
@@ -105,7 +107,7 @@ impl Classifier {
             }
             params.insert(name.to_string(), t.to_dtype(DType::F32)?);
         }
-        Ok(Classifier { params, class_names: &DIGIT_NAMES, calls: None })
+        Ok(Classifier { params, class_names: &DIGIT_NAMES, calls: None, defense: None })
     }
 
     /// The same network, counting its forward passes (each gradient step of an attack makes one):
@@ -129,13 +131,30 @@ impl Classifier {
     /// weights in place. The inner attack of adversarial training runs on it.
     pub fn frozen(&self) -> Self {
         let params = self.params.iter().map(|(k, t)| (k.clone(), t.detach())).collect();
-        Classifier { params, class_names: self.class_names, calls: self.calls.clone() }
+        Classifier { params, class_names: self.class_names, calls: self.calls.clone(), defense: self.defense }
     }
 
     /// The same network computing in `dtype` (`DType::F64` for precise gradient checks).
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
         let params = self.params.iter().map(|(k, t)| Ok((k.clone(), t.to_dtype(dtype)?))).collect::<Result<_>>()?;
-        Ok(Classifier { params, class_names: self.class_names, calls: self.calls.clone() })
+        Ok(Classifier { params, class_names: self.class_names, calls: self.calls.clone(), defense: self.defense })
+    }
+
+    /// The same weights behind a preprocessing `defense`: every input (for predictions, accuracy,
+    /// attacks) goes through it first. See [`Defense`] for what that does to gradients.
+    pub fn with_defense(&self, defense: Defense) -> Result<Self> {
+        defense.validate()?;
+        Ok(Classifier { defense: Some(defense), ..self.clone() })
+    }
+
+    /// The preprocessing defense in front of the network, if any.
+    pub fn defense(&self) -> Option<Defense> {
+        self.defense
+    }
+
+    /// The network alone, without its defense (the same weights): what BPDA differentiates.
+    pub fn without_defense(&self) -> Self {
+        Classifier { defense: None, ..self.clone() }
     }
 
     /// The network's parameters by name.
@@ -190,7 +209,10 @@ impl Classifier {
         if let Some(calls) = &self.calls {
             calls.fetch_add(1, Ordering::Relaxed);
         }
-        let x = fresh_id(x)?;
+        let x = match &self.defense {
+            Some(defense) => defense.apply_unchecked(x)?,
+            None => fresh_id(x)?,
+        };
         let p = |name: String| fresh_id(self.p(&name));
         let conv = |x: &Tensor, layer: &str| conv_block(x, &p(format!("{layer}.weight"))?, &p(format!("{layer}.bias"))?);
         let linear = |x: &Tensor, layer: &str| linear_layer(x, &p(format!("{layer}.weight"))?, &p(format!("{layer}.bias"))?);
@@ -259,6 +281,49 @@ impl Classifier {
             correct += pred.eq(&part.labels)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize;
         }
         Ok(correct as f32 / set.len() as f32)
+    }
+}
+
+/// A preprocessing defense: a step in front of the network that every input passes through.
+///
+/// [`Defense::Quantize`] rounds each pixel to one of `levels` grey values (`levels: 2` is a black
+/// and white image). Small changes to a pixel mostly round back to where they were, so it looks
+/// like it should absorb a perturbation. Its derivative, though, is zero almost everywhere (a
+/// staircase is flat between its steps), so the input gradient through it is exactly zero:
+/// gradient attacks see nothing to follow and fail. That is gradient masking, not robustness
+/// (Athalye, Carlini and Wagner 2018); BPDA, which differentiates the network at the quantized
+/// input and treats the quantizer as the identity on the way back, gets the attack moving again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Defense {
+    /// Round every pixel to the nearest of `levels` evenly spaced grey values in `[0, 1]`.
+    Quantize { levels: u32 },
+}
+
+impl Defense {
+    fn validate(&self) -> Result<()> {
+        match *self {
+            Defense::Quantize { levels } if !(2..=256).contains(&levels) => {
+                Err(LabError::invalid("levels", levels, "between 2 (black and white) and 256 (8-bit images)"))
+            }
+            Defense::Quantize { .. } => Ok(()),
+        }
+    }
+
+    /// The preprocessed batch, as the network sees it. It carries no gradient: nothing flows back
+    /// through a rounding step.
+    pub fn apply(&self, images: &Tensor) -> Result<Tensor> {
+        self.validate()?;
+        check_batch(images, "the image batch")?;
+        self.apply_unchecked(images)
+    }
+
+    fn apply_unchecked(&self, images: &Tensor) -> Result<Tensor> {
+        match *self {
+            Defense::Quantize { levels } => {
+                let top = (levels - 1) as f64;
+                Ok(images.detach().affine(top, 0.0)?.round()?.affine(1.0 / top, 0.0)?)
+            }
+        }
     }
 }
 

@@ -179,10 +179,25 @@ pub fn initial_parameters(seed: u64) -> Result<HashMap<String, Tensor>> {
 /// collapses (catastrophic overfitting, the failure of one-step training), training stops and
 /// keeps the weights of the best look.
 pub fn train(config: &TrainConfig, progress: bool) -> Result<(Classifier, TrainReport)> {
+    train_on(&mnist::train()?, config, progress)
+}
+
+/// [`train`] on a set of your own instead of MNIST's 60,000 training digits: a substitute model
+/// trained on a black box's answers ([`crate::blackbox::BlackBox::label`]), say. The test accuracy
+/// is still measured on MNIST's test digits, against their true labels.
+pub fn train_on(set: &Dataset, config: &TrainConfig, progress: bool) -> Result<(Classifier, TrainReport)> {
     if config.epochs == 0 || config.batch_size == 0 {
         return Err(LabError::invalid("epochs/batch_size", format!("{}/{}", config.epochs, config.batch_size), "both at least 1"));
     }
-    let mut train_set = mnist::train()?;
+    crate::data::check_batch(&set.images, "the training images")?;
+    crate::grad::Objective::untargeted(&set.labels)?;
+    if set.labels.dims() != [set.len()] {
+        return Err(LabError::Shape { what: "the training labels".into(), expected: format!("[{}], one class per image", set.len()), got: set.labels.dims().to_vec() });
+    }
+    let mut train_set = set.clone();
+    if config.adversarial.is_some() && train_set.len() <= VALIDATION {
+        return Err(LabError::invalid("set", format!("{} digits", train_set.len()), format!("more than {VALIDATION} for adversarial training: that many are held out to watch it")));
+    }
     let mut validation = None;
     if let Some(adv) = &config.adversarial {
         crate::grad::check_eps(adv.eps)?;
