@@ -254,7 +254,8 @@ fn argmax(row: &[f32]) -> usize {
 ///
 /// The pixels are visited in one random order (from `config.seed`). For each image not yet
 /// fooled: push the pixel up by eps and ask; if the true class's probability dropped, keep it;
-/// otherwise push it down by eps and ask again, keeping that if it helped. A push the `[0, 1]`
+/// otherwise push it down by eps and ask again, keeping that if it helped. "Dropped" is measured
+/// as the other classes' probability rising: a confident model's `p_true` is exactly 1.0 in f32. A push the `[0, 1]`
 /// range undoes (a black pixel pushed down) costs no query. An image stops as soon as the black
 /// box's answer for it is wrong, or its `max_queries` are spent (its first query, of the clean
 /// image, included).
@@ -265,11 +266,17 @@ pub fn simba(black_box: &BlackBox, images: &Tensor, labels: &Tensor, config: &Si
     let all: Vec<usize> = (0..n).collect();
     let first = ask(black_box, &rows.current, &all)?;
     let mut queries = vec![1usize; n];
+    // The probability of the other classes, summed: the same as 1 - p_true, but it keeps its
+    // digits where p_true rounds to exactly 1.0 in f32 (a confident model, on most digits).
+    let rest = |p: &[f32], y: u32| -> f32 { p.iter().enumerate().filter(|&(j, _)| j != y as usize).map(|(_, &v)| v).sum() };
     let mut prob: Vec<f32> = first.iter().zip(&labels).map(|(p, &y)| p[y as usize]).collect();
+    let mut others: Vec<f32> = first.iter().zip(&labels).map(|(p, &y)| rest(p, y)).collect();
     let mut fooled: Vec<bool> = first.iter().zip(&labels).map(|(p, &y)| argmax(p) != y as usize).collect();
     let mut trace = vec![trace_line(&queries, &fooled, &prob, &rows)];
     let order = SeededRng::new(config.seed).permutation(PIXELS);
+    let mut progress = crate::kernel::Progress::new(format!("SimBA on {n} digits"), PIXELS);
     for (round, &pixel) in order.iter().enumerate() {
+        progress.update(round);
         let pixel = pixel as usize;
         for sign in [1.0f32, -1.0] {
             // Images still in play whose pixel the push actually changes.
@@ -296,8 +303,9 @@ pub fn simba(black_box: &BlackBox, images: &Tensor, labels: &Tensor, config: &Si
             for ((&i, row), p) in which.iter().zip(candidates).zip(answers) {
                 queries[i] += 1;
                 let y = labels[i] as usize;
-                if p[y] < prob[i] {
-                    prob[i] = p[y];
+                let r = rest(&p, labels[i]);
+                if r > others[i] {
+                    (prob[i], others[i]) = (p[y], r);
                     fooled[i] = argmax(&p) != y;
                     rows.current[i] = row;
                 }
@@ -307,6 +315,7 @@ pub fn simba(black_box: &BlackBox, images: &Tensor, labels: &Tensor, config: &Si
             trace.push(trace_line(&queries, &fooled, &prob, &rows));
         }
     }
+    progress.finish();
     Ok(QueryAttack { adversarial: rows.into_tensor(images.dtype())?, queries, fooled, trace })
 }
 
@@ -343,8 +352,10 @@ pub fn square_attack(black_box: &BlackBox, images: &Tensor, labels: &Tensor, con
     let mut fooled: Vec<bool> = margin.iter().map(|&m| m < 0.0).collect();
     let mut trace = vec![trace_line(&queries, &fooled, &margin, &rows)];
     let mut round = 0;
+    let mut progress = crate::kernel::Progress::new(format!("Square Attack on {n} digits"), config.max_queries);
     loop {
         round += 1;
+        progress.update(round);
         let which: Vec<usize> = (0..n).filter(|&i| !fooled[i] && queries[i] < config.max_queries).collect();
         if which.is_empty() {
             break;
@@ -390,6 +401,7 @@ pub fn square_attack(black_box: &BlackBox, images: &Tensor, labels: &Tensor, con
         }
     }
     trace.push(trace_line(&queries, &fooled, &margin, &rows));
+    progress.finish();
     Ok(QueryAttack { adversarial: rows.into_tensor(images.dtype())?, queries, fooled, trace })
 }
 
@@ -473,15 +485,4 @@ pub fn transfer_rates(models: &[(&str, &Classifier)], set: &Dataset, eps: f32) -
     }
     progress.finish();
     Ok(TransferRates { names: models.iter().map(|(n, _)| n.to_string()).collect(), rates, eps, digits: set.len() })
-}
-
-/// The accuracy of `model` on `set` after `images` replaced its digits (labels unchanged).
-pub fn accuracy_on(model: &Classifier, images: &Tensor, labels: &Tensor) -> Result<f32> {
-    let objective = Objective::untargeted(labels)?;
-    let p = model.predict(images)?;
-    if p.len() != objective.classes().len() {
-        return Err(LabError::invalid("labels", objective.classes().len(), format!("one per image ({})", p.len())));
-    }
-    let right = p.iter().zip(objective.classes()).filter(|(p, &c)| p.class == c as usize).count();
-    Ok(right as f32 / p.len().max(1) as f32)
 }

@@ -670,8 +670,8 @@ pub fn within_budget(original: &Tensor, image: &Tensor, eps: f32) -> Result<()> 
     if moved > eps + 1e-5 {
         return Err(LabError::Other(format!(
             "the attacked image moved a pixel by {moved:.3}, more than eps = {eps}: it broke the budget, so \
-             whatever it does to the model proves nothing. Project back after every step \
-             (`project_linf(&x, original, eps)?`, TODO 3) and run the cell again"
+             whatever it does to the model proves nothing. Keep every step inside the budget \
+             (after each step, `project_linf(&x_adv, &original, eps)?`) and run the cell again"
         )));
     }
     Ok(())
@@ -992,6 +992,8 @@ where
             let reference = crate::blackbox::simba(&BlackBox::new(&plain), &digits.images, &digits.labels, &crate::blackbox::SimbaConfig { eps, max_queries, seed: 0 })?;
             let ref_fooled = reference.fooled.iter().filter(|&&f| f).count();
             let (mut fooled, mut queries, mut moved_any, mut prob_up) = (0usize, Vec::new(), false, 0usize);
+            // Digits left unfooled with p_true still exactly 1.0 in f32: no push looked like progress.
+            let mut stuck_at_one = 0usize;
             for (i, &label) in labels.iter().enumerate() {
                 let (x, _) = digits.get(i)?;
                 let black_box = BlackBox::with_budget(&plain, max_queries);
@@ -1023,11 +1025,26 @@ where
                 if plain.predict(&adv)?[0].class != label as usize {
                     fooled += 1;
                     queries.push(black_box.queries());
+                } else if p_true(&adv)? == 1.0 {
+                    stuck_at_one += 1;
                 }
             }
             queries.sort_unstable();
             let median = |q: &[usize]| q.get(q.len().saturating_sub(1) / 2).copied().unwrap_or(0);
-            let wanted = ref_fooled.div_ceil(2).max(1);
+            // Measured: the same attack in 7 other pixel orders fooled 10 of 10 too; comparing p_true, 7.
+            let wanted = ref_fooled.saturating_sub(1).max(1);
+            let flipped = "the true class's probability went *up* on some digits: the comparison is flipped. Keep a push only when the probability of `label` is lower than the best so far";
+            if prob_up > 0 && fooled < wanted {
+                return Ok(Verdict::fail(TODO, format!("at least {wanted} of 10 digits misread (the lab's SimBA: {ref_fooled})"), format!("{fooled}"), flipped));
+            }
+            if stuck_at_one > 0 {
+                return Ok(Verdict::fail(
+                    TODO,
+                    "every digit attacked",
+                    format!("{stuck_at_one} digit(s) returned unfooled with p_true still exactly 1.0 in f32, {fooled} of 10 fooled"),
+                    "comparing p_true itself: it stays 1.0 after a push that did help, so no push is ever kept. Compare the other classes' summed probability instead, and keep a push when it rises",
+                ));
+            }
             if fooled >= wanted {
                 return Ok(Verdict::pass(
                     TODO,
@@ -1039,11 +1056,9 @@ where
                 ));
             }
             let cause = if !moved_any {
-                "every digit came back unchanged: keep a push when the true class's probability *drops* (`p_new < p_best`), and return the digit with the pushes you kept"
-            } else if prob_up > 0 {
-                "the true class's probability went *up* on some digits: the comparison is flipped. Keep a push only when the probability of `label` is lower than the best so far"
+                "every digit came back unchanged: keep a push when the true class's probability drops, measured as the other classes' summed probability rising (`p_true` itself is exactly 1.0 on a confident digit and never drops), and return the digit with the pushes you kept"
             } else {
-                "too few pushes kept: visit the pixels in a random order (`SeededRng::new(0).permutation(784)`), try +eps and, if that did not help, -eps, and go on until the model is fooled or the queries run out"
+                "too few pushes kept: compare the other classes' summed probability, not `p_true` (exactly 1.0 on a confident digit, so no push seems to help); visit the pixels in a random order (`SeededRng::new(0).permutation(784)`), try +eps and, if that did not help, -eps, and go on until the model is fooled or the queries run out"
             };
             Ok(Verdict::fail(TODO, format!("at least {wanted} of 10 digits misread (the lab's SimBA: {ref_fooled})"), format!("{fooled}"), cause))
         })(),
@@ -1101,7 +1116,7 @@ where
             if used > terms.calls {
                 return Ok(Verdict::fail(TODO, format!("at most {} forward passes", terms.calls), format!("{used}"), "PGD needs one forward pass per step for the whole batch: attack the batch at once, not digit by digit, with 40 to 100 steps"));
             }
-            let accuracy = crate::blackbox::accuracy_on(&defended, &adv, &set.labels)?;
+            let accuracy = defended.accuracy_on(&adv, &set.labels)?;
             if accuracy <= terms.bound {
                 return Ok(Verdict::pass(
                     TODO,
@@ -1111,8 +1126,11 @@ where
             let unchanged = max_abs_diff(&adv, &set.images)? == 0.0;
             let defense = defended.defense().ok_or_else(|| LabError::Other("the check's model lost its defense".into()))?;
             let same_view = max_abs_diff(&defense.apply(&adv)?, &defense.apply(&set.images)?)? == 0.0;
+            let clean = defended.accuracy_on(&set.images, &set.labels)?;
             let cause = if unchanged || same_view {
-                "the digits look to the network exactly as before: the gradient you followed is zero, because you differentiated through the quantizer (its derivative is 0 almost everywhere). BPDA: run the true forward pass, but take the gradient of the network alone at the quantized image, `input_gradient(&defended.without_defense(), &defense.apply(&x_adv)?, &objective)?`, and step with it as if the quantizer were the identity"
+                "the digits look to the network exactly as before: the gradient you followed is zero, because you differentiated through the quantizer (its derivative is 0 almost everywhere). BPDA: run the true forward pass, but take the gradient of the network alone at the quantized image, `input_gradient(&defended.without_defense(), &defense.apply(&x_adv)?, &objective)?`, and step with it as if the quantizer were the identity. (Or each step starts again from the quantized image, where a step smaller than a grey level rounds back: step from `x_adv`)"
+            } else if accuracy >= clean {
+                "the digits moved, but the model reads them at least as well as before: the steps go the wrong way. `Objective::untargeted` is a loss to *minimise* (log p_true): step `x_adv - step * sign(grad)`"
             } else {
                 "the attack moved the digits but not far enough: take the BPDA gradient at every step, step by sign(grad) with a step of about eps / 10 for 40 steps or more, projecting into the budget after each"
             };

@@ -16,7 +16,7 @@
 //! Passing them does not prove a defense robust; failing one says its numbers cannot be trusted.
 
 use crate::attack::{pgd, worst_case_sweep, Evaluation, Norm, PgdConfig};
-use crate::blackbox::{accuracy_on, square_attack, BlackBox, SquareConfig};
+use crate::blackbox::{square_attack, BlackBox, SquareConfig};
 use crate::data::Dataset;
 use crate::error::{LabError, Result};
 use crate::grad::{check_eps, AttackLoss, Objective};
@@ -75,7 +75,7 @@ pub fn checklist(model: &Classifier, set: &Dataset, eps: f32) -> Result<Checklis
     let objective = Objective::untargeted(&set.labels)?;
     let pgd_steps = |eps: f32, steps: usize| -> Result<f32> {
         let config = PgdConfig { steps, step_size: 2.5 * eps / steps as f32, ..PgdConfig::linf(eps) };
-        accuracy_on(model, &pgd(model, &set.images, &objective, &config)?.adversarial, &set.labels)
+        model.accuracy_on(&pgd(model, &set.images, &objective, &config)?.adversarial, &set.labels)
     };
     let large = pgd_steps(LARGE_EPS, 100)?;
     let (ten, hundred) = (pgd_steps(eps, 10)?, pgd_steps(eps, 100)?);
@@ -83,7 +83,7 @@ pub fn checklist(model: &Classifier, set: &Dataset, eps: f32) -> Result<Checklis
     let white = worst_case_sweep(model, set, Norm::Linf, &[eps], &evaluation)?[0].accuracy;
     let black_box = BlackBox::new(model);
     let square = square_attack(&black_box, &set.images, &set.labels, &SquareConfig { eps, max_queries: 1000, ..SquareConfig::default() })?;
-    let black = accuracy_on(model, &square.adversarial, &set.labels)?;
+    let black = model.accuracy_on(&square.adversarial, &set.labels)?;
     let pct = |a: f32| format!("{:.1}%", 100.0 * a);
     let items = vec![
         ChecklistItem {

@@ -37,7 +37,7 @@ pub use candle_nn;
 pub mod prelude {
     pub use crate::blackbox::{simba, square_attack, transfer_rates, BlackBox, QueryAttack, SimbaConfig, SquareConfig, TransferRates};
     pub use crate::check::{self, Challenge};
-    pub use crate::checklist::{checklist, Checklist};
+    pub use crate::checklist::{checklist, Checklist, ChecklistItem};
     pub use crate::data::{fashion_mnist, load_digit_png, load_drawing, load_image, mnist, photo, save_digit_png, Dataset};
     pub use crate::error::{LabError, Result};
     pub use crate::approx::{log2_points, Mlp};

@@ -282,6 +282,17 @@ impl Classifier {
         }
         Ok(correct as f32 / set.len() as f32)
     }
+
+    /// The fraction of `images` classified as `labels` says: the accuracy on a set after an attack
+    /// replaced its digits.
+    pub fn accuracy_on(&self, images: &Tensor, labels: &Tensor) -> Result<f32> {
+        check_batch(images, "the image batch")?;
+        let labels = labels.flatten_all()?.to_dtype(DType::U32)?;
+        if labels.dim(0)? != images.dim(0)? {
+            return Err(LabError::invalid("labels", format!("{} label(s)", labels.dim(0)?), format!("one per image: the batch holds {}", images.dim(0)?)));
+        }
+        self.accuracy(&Dataset { images: images.clone(), labels, class_names: self.class_names })
+    }
 }
 
 /// A preprocessing defense: a step in front of the network that every input passes through.

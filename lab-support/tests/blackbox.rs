@@ -1,7 +1,7 @@
 //! Notebook 05: the black box and its score-only attacks, transfer, the quantization defense that
 //! hides its gradient, BPDA, the checklist, and the checks of the notebook's TODOs.
 
-use lab_support::blackbox::{accuracy_on, simba, square_attack, transfer_rates, BlackBox, SimbaConfig, SquareConfig};
+use lab_support::blackbox::{simba, square_attack, transfer_rates, BlackBox, SimbaConfig, SquareConfig};
 use lab_support::check::{self, Outcome, Verdict, BPDA_CHECK};
 use lab_support::checklist::checklist;
 use lab_support::prelude::*;
@@ -93,8 +93,8 @@ fn quantization_hides_the_gradient_and_bpda_finds_it_again() {
     let g = input_gradient(&defended, &set.images.narrow(0, 0, 5).unwrap(), &Objective::untargeted(&set.labels.narrow(0, 0, 5).unwrap()).unwrap()).unwrap();
     assert_eq!(g.grad.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
     let config = PgdConfig::linf(0.2);
-    let naive = accuracy_on(&defended, &pgd(&defended, &set.images, &objective, &config).unwrap().adversarial, &set.labels).unwrap();
-    let bpda = accuracy_on(&defended, &bpda_pgd(&defended, &set.images, &objective, &config).unwrap().adversarial, &set.labels).unwrap();
+    let naive = defended.accuracy_on(&pgd(&defended, &set.images, &objective, &config).unwrap().adversarial, &set.labels).unwrap();
+    let bpda = defended.accuracy_on(&bpda_pgd(&defended, &set.images, &objective, &config).unwrap().adversarial, &set.labels).unwrap();
     // Measured on 200 digits: 99.5% under naive PGD-40, 0% under BPDA.
     assert!(naive >= 0.95, "naive PGD {naive}");
     assert!(bpda <= 0.05, "BPDA {bpda}");
@@ -131,26 +131,28 @@ fn simba_solution(black_box: &BlackBox, x: &Tensor, label: u32, eps: f32, max_qu
     let original = x.flatten_all()?.to_vec1::<f32>()?;
     let mut best = original.clone();
     let ask = |pixels: &[f32]| -> Result<Vec<f32>> { Ok(black_box.probabilities(&Tensor::from_vec(pixels.to_vec(), (1, 1, 28, 28), &Device::Cpu)?)?.flatten_all()?.to_vec1::<f32>()?) };
+    let rest = |probs: &[f32]| -> f32 { probs.iter().enumerate().filter(|&(j, _)| j != label as usize).map(|(_, p)| p).sum() };
     let probs = ask(&best)?;
-    let (mut p_best, mut queries) = (probs[label as usize], 1);
+    let (mut rest_best, mut queries) = (rest(&probs), 1);
     let mut fooled = top1(&probs).class != label as usize;
-    for pixel in SeededRng::new(0).permutation(784) {
+    'pixels: for pixel in SeededRng::new(0).permutation(784) {
+        let i = pixel as usize;
         for sign in [1.0f32, -1.0] {
             if fooled || queries >= max_queries {
-                return Tensor::from_vec(best, (1, 1, 28, 28), &Device::Cpu).map_err(Into::into);
+                break 'pixels;
             }
             let mut candidate = best.clone();
-            candidate[pixel as usize] = (original[pixel as usize] + sign * eps).clamp(0.0, 1.0);
-            if candidate[pixel as usize] == best[pixel as usize] {
+            candidate[i] = (original[i] + sign * eps).clamp(0.0, 1.0);
+            if candidate[i] == best[i] {
                 continue;
             }
             let probs = ask(&candidate)?;
             queries += 1;
-            if probs[label as usize] < p_best {
-                p_best = probs[label as usize];
+            if rest(&probs) > rest_best {
+                rest_best = rest(&probs);
                 fooled = top1(&probs).class != label as usize;
                 best = candidate;
-                break;
+                continue 'pixels;
             }
         }
     }
@@ -192,6 +194,35 @@ fn simba_check_passes_a_solution_and_names_typical_mistakes() {
         Ok(Tensor::from_vec(best, (1, 1, 28, 28), &Device::Cpu)?)
     };
     assert_fails(&check::simba_attack(flipped), "flipped");
+    // The numerical trap: comparing p_true, which is exactly 1.0 on confident digits.
+    let saturated = |b: &BlackBox, x: &Tensor, label: u32, eps: f32, max_queries: usize| -> Result<Tensor> {
+        let original = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut best = original.clone();
+        let ask = |p: &[f32]| -> Result<Vec<f32>> { Ok(b.probabilities(&Tensor::from_vec(p.to_vec(), (1, 1, 28, 28), &Device::Cpu)?)?.flatten_all()?.to_vec1::<f32>()?) };
+        let probs = ask(&best)?;
+        let (mut p_best, mut queries) = (probs[label as usize], 1);
+        'pixels: for pixel in SeededRng::new(0).permutation(784) {
+            for sign in [1.0f32, -1.0] {
+                if queries >= max_queries {
+                    break 'pixels;
+                }
+                let mut c = best.clone();
+                c[pixel as usize] = (original[pixel as usize] + sign * eps).clamp(0.0, 1.0);
+                let probs = ask(&c)?;
+                queries += 1;
+                if probs[label as usize] < p_best {
+                    p_best = probs[label as usize];
+                    best = c;
+                    if top1(&probs).class != label as usize {
+                        break 'pixels;
+                    }
+                    continue 'pixels;
+                }
+            }
+        }
+        Ok(Tensor::from_vec(best, (1, 1, 28, 28), &Device::Cpu)?)
+    };
+    assert_fails(&check::simba_attack(saturated), "not `p_true`");
 }
 
 /// The lab's BPDA attack, written as a student would.

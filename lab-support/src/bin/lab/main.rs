@@ -111,6 +111,10 @@ enum Command {
         /// Random starts per loss.
         #[arg(long, default_value_t = 2)]
         restarts: usize,
+        /// Also run Square Attack, a black box, with this many queries per digit (0: not at all).
+        /// If it leaves fewer digits standing than PGD, the gradient misled PGD.
+        #[arg(long, default_value_t = 0)]
+        square: usize,
     },
 }
 
@@ -130,7 +134,7 @@ fn main() -> ExitCode {
             let adversarial = adversarial.then_some(lab_support::train::AdversarialTraining { eps, steps, step_ratio, ramp_epochs });
             train::run(epochs, seed, adversarial, learning_rate, trial)
         }
-        Command::Eval { model, images, eps, steps, restarts } => train::eval(&model, images, &eps, steps, restarts),
+        Command::Eval { model, images, eps, steps, restarts, square } => train::eval(&model, images, &eps, steps, restarts, square),
         Command::Bench { sweep } => bench::bench(sweep),
     };
     match outcome {

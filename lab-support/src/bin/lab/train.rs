@@ -6,6 +6,7 @@
 
 use crate::CliResult;
 use lab_support::attack::{worst_case_sweep, Evaluation, Norm};
+use lab_support::blackbox::{square_attack, BlackBox, SquareConfig};
 use lab_support::data::{data_dir, mnist, sha256_hex};
 use lab_support::model::{Classifier, ROBUST_WEIGHTS_FILE, WEIGHTS_FILE};
 use lab_support::train::{train, AdversarialTraining, TrainConfig, TrainReport};
@@ -120,7 +121,7 @@ fn with_section(readme: &str, file: &str, body: &str) -> String {
     }
 }
 
-pub fn eval(which: &str, images: usize, eps: &[f32], steps: usize, restarts: usize) -> CliResult<()> {
+pub fn eval(which: &str, images: usize, eps: &[f32], steps: usize, restarts: usize, square: usize) -> CliResult<()> {
     let model = match which {
         "plain" => Classifier::pretrained(),
         "robust" => Classifier::robust(),
@@ -143,6 +144,19 @@ pub fn eval(which: &str, images: usize, eps: &[f32], steps: usize, restarts: usi
         println!("{}", json!({"model": which, "images": test.len(), "eps": p.eps, "accuracy": p.accuracy, "steps": steps, "restarts": restarts}));
     }
     eprintln!("{:.0} s", seconds);
+    for &e in budgets.iter().filter(|&&e| e > 0.0 && square > 0) {
+        let start = Instant::now();
+        let mut standing = 0;
+        for first in (0..test.len()).step_by(500) {
+            let part = test.slice(first, 500).map_err(|e| e.to_string())?;
+            let config = SquareConfig { eps: e, max_queries: square, ..SquareConfig::default() };
+            let result = square_attack(&BlackBox::new(&model), &part.images, &part.labels, &config).map_err(|e| e.to_string())?;
+            standing += result.fooled.iter().filter(|&&f| !f).count();
+        }
+        let accuracy = standing as f32 / test.len() as f32;
+        println!("{}", json!({"model": which, "images": test.len(), "eps": e, "square_accuracy": accuracy, "queries": square}));
+        eprintln!("Square Attack at eps {e}: {:.0} s", start.elapsed().as_secs_f64());
+    }
     Ok(())
 }
 
