@@ -63,14 +63,14 @@ impl BlackBox {
 
     /// Class probabilities `(N, 10)` for a batch `(N, 1, 28, 28)`; costs `N` queries.
     pub fn probabilities(&self, images: &Tensor) -> Result<Tensor> {
-        check_batch(images, "the images sent to the black box")?;
+        check_batch(images, "the batch sent to the black box")?;
         self.spend(images.dim(0)?)?;
         self.model.probabilities(images)
     }
 
     /// The most probable class of each image and its probability; costs one query per image.
     pub fn predict(&self, images: &Tensor) -> Result<Vec<Prediction>> {
-        check_batch(images, "the images sent to the black box")?;
+        check_batch(images, "the batch sent to the black box")?;
         self.spend(images.dim(0)?)?;
         self.model.predict(images)
     }

@@ -149,6 +149,8 @@ fn run_student<T>(todo: &'static str, f: impl FnOnce() -> Result<T>) -> std::res
 fn cause_of_error(msg: &str) -> &'static str {
     if msg.contains("None") || msg.contains("no gradient") {
         "the gradient is None: it did not reach your input. Make the input a `Var` (`Var::from_tensor`) and ask `grads.get(x.as_tensor())`; and compute the loss from logits with log-softmax or cross-entropy, because `softmax_last_dim` has no backward pass"
+    } else if msg.contains("reads pixels in [0, 1]") {
+        "a pixel left [0, 1]: clamp every candidate (`.clamp(0.0, 1.0)` on a pixel, `clamp_pixels` on a tensor) before you ask the model about it"
     } else if msg.contains("query budget") {
         "the black box refused: its query budget was spent. Stop as soon as its answer is wrong, ask one query per candidate, and count the first query (of the clean digit) too"
     } else if msg.contains("shape") {

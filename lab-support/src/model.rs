@@ -162,7 +162,7 @@ impl Classifier {
         &self.params
     }
 
-    /// Saves the weights as safetensors.
+    /// Saves the weights as safetensors (the weights only: a [`Defense`] in front is not saved).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         candle_core::safetensors::save(&self.params, path.as_ref())?;
         Ok(())

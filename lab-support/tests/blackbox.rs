@@ -174,6 +174,13 @@ fn simba_check_passes_a_solution_and_names_typical_mistakes() {
         }
     };
     assert_fails(&check::simba_attack(greedy), "query budget");
+    // Asks about a pixel pushed out of [0, 1].
+    let unclamped = |b: &BlackBox, x: &Tensor, _: u32, eps: f32, _: usize| -> Result<Tensor> {
+        let pushed = (x - eps as f64)?;
+        b.probabilities(&pushed)?;
+        Ok(pushed)
+    };
+    assert_fails(&check::simba_attack(unclamped), "clamp every candidate");
     // A budget of its own.
     assert_fails(&check::simba_attack(|b: &BlackBox, x: &Tensor, l: u32, _: f32, q: usize| simba_solution(b, x, l, 0.4, q)), "moved by 0.400");
     // Flipped comparison: keeps pushes that raise the true class's probability.
