@@ -10,6 +10,7 @@
 
 mod bench;
 mod browser;
+mod kernel_bench;
 mod kernel_test;
 mod notebooks;
 mod server;
@@ -63,6 +64,10 @@ enum Command {
         /// Also time a PGD-40 robustness sweep over all 10,000 test digits (a few minutes).
         #[arg(long)]
         sweep: bool,
+        /// Instead, time the notebook kernel: its first cells after a start, small cells, and two
+        /// kernels started together (about 3 minutes).
+        #[arg(long)]
+        kernel: bool,
     },
     /// Retrain a shipped digit model and update data/models/ and data/SHA256SUMS.
     Train {
@@ -135,7 +140,7 @@ fn main() -> ExitCode {
             train::run(epochs, seed, adversarial, learning_rate, trial)
         }
         Command::Eval { model, images, eps, steps, restarts, square } => train::eval(&model, images, &eps, steps, restarts, square),
-        Command::Bench { sweep } => bench::bench(sweep),
+        Command::Bench { sweep, kernel } => if kernel { kernel_bench::bench() } else { bench::bench(sweep) },
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
