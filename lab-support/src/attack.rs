@@ -418,11 +418,11 @@ fn run_from(
     let n = original.dim(0)?;
     let mut x = start.detach();
     let mut trace = Vec::with_capacity(if traced { steps + 1 } else { 0 });
-    let defense = model.defense().filter(|_| bpda);
-    let network = model.without_defense();
+    // BPDA: the network without its defense, differentiated at the defended input.
+    let bpda = model.defense().filter(|_| bpda).map(|defense| (model.without_defense(), defense));
     for i in 0..steps {
-        let g = match defense {
-            Some(defense) => input_gradient_of(&network, &defense.apply(&x)?, objective, loss)?,
+        let g = match &bpda {
+            Some((network, defense)) => input_gradient_of(network, &defense.apply(&x)?, objective, loss)?,
             None => input_gradient_of(model, &x, objective, loss)?,
         };
         if traced {

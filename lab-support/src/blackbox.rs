@@ -240,9 +240,9 @@ impl Rows {
     }
 }
 
-/// The probabilities the black box gives the rows `which` of `rows`, one query each.
-fn ask(black_box: &BlackBox, rows: &[Vec<f32>], which: &[usize]) -> Result<Vec<Vec<f32>>> {
-    let batch: Vec<&[f32]> = which.iter().map(|&i| rows[i].as_slice()).collect();
+/// The probabilities the black box gives each of `rows`, one query each.
+fn ask(black_box: &BlackBox, rows: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+    let batch: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
     Ok(black_box.probabilities(&Rows::tensor(&batch)?)?.to_vec2::<f32>()?)
 }
 
@@ -255,16 +255,15 @@ fn argmax(row: &[f32]) -> usize {
 /// The pixels are visited in one random order (from `config.seed`). For each image not yet
 /// fooled: push the pixel up by eps and ask; if the true class's probability dropped, keep it;
 /// otherwise push it down by eps and ask again, keeping that if it helped. "Dropped" is measured
-/// as the other classes' probability rising: a confident model's `p_true` is exactly 1.0 in f32. A push the `[0, 1]`
-/// range undoes (a black pixel pushed down) costs no query. An image stops as soon as the black
-/// box's answer for it is wrong, or its `max_queries` are spent (its first query, of the clean
-/// image, included).
+/// as the other classes' probability rising: a confident model's `p_true` is exactly 1.0 in f32.
+/// A push the `[0, 1]` range undoes (a black pixel pushed down) costs no query. An image stops as
+/// soon as the black box's answer for it is wrong, or its `max_queries` are spent (its first
+/// query, of the clean image, included).
 pub fn simba(black_box: &BlackBox, images: &Tensor, labels: &Tensor, config: &SimbaConfig) -> Result<QueryAttack> {
     let labels = check_query_attack(images, labels, config.eps, config.max_queries)?;
     let n = labels.len();
     let mut rows = Rows::new(images)?;
-    let all: Vec<usize> = (0..n).collect();
-    let first = ask(black_box, &rows.current, &all)?;
+    let first = ask(black_box, &rows.current)?;
     let mut queries = vec![1usize; n];
     // The probability of the other classes, summed: the same as 1 - p_true, but it keeps its
     // digits where p_true rounds to exactly 1.0 in f32 (a confident model, on most digits).
@@ -298,8 +297,7 @@ pub fn simba(black_box: &BlackBox, images: &Tensor, labels: &Tensor, config: &Si
             if which.is_empty() {
                 continue;
             }
-            let local: Vec<usize> = (0..which.len()).collect();
-            let answers = ask(black_box, &candidates, &local)?;
+            let answers = ask(black_box, &candidates)?;
             for ((&i, row), p) in which.iter().zip(candidates).zip(answers) {
                 queries[i] += 1;
                 let y = labels[i] as usize;
@@ -345,8 +343,7 @@ pub fn square_attack(black_box: &BlackBox, images: &Tensor, labels: &Tensor, con
             }
         }
     }
-    let all: Vec<usize> = (0..n).collect();
-    let first = ask(black_box, &rows.current, &all)?;
+    let first = ask(black_box, &rows.current)?;
     let mut queries = vec![1usize; n];
     let mut margin: Vec<f32> = first.iter().zip(&labels).map(|(p, &y)| log_margin(p, y as usize)).collect();
     let mut fooled: Vec<bool> = margin.iter().map(|&m| m < 0.0).collect();
@@ -385,8 +382,7 @@ pub fn square_attack(black_box: &BlackBox, images: &Tensor, labels: &Tensor, con
             }
             candidates.push(row);
         }
-        let local: Vec<usize> = (0..which.len()).collect();
-        let answers = ask(black_box, &candidates, &local)?;
+        let answers = ask(black_box, &candidates)?;
         for ((&i, row), p) in which.iter().zip(candidates).zip(answers) {
             queries[i] += 1;
             let m = log_margin(&p, labels[i] as usize);
