@@ -43,7 +43,7 @@ pub mod prelude {
     pub use crate::approx::{log2_points, Mlp};
     pub use crate::attack::{bpda_pgd, epsilon_sweep, fgsm, pgd, targeted_descent, worst_case_sweep, AttackResult, DescentConfig, Evaluation, Norm, PgdConfig, SweepPoint, TraceStep};
     pub use crate::grad::{clamp_pixels, AttackLoss, input_gradient, noise_images, normalize_l2, per_image_l2, per_image_linf, project_l2, project_linf, InputGradient, Objective};
-    pub use crate::kernel::Progress;
+    pub use crate::kernel::{Progress, ShowValue};
     pub use crate::model::{top1, Classifier, Defense, Prediction};
     pub use crate::train::{train_on, SeededRng, TrainConfig};
     pub use crate::plot::{crafting_progress, indexed, BarChart, Chart, Figure, ImageGrid, LinePlot, Stack, Table};

@@ -3,7 +3,7 @@
 //! whose last line moves a variable, a cell's variables lost after an error) meets lab-support's
 //! answers to it (`lab_support::kernel`, the figures' Debug).
 
-use crate::notebooks::{execute_cells, output_text};
+use crate::notebooks::{check_outputs, execute_cells, output_text};
 use crate::setup::Paths;
 use crate::CliResult;
 use serde_json::Value;
@@ -69,6 +69,54 @@ pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
     }
     if nb["cells"][0]["outputs"].as_array().is_some_and(|o| o.iter().any(|o| o["output_type"] == "error")) || !matches!(nb["cells"][1]["execution_count"], Value::Number(_)) {
         problems.push("the kernel did not load lab-support".into());
+    }
+    Ok(problems)
+}
+
+/// Two kernels started at the same moment, `rounds` times: each must load lab-support and answer
+/// a cell that uses it. (With evcxr's shared `:cache`, one kernel in two failed here.)
+pub fn concurrent(paths: &Paths) -> CliResult<Vec<String>> {
+    const ROUNDS: usize = 3;
+    let cells = [CELLS[0], "let model = Classifier::pretrained()?;\nmodel.predict(&mnist::test()?.get(0)?.0)?[0].class"];
+    let mut problems = Vec::new();
+    for round in 1..=ROUNDS {
+        let both: Vec<CliResult<(Value, bool)>> = std::thread::scope(|s| {
+            let handles: Vec<_> = ["kernel-pair-a", "kernel-pair-b"].iter().map(|name| s.spawn(move || execute_cells(paths, name, &cells))).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a test thread panicked".into()))).collect()
+        });
+        for (k, outcome) in both.into_iter().enumerate() {
+            let (nb, ok) = outcome?;
+            let shown: String = nb["cells"][1]["outputs"].as_array().into_iter().flatten().map(output_text).collect();
+            let found: Vec<String> = check_outputs(&nb, false).iter().map(|p| p.chars().take(200).collect()).collect();
+            if !ok || !found.is_empty() || shown.trim() != "7" {
+                problems.push(format!("round {round}, kernel {}: expected the first test digit's class, 7; it showed {shown:?}; {}", k + 1, found.join("; ")));
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// A path crate changed between two kernels is rebuilt by the second, never served stale from
+/// its slot. The crate is a small one of the test's own, loaded beside lab-support in the same
+/// slot, so the check costs seconds: cargo's fingerprints in the slot decide for every path
+/// crate alike, lab-support included (`cargo lab up` rebuilds the seed the same way).
+pub fn pickup(paths: &Paths) -> CliResult<Vec<String>> {
+    let dir = paths.root.join("target/kernel-test/pickup");
+    std::fs::create_dir_all(dir.join("src")).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::write(dir.join("Cargo.toml"), "[package]\nname = \"pickup\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n")
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let dep = format!(":dep pickup = {{ path = {:?} }}", dir.display().to_string());
+    let mut problems = Vec::new();
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    for version in [format!("first {stamp}"), format!("second {stamp}")] {
+        std::fs::write(dir.join("src/lib.rs"), format!("pub fn version() -> &'static str {{ {version:?} }}\n"))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let cells = [CELLS[0], &dep, "pickup::version()"];
+        let (nb, ok) = execute_cells(paths, "kernel-pickup", &cells)?;
+        let shown: String = nb["cells"][2]["outputs"].as_array().into_iter().flatten().map(output_text).collect();
+        if !ok || shown.trim() != format!("{version:?}") {
+            problems.push(format!("a kernel started after the crate changed to {version:?} showed {shown:?}"));
+        }
     }
     Ok(problems)
 }

@@ -12,6 +12,7 @@ mod bench;
 mod browser;
 mod kernel_bench;
 mod kernel_test;
+mod launcher;
 mod notebooks;
 mod server;
 mod setup;
@@ -68,6 +69,15 @@ enum Command {
         /// kernels started together (about 3 minutes).
         #[arg(long)]
         kernel: bool,
+    },
+    /// Start the notebook kernel (Jupyter runs this from the `rust` kernel spec; not for people).
+    #[command(hide = true)]
+    Kernel {
+        /// evcxr_jupyter, the kernel itself.
+        #[arg(long)]
+        evcxr: PathBuf,
+        /// Jupyter's connection file.
+        connection_file: String,
     },
     /// Retrain a shipped digit model and update data/models/ and data/SHA256SUMS.
     Train {
@@ -133,6 +143,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Up { no_browser, port, setup_only } => setup::up(no_browser, port, setup_only),
+        Command::Kernel { evcxr, connection_file } => launcher::launch(&evcxr, &connection_file),
         Command::Test { notebook } => notebooks::test(notebook.as_deref()),
         Command::Student { force } => student::run(force),
         Command::Train { epochs, seed, adversarial, eps, steps, step_ratio, ramp_epochs, learning_rate, trial } => {

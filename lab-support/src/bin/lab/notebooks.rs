@@ -61,7 +61,8 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
             tally.failures.push(format!("{f} lab-support test(s)"));
         }
     }
-    ensure(&paths, false)?;
+    // With the kernel's seed built: the kernels of the tests below copy it.
+    ensure(&paths, true)?;
     let notebooks = list_notebooks(&paths.root.join("notebooks"))?;
     for nb in notebooks.iter().filter(|nb| filter.is_none_or(|f| nb.to_string_lossy().contains(f))) {
         let name = nb.strip_prefix(&paths.root).unwrap_or(nb).display().to_string();
@@ -78,6 +79,14 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
         eprintln!("==> kernel test: panics, errors and figures in a real evcxr kernel");
         let (seconds, problems) = timed(&crate::kernel_test::test)?;
         tally.record("kernel test".into(), seconds, "", &problems);
+    }
+    if filter.is_none_or(|f| f == "kernel") {
+        eprintln!("==> kernel test: two kernels started at the same moment, three times");
+        let (seconds, problems) = timed(&crate::kernel_test::concurrent)?;
+        tally.record("concurrent kernels test".into(), seconds, "", &problems);
+        eprintln!("==> kernel test: a path crate changed between two kernels is rebuilt");
+        let (seconds, problems) = timed(&crate::kernel_test::pickup)?;
+        tally.record("kernel pickup test".into(), seconds, "", &problems);
     }
     if filter.is_none_or(|f| f == "server") {
         eprintln!("==> server test: `cargo lab up` on a busy port and on --port 0, the token kept off command lines");
@@ -187,9 +196,9 @@ pub fn run_notebook(paths: &Paths, notebook: &Path) -> CliResult<Report> {
 }
 
 /// Runs the given code cells in a throwaway notebook under `.lab/` (used to warm the cache).
-pub fn run_cells(paths: &Paths, cells: &[&str]) -> CliResult<Report> {
+pub fn run_cells(paths: &Paths, cells: &[&str], env: &[(&str, &str)]) -> CliResult<Report> {
     let start = Instant::now();
-    let (executed, ok) = execute_cells(paths, "scratch", cells)?;
+    let (executed, ok) = execute_cells_with(paths, "scratch", cells, env)?;
     let mut problems = check_outputs(&executed, false);
     if !ok {
         problems.push("jupyter execute failed; see its output above".into());
@@ -200,6 +209,11 @@ pub fn run_cells(paths: &Paths, cells: &[&str]) -> CliResult<Report> {
 /// Executes code cells as the notebook `.lab/<name>/<name>.ipynb` and returns it executed, and
 /// whether `jupyter execute` succeeded. `"../lab-support"` in a cell becomes lab-support's path.
 pub fn execute_cells(paths: &Paths, name: &str, cells: &[&str]) -> CliResult<(Value, bool)> {
+    execute_cells_with(paths, name, cells, &[])
+}
+
+/// [`execute_cells`], with more environment for the kernel.
+pub fn execute_cells_with(paths: &Paths, name: &str, cells: &[&str], env: &[(&str, &str)]) -> CliResult<(Value, bool)> {
     let dir = paths.state.join(name);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let lab_support = paths.root.join("lab-support");
@@ -216,6 +230,7 @@ pub fn execute_cells(paths: &Paths, name: &str, cells: &[&str]) -> CliResult<(Va
     let mut cmd = Command::new(paths.venv_bin("jupyter"));
     cmd.args(["execute", "--inplace", "--allow-errors", "--timeout=1800", "--startup_timeout=120", "--kernel_name=rust"]).arg(&path).current_dir(&dir);
     paths.jupyter_env(&mut cmd);
+    cmd.envs(env.iter().copied());
     let status = cmd.status().map_err(|e| format!("could not run jupyter execute: {e}"))?;
     Ok((read_json(&path)?, status.success()))
 }

@@ -5,8 +5,8 @@
 //! 2. evcxr_jupyter 0.22, the Rust kernel, through `cargo install` (once per machine);
 //! 3. rust-src, which evcxr's completions need;
 //! 4. the `rust` kernel spec, written into the venv only, never the user's global Jupyter;
-//! 5. evcxr's build cache, warmed by running the first cell of a notebook, so that a student's
-//!    first `:dep lab-support` takes seconds.
+//! 5. the kernels' build seed (see `launcher`), built by running the first cell of a notebook,
+//!    so that a student's first `:dep lab-support` takes seconds.
 
 use crate::{repo_root, CliResult};
 use std::path::{Path, PathBuf};
@@ -183,17 +183,29 @@ fn ensure_rust_src(n: usize, total: usize) {
 /// panics instead of wrapping.
 const KERNEL_CARGO_ENV: [(&str, &str); 1] = [("CARGO_PROFILE_DEV_DEBUG_ASSERTIONS", "false")];
 
+/// See `write_kernel`.
+const KERNEL_CARGO_CONFIG: &str = "# Written by `cargo lab up`: the notebook kernels' builds (see the lab tool's launcher).\n[profile.dev.package.ctx]\nopt-level = 0\n";
+
 fn write_kernel(paths: &Paths, evcxr: &Path, n: usize, total: usize) -> CliResult<()> {
     step(n, total, "Registering the `rust` kernel in .venv/ (not in your global Jupyter)");
     let dir = paths.kernel_dir();
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let config = paths.evcxr_config();
     std::fs::create_dir_all(&config).map_err(|e| format!("{}: {e}", config.display()))?;
-    // Loaded at every kernel start: keep compiled dependencies (candle, plotters...) between
-    // kernels, so `:dep lab-support` recompiles only lab-support itself.
-    std::fs::write(config.join("init.evcxr"), ":cache 4096\n").map_err(|e| format!("{}: {e}", config.display()))?;
+    // Nothing at kernel start: builds are kept in the launcher's slots (see `launcher`), not in
+    // evcxr's `:cache`, which races between kernels and rebuilt lab-support every time.
+    std::fs::write(config.join("init.evcxr"), "").map_err(|e| format!("{}: {e}", config.display()))?;
+    let launcher = install_launcher(paths)?;
+    // Cargo reads this for every build in a slot (it looks in the folders above a crate): the
+    // crate evcxr makes of each cell, `ctx`, compiles without optimization. Measured on the
+    // kernel benchmark's small cells, a cell's rustc took 0.43 s at evcxr's level 2 and 0.25 s at
+    // 0; lab-support, candle and every other dependency stay optimized, which is where a
+    // notebook's heavy work runs (notebook 05 took 68 s instead of 91 s).
+    let cargo_config = crate::launcher::slots_dir(paths).join(".cargo");
+    std::fs::create_dir_all(&cargo_config).map_err(|e| format!("{}: {e}", cargo_config.display()))?;
+    std::fs::write(cargo_config.join("config.toml"), KERNEL_CARGO_CONFIG).map_err(|e| format!("{}: {e}", cargo_config.display()))?;
     let kernel = serde_json::json!({
-        "argv": [evcxr, "--control_file", "{connection_file}"],
+        "argv": [launcher, "kernel", "--evcxr", evcxr, "{connection_file}"],
         "display_name": "Rust (lab)",
         "language": "rust",
         "interrupt_mode": "message",
@@ -218,23 +230,62 @@ fn write_kernel(paths: &Paths, evcxr: &Path, n: usize, total: usize) -> CliResul
     std::fs::write(settings.join("overrides.json"), overrides.to_string()).map_err(|e| format!("{}: {e}", settings.display()))
 }
 
+/// A copy of this tool for the kernel spec to start, out of cargo's reach: a rebuild or a `cargo
+/// clean` must not pull it from under a running kernel. Copied then renamed, since a kernel may be
+/// running the old one.
+fn install_launcher(paths: &Paths) -> CliResult<PathBuf> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the lab tool's own binary: {e}"))?;
+    let bin = paths.state.join("bin");
+    std::fs::create_dir_all(&bin).map_err(|e| format!("cannot create {}: {e}", bin.display()))?;
+    let (target, partial) = (bin.join("lab"), bin.join("lab.partial"));
+    std::fs::copy(&exe, &partial).map_err(|e| format!("cannot copy {} to {}: {e}", exe.display(), partial.display()))?;
+    std::fs::rename(&partial, &target).map_err(|e| format!("cannot rename {}: {e}", partial.display()))?;
+    Ok(target)
+}
+
 fn warm_cache(paths: &Paths, n: usize, total: usize) -> CliResult<()> {
     let stamp = paths.state.join("warm.stamp");
-    // The cache is keyed by rustc's command line, which the kernel's cargo settings change.
-    let key = format!("{EVCXR_VERSION}\n{KERNEL_CARGO_ENV:?}\n{}", std::fs::read_to_string(paths.root.join("Cargo.lock")).unwrap_or_default());
+    let seed = crate::launcher::seed_dir(paths);
+    // What the seed's build depends on: evcxr, the kernel's cargo settings, the locked versions,
+    // lab-support's own files.
+    let mut key = format!("{EVCXR_VERSION}\n{KERNEL_CARGO_ENV:?}\n{}", std::fs::read_to_string(paths.root.join("Cargo.lock")).unwrap_or_default());
+    for file in files_under(&paths.root.join("lab-support")) {
+        key.push_str(&format!("\n{}\n", file.display()));
+        key.push_str(&String::from_utf8_lossy(&std::fs::read(&file).unwrap_or_default()));
+    }
     let key = lab_support::data::sha256_hex(key.as_bytes());
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(&key) {
-        step(n, total, "evcxr build cache: warm");
+    if seed.join("target").exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&key) {
+        step(n, total, "kernel build seed: ready");
         return Ok(());
     }
-    step(n, total, "Warming evcxr's build cache: compiling candle for notebooks (about 3 minutes, once)");
+    let what = if seed.join("target").exists() { "lab-support changed: rebuilding it for notebooks (about a minute)" } else { "Compiling candle and lab-support for notebooks (about 3 minutes, once)" };
+    step(n, total, what);
     let start = Instant::now();
-    let report = crate::notebooks::run_cells(paths, &[":dep lab-support = { path = \"../lab-support\" }\nuse lab_support::prelude::*;\nprintln!(\"ready\");"])?;
+    let cells = [":dep lab-support = { path = \"../lab-support\" }\nuse lab_support::prelude::*;\nprintln!(\"ready\");"];
+    let report = crate::notebooks::run_cells(paths, &cells, &[(crate::launcher::SLOT_ENV, "seed")])?;
     if !report.problems.is_empty() {
-        return Err(format!("warming the kernel failed:\n{}", report.problems.join("\n")));
+        return Err(format!("building the kernel's seed failed:\n{}", report.problems.join("\n")));
     }
-    eprintln!("    warmed in {:.0} s", start.elapsed().as_secs_f64());
+    eprintln!("    built in {:.0} s", start.elapsed().as_secs_f64());
     std::fs::write(&stamp, key).map_err(|e| format!("{}: {e}", stamp.display()))
+}
+
+/// Every file under `dir` but `target/`, sorted.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return files };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if entry.file_name() != "target" {
+                files.extend(files_under(&path));
+            }
+        } else {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
 }
 
 /// `cargo lab up`.

@@ -1,0 +1,140 @@
+//! `lab kernel`: what Jupyter starts for the lab's `rust` kernel, in front of evcxr_jupyter.
+//!
+//! evcxr compiles every cell with cargo in a build folder of its own. By default that folder is a
+//! fresh temporary one per kernel, so every kernel start rebuilt lab-support and linked candle
+//! again (16-21 s before the first cell answered), and evcxr's shared `:cache`, which was meant to
+//! save that, raced when two kernels started together ("Failed to wrap rustc", then "cannot find
+//! type `Classifier`" in every cell).
+//!
+//! The launcher gives each running kernel a build folder that outlives it, a *slot* under
+//! `.lab/kernels/`, held with a file lock for the kernel's whole life: the next kernel in that
+//! slot finds cargo's own `target/` there, and cargo's fingerprints decide what to rebuild (a
+//! changed lab-support is rebuilt; nothing else is). Two kernels never share a slot, so nothing
+//! races, and evcxr's `:cache` is not used at all. A slot that has never been used starts as a
+//! copy of `seed/`, which `cargo lab up` builds once; the lab's `Cargo.lock` pins the versions,
+//! the same ones its tests use.
+//!
+//! The lock is an `flock` on `slot-N.lock`, on a descriptor that evcxr_jupyter inherits when the
+//! launcher replaces itself with it (`exec`): the kernel holds it until its process ends, however
+//! it ends, and the system lets it go then.
+
+use crate::setup::Paths;
+use crate::CliResult;
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// How many kernels may run at once on one machine (one slot each).
+pub const SLOTS: usize = 32;
+/// Set (to `seed`) by `cargo lab up` to build the seed itself.
+pub const SLOT_ENV: &str = "LAB_KERNEL_SLOT";
+
+/// The folder that holds the slots.
+pub fn slots_dir(paths: &Paths) -> PathBuf {
+    paths.state.join("kernels")
+}
+
+/// The seed every new slot is copied from.
+pub fn seed_dir(paths: &Paths) -> PathBuf {
+    slots_dir(paths).join("seed")
+}
+
+/// Takes a slot and becomes evcxr_jupyter; returns only on failure.
+pub fn launch(evcxr: &Path, connection_file: &str) -> CliResult<()> {
+    let paths = Paths::new();
+    let dir = slots_dir(&paths);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let (slot, lock) = match std::env::var(SLOT_ENV).ok().as_deref() {
+        Some("seed") => {
+            let lock = try_lock(&dir.join("seed.lock"), libc::LOCK_EX)?.ok_or("the seed is locked")?;
+            (seed_dir(&paths), lock)
+        }
+        _ => free_slot(&dir)?,
+    };
+    prepare(&paths, &slot)?;
+    // The descriptor must survive `exec`: evcxr_jupyter holds the lock from here on.
+    unsafe {
+        let fd = lock.as_raw_fd();
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+            return Err(format!("cannot keep the lock on {}: {}", slot.display(), std::io::Error::last_os_error()));
+        }
+    }
+    eprintln!("lab kernel: building in {}", slot.display());
+    let error = Command::new(evcxr).arg("--control_file").arg(connection_file).env("EVCXR_TMPDIR", &slot).exec();
+    drop(lock);
+    Err(format!("cannot start {}: {error}", evcxr.display()))
+}
+
+/// The first slot no running kernel holds, locked.
+fn free_slot(dir: &Path) -> CliResult<(PathBuf, File)> {
+    for n in 0..SLOTS {
+        if let Some(lock) = try_lock(&dir.join(format!("slot-{n}.lock")), libc::LOCK_EX | libc::LOCK_NB)? {
+            return Ok((dir.join(format!("slot-{n}")), lock));
+        }
+    }
+    Err(format!(
+        "{SLOTS} lab kernels are already running on this machine (each holds a slot in {}); shut \
+         some down (Kernel > Shut Down Kernel in JupyterLab) and start this one again",
+        dir.display()
+    ))
+}
+
+/// Locks `path` (`flock` operation `mode`); `None` if another process holds it and `mode` has
+/// `LOCK_NB`.
+fn try_lock(path: &Path, mode: libc::c_int) -> CliResult<Option<File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    if unsafe { libc::flock(file.as_raw_fd(), mode) } == 0 {
+        return Ok(Some(file));
+    }
+    let error = std::io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(None)
+    } else {
+        Err(format!("cannot lock {}: {error}", path.display()))
+    }
+}
+
+/// A slot ready for evcxr: copied from the seed the first time, with the lab's `Cargo.lock`.
+fn prepare(paths: &Paths, slot: &Path) -> CliResult<()> {
+    let seed = seed_dir(paths);
+    if !slot.join("target").exists() && slot != seed && seed.join("target").exists() {
+        // Not while `cargo lab up` is building the seed (it holds the lock for that).
+        let Some(_seed_lock) = try_lock(&slots_dir(paths).join("seed.lock"), libc::LOCK_SH | libc::LOCK_NB)? else {
+            eprintln!("lab kernel: the seed is being built by `cargo lab up`; this kernel builds its slot from the start");
+            return finish(paths, slot);
+        };
+        // Into a temporary folder, renamed when whole: a copy cut short is never taken for a slot.
+        let partial = slot.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        let _ = std::fs::remove_dir_all(slot);
+        // `cp -a` keeps the files' times, which cargo's fingerprints compare.
+        let copied = Command::new("cp").arg("-a").arg(&seed).arg(&partial).status();
+        match copied {
+            Ok(status) if status.success() => {
+                std::fs::rename(&partial, slot).map_err(|e| format!("cannot rename {} to {}: {e}", partial.display(), slot.display()))?;
+            }
+            // A slot can still be built from nothing; it takes minutes instead of seconds.
+            _ => {
+                let _ = std::fs::remove_dir_all(&partial);
+                eprintln!("lab kernel: could not copy {}; this kernel builds its slot from the start", seed.display());
+            }
+        }
+    }
+    finish(paths, slot)
+}
+
+fn finish(paths: &Paths, slot: &Path) -> CliResult<()> {
+    std::fs::create_dir_all(slot).map_err(|e| format!("cannot create {}: {e}", slot.display()))?;
+    // The lab's own versions (candle, image, ...), the ones its tests use, resolved without asking
+    // the registry. Copied at every start, so a `git pull` that changes them is followed.
+    std::fs::copy(paths.root.join("Cargo.lock"), slot.join("Cargo.lock")).map_err(|e| format!("cannot copy Cargo.lock into {}: {e}", slot.display()))?;
+    Ok(())
+}
