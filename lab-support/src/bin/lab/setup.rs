@@ -259,7 +259,7 @@ fn warm_cache(paths: &Paths, n: usize, total: usize) -> CliResult<()> {
         step(n, total, "kernel build seed: ready");
         return Ok(());
     }
-    let what = if seed.join("target").exists() { "lab-support changed: rebuilding it for notebooks (about a minute)" } else { "Compiling candle and lab-support for notebooks (about 3 minutes, once)" };
+    let what = if seed.join("target").exists() { "lab-support changed: rebuilding it for notebooks (about 20 s)" } else { "Compiling candle and lab-support for notebooks (about 3 minutes, once)" };
     step(n, total, what);
     let start = Instant::now();
     let cells = [":dep lab-support = { path = \"../lab-support\" }\nuse lab_support::prelude::*;\nprintln!(\"ready\");"];
