@@ -5,19 +5,22 @@
 //! - `cargo lab test` runs the crate's tests and executes every notebook headless, failing on
 //!   any error or panic text, since evcxr reports those as successful cells.
 //! - `cargo lab student` writes the student notebooks from the solutions.
-//! - `cargo lab train` regenerates `data/models/lab-cnn.safetensors`.
-//! - `cargo lab bench` times the CNN's steps against PyTorch on the same weights.
+//! - `cargo lab train` regenerates `data/models/lab-cnn.safetensors`, `cargo lab eval` judges a
+//!   model, and `cargo lab bench` times the CNN's steps against PyTorch on the same weights: these
+//!   three need candle, and run lab-support's `lab-model` binary (see `model`).
+//!
+//! This tool does not depend on lab-support, so that it builds in seconds on a fresh machine and
+//! `cargo lab up` says what it is doing before anything heavy compiles.
 
-mod bench;
 mod browser;
 mod kernel_bench;
 mod kernel_test;
 mod launcher;
+mod model;
 mod notebooks;
 mod server;
 mod setup;
 mod student;
-mod train;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -27,7 +30,7 @@ use std::process::ExitCode;
 pub type CliResult<T> = Result<T, String>;
 
 #[derive(Parser)]
-#[command(name = "cargo lab", about = "Set up, open, test and retrain the adversarial-examples lab")]
+#[command(name = "cargo lab", bin_name = "cargo lab", about = "Set up, open, test and retrain the adversarial-examples lab")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,61 +82,25 @@ enum Command {
         /// Jupyter's connection file.
         connection_file: String,
     },
-    /// Retrain a shipped digit model and update data/models/ and data/SHA256SUMS.
+    /// Retrain a shipped digit model and update data/models/ and data/SHA256SUMS
+    /// (`cargo lab train --help` for its options).
+    #[command(disable_help_flag = true)]
     Train {
-        /// Epochs (default: 5 plain, 20 adversarial).
-        #[arg(long)]
-        epochs: Option<usize>,
-        #[arg(long, default_value_t = lab_support::train::TrainConfig::default().seed)]
-        seed: u64,
-        /// Adversarial training (PGD on every batch): writes lab-cnn-robust.safetensors.
-        #[arg(long)]
-        adversarial: bool,
-        /// Budget of adversarial training (L-inf).
-        #[arg(long, default_value_t = lab_support::train::AdversarialTraining::shipped().eps)]
-        eps: f32,
-        /// PGD steps per batch in adversarial training (1: FGSM from a random start).
-        #[arg(long, default_value_t = lab_support::train::AdversarialTraining::shipped().steps)]
-        steps: usize,
-        /// PGD step size as a fraction of eps.
-        #[arg(long, default_value_t = lab_support::train::AdversarialTraining::shipped().step_ratio)]
-        step_ratio: f32,
-        /// Epochs over which eps grows from 0.
-        #[arg(long, default_value_t = lab_support::train::AdversarialTraining::shipped().ramp_epochs)]
-        ramp_epochs: f32,
-        /// Adam's first learning rate.
-        #[arg(long, default_value_t = lab_support::train::TrainConfig::default().learning_rate)]
-        learning_rate: f64,
-        /// Train, report and save under target/train/ only: data/models/ stays as it is.
-        #[arg(long)]
-        trial: bool,
+        /// Passed on to lab-model (lab-support's binary).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
-    /// Judge a shipped model under the lab's strongest attack (PGD-100, 2 restarts, cross-entropy and
-    /// margin losses, worst case per digit) on the MNIST test digits.
+    /// Judge a shipped model under the lab's strongest attack (`cargo lab eval --help` for its
+    /// options).
+    #[command(disable_help_flag = true)]
     Eval {
-        /// `plain`, `robust`, or a path to a .safetensors file.
-        #[arg(long, default_value = "robust")]
-        model: String,
-        /// How many test digits (the first N).
-        #[arg(long, default_value_t = 10_000)]
-        images: usize,
-        /// L-inf budgets, comma-separated.
-        #[arg(long, default_value = "0.1,0.2,0.3", value_delimiter = ',')]
-        eps: Vec<f32>,
-        /// PGD steps per run.
-        #[arg(long, default_value_t = 100)]
-        steps: usize,
-        /// Random starts per loss.
-        #[arg(long, default_value_t = 2)]
-        restarts: usize,
-        /// Also run Square Attack, a black box, with this many queries per digit (0: not at all).
-        /// If it leaves fewer digits standing than PGD, the gradient misled PGD.
-        #[arg(long, default_value_t = 0)]
-        square: usize,
+        /// Passed on to lab-model (lab-support's binary).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
 }
 
-/// The repository root (lab-support's parent folder).
+/// The repository root (this crate's parent folder).
 pub fn repo_root() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     root.canonicalize().unwrap_or(root)
@@ -146,12 +113,9 @@ fn main() -> ExitCode {
         Command::Kernel { evcxr, connection_file } => launcher::launch(&evcxr, &connection_file),
         Command::Test { notebook } => notebooks::test(notebook.as_deref()),
         Command::Student { force } => student::run(force),
-        Command::Train { epochs, seed, adversarial, eps, steps, step_ratio, ramp_epochs, learning_rate, trial } => {
-            let adversarial = adversarial.then_some(lab_support::train::AdversarialTraining { eps, steps, step_ratio, ramp_epochs });
-            train::run(epochs, seed, adversarial, learning_rate, trial)
-        }
-        Command::Eval { model, images, eps, steps, restarts, square } => train::eval(&model, images, &eps, steps, restarts, square),
-        Command::Bench { sweep, kernel } => if kernel { kernel_bench::bench() } else { bench::bench(sweep) },
+        Command::Train { args } => model::forward("train", &args),
+        Command::Eval { args } => model::forward("eval", &args),
+        Command::Bench { sweep, kernel } => if kernel { kernel_bench::bench() } else { model::bench(sweep) },
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -162,3 +126,9 @@ fn main() -> ExitCode {
     }
 }
 
+
+/// The lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}

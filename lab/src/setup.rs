@@ -1,7 +1,7 @@
 //! `cargo lab up`: everything a fresh machine needs, each step skipped once done.
 //!
 //! 1. a Python venv in `.venv/` with JupyterLab and nbclient (pinned in
-//!    `lab-support/requirements-jupyter.txt`);
+//!    `lab/requirements-jupyter.txt`);
 //! 2. evcxr_jupyter 0.22, the Rust kernel, through `cargo install` (once per machine);
 //! 3. rust-src, which evcxr's completions need;
 //! 4. the `rust` kernel spec, written into the venv only, never the user's global Jupyter;
@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Instant;
 
 pub const EVCXR_VERSION: &str = "0.22.0";
-const REQUIREMENTS: &str = "lab-support/requirements-jupyter.txt";
+const REQUIREMENTS: &str = "lab/requirements-jupyter.txt";
 
 /// Where the lab keeps its local state.
 pub struct Paths {
@@ -254,7 +254,7 @@ fn warm_cache(paths: &Paths, n: usize, total: usize) -> CliResult<()> {
         key.push_str(&format!("\n{}\n", file.display()));
         key.push_str(&String::from_utf8_lossy(&std::fs::read(&file).unwrap_or_default()));
     }
-    let key = lab_support::data::sha256_hex(key.as_bytes());
+    let key = crate::sha256_hex(key.as_bytes());
     if seed.join("target").exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&key) {
         step(n, total, "kernel build seed: ready");
         return Ok(());

@@ -59,7 +59,7 @@ pub fn cells_hash(nb: &Value) -> String {
         .flatten()
         .map(|c| format!("{}\u{1f}{}", c["cell_type"].as_str().unwrap_or(""), source_text(c).trim_end()))
         .collect();
-    lab_support::data::sha256_hex(cells.join("\n\u{1e}\n").as_bytes())
+    crate::sha256_hex(cells.join("\n\u{1e}\n").as_bytes())
 }
 
 /// The student notebook for a solution notebook.

@@ -1,13 +1,12 @@
 //! `cargo lab bench`: lab-support's CNN steps timed side by side with PyTorch on the CPU.
 //!
 //! Both sides load the shipped weights and the same 100 test digits. The PyTorch side is
-//! `lab-support/bench/torch_ref.py`, run in the project venv, where the bench installs torch the
-//! first time (students never need it). Before timing, the bench checks that both sides compute
+//! `lab-support/bench/torch_ref.py`, run in the project venv, where the `lab` tool installs torch
+//! the first time (students never need it). Before timing, the bench checks that both sides compute
 //! the same logits and input gradients, and stops if they do not: a fast wrong answer counts for
 //! nothing. Then, for each case, it warms both sides up and alternates blocks of steps between
 //! them, so that the machine's load drifts onto both alike, and compares medians.
 
-use crate::setup::{ensure_venv, run, Paths};
 use crate::CliResult;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
@@ -21,7 +20,6 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
-const REQUIREMENTS: &str = "lab-support/bench/requirements-bench.txt";
 const SCRIPT: &str = "lab-support/bench/torch_ref.py";
 /// Digits both sides compute on.
 const IMAGES: usize = 100;
@@ -59,13 +57,13 @@ struct Torch {
 }
 
 impl Torch {
-    fn start(paths: &Paths) -> CliResult<Self> {
-        let mut child = Command::new(paths.venv_bin("python"))
-            .arg(paths.root.join(SCRIPT))
+    fn start(python: &Path) -> CliResult<Self> {
+        let mut child = Command::new(python)
+            .arg(crate::repo_root().join(SCRIPT))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("could not start {SCRIPT} with the venv's python: {e}"))?;
+            .map_err(|e| format!("could not start {SCRIPT} with {}: {e}", python.display()))?;
         let (stdin, stdout) = (child.stdin.take(), child.stdout.take());
         Ok(Torch { stdin: stdin.ok_or("no stdin for the PyTorch process")?, stdout: BufReader::new(stdout.ok_or("no stdout for the PyTorch process")?), child })
     }
@@ -87,18 +85,6 @@ impl Drop for Torch {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Installs torch into the project venv unless it is there.
-fn ensure_torch(paths: &Paths) -> CliResult<()> {
-    ensure_venv(paths, 1, 2)?;
-    let have = Command::new(paths.venv_bin("python")).args(["-c", "import torch, safetensors"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
-    if have {
-        eprintln!("==> [2/2] PyTorch in .venv/: ready");
-        return Ok(());
-    }
-    eprintln!("==> [2/2] Installing PyTorch into .venv/ for the bench only (a few GB with its CUDA libraries, 1-3 min, once)");
-    run(Command::new(paths.venv_bin("pip")).args(["install", "--disable-pip-version-check", "-q", "-r"]).arg(paths.root.join(REQUIREMENTS)), "pip install torch")
 }
 
 /// The shared inputs: 100 test digits, a target class for each (label + 1) and the labels.
@@ -213,15 +199,13 @@ fn sweep(model: &Classifier) -> CliResult<()> {
     Ok(())
 }
 
-pub fn bench(with_sweep: bool) -> CliResult<()> {
-    let paths = Paths::new();
-    ensure_torch(&paths)?;
-    let dir = paths.root.join("target/bench");
+pub fn bench(python: &Path, with_sweep: bool) -> CliResult<()> {
+    let dir = crate::repo_root().join("target/bench");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let inputs = dir.join("inputs.safetensors");
     let (images, targets, labels) = write_inputs(&inputs)?;
     let model = Classifier::pretrained().map_err(|e| e.to_string())?;
-    let mut torch = Torch::start(&paths)?;
+    let mut torch = Torch::start(python)?;
     let info = torch.ask(json!({"cmd": "load", "weights": data_dir().join(WEIGHTS_FILE), "inputs": inputs}))?;
     eprintln!(
         "lab-support on candle 0.11.1 ({} threads) against PyTorch {} ({} threads), {} cores",

@@ -112,9 +112,9 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
 
 /// Runs `cargo test` on the workspace and counts its results.
 fn cargo_tests(paths: &Paths) -> CliResult<(usize, usize)> {
-    eprintln!("==> cargo test (lab-support)");
+    eprintln!("==> cargo test (lab-support and the lab tool)");
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["test", "--release", "--workspace", "--features", "cli"])
+        .args(["test", "--release", "--workspace", "--features", "lab-support/cli"])
         .current_dir(&paths.root)
         .stderr(std::process::Stdio::inherit())
         .output()

@@ -1,7 +1,7 @@
 //! The browser test of `cargo lab test`: what a student sees, not only what the kernel returns.
 //!
 //! It starts JupyterLab with `cargo lab up --no-browser --port N`, opens a copy of each solution
-//! notebook in [`NOTEBOOKS`] in Debian's Chromium driven by Playwright (`lab-support/browser-test/`),
+//! notebook in [`NOTEBOOKS`] in Debian's Chromium driven by Playwright (`lab/browser-test/`),
 //! does Run All, and checks the rendered page: images decoded, SVG plots drawn, no error output,
 //! the check cells' PASS lines. A screenshot of each whole notebook lands in `target/browser-test/`.
 //! JupyterLab is shut down and the copy removed even when the test fails.
@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const TEST_DIR: &str = "lab-support/browser-test";
+const TEST_DIR: &str = "lab/browser-test";
 /// The notebooks it runs: the attack, and the defense.
 pub const NOTEBOOKS: [&str; 2] = ["notebooks/solutions/03-adversarial.ipynb", "notebooks/solutions/04-defense.ipynb"];
 /// Where the copy goes: inside JupyterLab's root (notebooks/), two levels deep like the original,

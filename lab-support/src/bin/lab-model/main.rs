@@ -1,0 +1,111 @@
+//! `lab-model`: the part of `cargo lab` that needs the model, and so candle: `train`, `eval` and
+//! `bench` (lab-support's side of it). The `lab` tool forwards those commands here, so that the
+//! tool itself builds in seconds; run them as `cargo lab train`, `cargo lab eval`, `cargo lab bench`.
+
+mod bench;
+mod train;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Errors of the command-line tool are plain sentences.
+pub type CliResult<T> = Result<T, String>;
+
+#[derive(Parser)]
+#[command(name = "cargo lab", bin_name = "cargo lab", about = "Retrain, judge and time the lab's digit models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Retrain a shipped digit model and update data/models/ and data/SHA256SUMS.
+    Train {
+        /// Epochs (default: 5 plain, 20 adversarial).
+        #[arg(long)]
+        epochs: Option<usize>,
+        #[arg(long, default_value_t = lab_support::train::TrainConfig::default().seed)]
+        seed: u64,
+        /// Adversarial training (PGD on every batch): writes lab-cnn-robust.safetensors.
+        #[arg(long)]
+        adversarial: bool,
+        /// Budget of adversarial training (L-inf).
+        #[arg(long, default_value_t = lab_support::train::AdversarialTraining::shipped().eps)]
+        eps: f32,
+        /// PGD steps per batch in adversarial training (1: FGSM from a random start).
+        #[arg(long, default_value_t = lab_support::train::AdversarialTraining::shipped().steps)]
+        steps: usize,
+        /// PGD step size as a fraction of eps.
+        #[arg(long, default_value_t = lab_support::train::AdversarialTraining::shipped().step_ratio)]
+        step_ratio: f32,
+        /// Epochs over which eps grows from 0.
+        #[arg(long, default_value_t = lab_support::train::AdversarialTraining::shipped().ramp_epochs)]
+        ramp_epochs: f32,
+        /// Adam's first learning rate.
+        #[arg(long, default_value_t = lab_support::train::TrainConfig::default().learning_rate)]
+        learning_rate: f64,
+        /// Train, report and save under target/train/ only: data/models/ stays as it is.
+        #[arg(long)]
+        trial: bool,
+    },
+    /// Judge a shipped model under the lab's strongest attack (PGD-100, 2 restarts, cross-entropy and
+    /// margin losses, worst case per digit) on the MNIST test digits.
+    Eval {
+        /// `plain`, `robust`, or a path to a .safetensors file.
+        #[arg(long, default_value = "robust")]
+        model: String,
+        /// How many test digits (the first N).
+        #[arg(long, default_value_t = 10_000)]
+        images: usize,
+        /// L-inf budgets, comma-separated.
+        #[arg(long, default_value = "0.1,0.2,0.3", value_delimiter = ',')]
+        eps: Vec<f32>,
+        /// PGD steps per run.
+        #[arg(long, default_value_t = 100)]
+        steps: usize,
+        /// Random starts per loss.
+        #[arg(long, default_value_t = 2)]
+        restarts: usize,
+        /// Also run Square Attack, a black box, with this many queries per digit (0: not at all).
+        /// If it leaves fewer digits standing than PGD, the gradient misled PGD.
+        #[arg(long, default_value_t = 0)]
+        square: usize,
+    },
+    /// Time input-gradient, forward and training steps against PyTorch (`cargo lab bench` installs
+    /// torch and passes its python).
+    Bench {
+        /// The python that has torch (the project venv's).
+        #[arg(long)]
+        python: PathBuf,
+        /// Also time a PGD-40 robustness sweep over all 10,000 test digits (a few minutes).
+        #[arg(long)]
+        sweep: bool,
+    },
+}
+
+/// The repository root (lab-support's parent folder).
+pub fn repo_root() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.canonicalize().unwrap_or(root)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Train { epochs, seed, adversarial, eps, steps, step_ratio, ramp_epochs, learning_rate, trial } => {
+            let adversarial = adversarial.then_some(lab_support::train::AdversarialTraining { eps, steps, step_ratio, ramp_epochs });
+            train::run(epochs, seed, adversarial, learning_rate, trial)
+        }
+        Command::Eval { model, images, eps, steps, restarts, square } => train::eval(&model, images, &eps, steps, restarts, square),
+        Command::Bench { python, sweep } => bench::bench(&python, sweep),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
