@@ -104,7 +104,11 @@ impl Verdict {
             escape_html(&self.message)
         );
         println!("EVCXR_BEGIN_CONTENT text/html\n{html}\nEVCXR_END_CONTENT");
-        println!("EVCXR_BEGIN_CONTENT text/plain\n{self}\nEVCXR_END_CONTENT");
+        println!("EVCXR_BEGIN_CONTENT text/plain\n{self}\nEVCXR_END_CONTENT");        // A check that did not pass also says so on stderr: an autograder (nbgrader) scores a cell
+        // by its errors and stderr, never by what it displays.
+        if !self.passed() {
+            eprintln!("{}", self.headline().trim_end_matches(':'));
+        }
     }
 
     fn headline(&self) -> String {

@@ -13,6 +13,7 @@
 //! `cargo lab up` says what it is doing before anything heavy compiles.
 
 mod browser;
+mod course;
 mod kernel_bench;
 mod kernel_test;
 mod launcher;
@@ -73,6 +74,22 @@ enum Command {
         #[arg(long)]
         kernel: bool,
     },
+    /// Make an nbgrader course of the lab (in course/): the solutions as its source, and
+    /// `nbgrader generate_assignment` for each notebook (installs nbgrader into .venv/).
+    Course {
+        /// The course folder.
+        #[arg(long, default_value = "course")]
+        dir: PathBuf,
+    },
+    /// Autograde every submission of an assignment (course/submitted/<student>/<assignment>/) with
+    /// `nbgrader autograde`, and print the scores.
+    Grade {
+        /// The assignment, such as 03-adversarial.
+        assignment: String,
+        /// The course folder.
+        #[arg(long, default_value = "course")]
+        dir: PathBuf,
+    },
     /// Start the notebook kernel (Jupyter runs this from the `rust` kernel spec; not for people).
     #[command(hide = true)]
     Kernel {
@@ -106,6 +123,11 @@ pub fn repo_root() -> PathBuf {
     root.canonicalize().unwrap_or(root)
 }
 
+/// A path given on the command line, relative to the repository root (where `cargo lab` runs).
+fn in_root(path: &std::path::Path) -> PathBuf {
+    repo_root().join(path)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
@@ -113,6 +135,8 @@ fn main() -> ExitCode {
         Command::Kernel { evcxr, connection_file } => launcher::launch(&evcxr, &connection_file),
         Command::Test { notebook } => notebooks::test(notebook.as_deref()),
         Command::Student { force } => student::run(force),
+        Command::Course { dir } => course::course(&setup::Paths::new(), &in_root(&dir)),
+        Command::Grade { assignment, dir } => course::grade(&setup::Paths::new(), &in_root(&dir), &assignment).map(|_| ()),
         Command::Train { args } => model::forward("train", &args),
         Command::Eval { args } => model::forward("eval", &args),
         Command::Bench { sweep, kernel } => if kernel { kernel_bench::bench() } else { model::bench(sweep) },

@@ -1,8 +1,10 @@
 //! `cargo lab student`: writes the student notebooks `notebooks/NN-*.ipynb` from the solutions in
 //! `notebooks/solutions/`.
 //!
-//! In a solution, the code between `// BEGIN SOLUTION: <what to write>` and `// END SOLUTION`
-//! becomes `todo!("<what to write>")`. Outputs are cleared and the prose is kept. Each student
+//! In a solution, the code between `// BEGIN SOLUTION` and `// END SOLUTION` becomes `todo!()`,
+//! exactly what nbgrader's `generate_assignment` writes with the lab's `ClearSolutions.code_stub`
+//! (see `course`); the task itself is a `// TODO: ...` comment above the region, which both keep.
+//! Outputs are cleared; the prose and the cells' metadata (nbgrader's included) are kept. Each student
 //! notebook records a hash of the cells it was generated with (code and markdown, their kinds and
 //! their order); a notebook whose cells no longer match that hash holds a student's work (code,
 //! notes, an added or deleted cell), and is never overwritten without `--force`.
@@ -15,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 const BEGIN: &str = "// BEGIN SOLUTION";
 const END: &str = "// END SOLUTION";
+/// What a solution region becomes; nbgrader's `ClearSolutions.code_stub` for Rust says the same.
+pub const CODE_STUB: &str = "todo!()";
 
 /// The student version of one code cell's source.
 pub fn student_source(src: &str) -> CliResult<String> {
@@ -22,11 +26,9 @@ pub fn student_source(src: &str) -> CliResult<String> {
     let mut lines = src.lines();
     while let Some(line) = lines.next() {
         let trimmed = line.trim_start();
-        if let Some(rest) = trimmed.strip_prefix(BEGIN) {
+        if trimmed.starts_with(BEGIN) {
             let indent = &line[..line.len() - trimmed.len()];
-            let hint = rest.trim_start_matches(':').trim();
-            let hint = if hint.is_empty() { "your code here" } else { hint };
-            out.push(format!("{indent}todo!({hint:?})"));
+            out.push(format!("{indent}{CODE_STUB}"));
             if !lines.by_ref().any(|l| l.trim_start().starts_with(END)) {
                 return Err(format!("a `{BEGIN}` has no `{END}` after it"));
             }
@@ -161,10 +163,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn solution_regions_become_todos_with_their_hint() {
-        let src = ":dep lab-support = { path = \"../../lab-support\" }\nfn f() -> u32 {\n    // BEGIN SOLUTION: return \"42\"\n    42\n    // END SOLUTION\n}";
+    fn solution_regions_become_todos() {
+        let src = ":dep lab-support = { path = \"../../lab-support\" }\nfn f() -> u32 {\n    // TODO: return 42\n    // BEGIN SOLUTION\n    42\n    // END SOLUTION\n}";
         let out = student_source(src).unwrap();
-        assert_eq!(out, ":dep lab-support = { path = \"../lab-support\" }\nfn f() -> u32 {\n    todo!(\"return \\\"42\\\"\")\n}");
+        assert_eq!(out, ":dep lab-support = { path = \"../lab-support\" }\nfn f() -> u32 {\n    // TODO: return 42\n    todo!()\n}");
         assert!(student_source("// BEGIN SOLUTION\nx").unwrap_err().contains("no `// END SOLUTION`"));
         assert!(student_source("x\n// END SOLUTION").unwrap_err().contains("no `// BEGIN SOLUTION`"));
     }
