@@ -70,8 +70,14 @@ fn ensure_chromium() -> CliResult<()> {
 /// `npm ci` in the test's folder, again only when the lockfile changed; Node.js and npm from
 /// Debian first when they are missing.
 fn ensure_playwright(root: &Path) -> CliResult<()> {
-    let dir = root.join(TEST_DIR);
-    let lock = std::fs::read_to_string(dir.join("package-lock.json")).map_err(|e| format!("{TEST_DIR}/package-lock.json: {e}"))?;
+    npm_ci(root, TEST_DIR, "Playwright for the browser test")
+}
+
+/// `npm ci` in `rel_dir` (with its committed lockfile), again only when the lockfile changed;
+/// Node.js and npm from Debian first when they are missing (as root only).
+pub fn npm_ci(root: &Path, rel_dir: &str, what: &str) -> CliResult<()> {
+    let dir = root.join(rel_dir);
+    let lock = std::fs::read_to_string(dir.join("package-lock.json")).map_err(|e| format!("{rel_dir}/package-lock.json: {e}"))?;
     let stamp = dir.join("node_modules/.lab-lock");
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(lock.as_str()) {
         return Ok(());
@@ -79,9 +85,10 @@ fn ensure_playwright(root: &Path) -> CliResult<()> {
     let has = |tool: &str| output_of(Command::new(tool).arg("--version")).is_some();
     if !has("node") || !has("npm") {
         if !is_root() {
-            return Err("Node.js and npm were not found; the browser test needs them. Install them \
-                        (Debian/Ubuntu: `sudo apt-get install nodejs npm`), then run `cargo lab test` again"
-                .into());
+            return Err(format!(
+                "Node.js and npm were not found; {what} needs them. Install them \
+                 (Debian/Ubuntu: `sudo apt-get install nodejs npm`), then try again"
+            ));
         }
         apt_install(&["nodejs", "npm"], "Node.js and npm")?;
     }
@@ -90,12 +97,12 @@ fn ensure_playwright(root: &Path) -> CliResult<()> {
     let major: u32 = version.trim().trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
     if major < 20 {
         return Err(format!(
-            "Node.js {} is too old for the browser test: Playwright needs Node.js 20 or newer. Install a newer \
-             Node.js (for example from your distribution's backports or NodeSource), then run `cargo lab test` again",
+            "Node.js {} is too old for {what}: it needs Node.js 20 or newer. Install a newer \
+             Node.js (for example from your distribution's backports or NodeSource), then try again",
             version.trim()
         ));
     }
-    eprintln!("==> Installing Playwright for the browser test (npm ci in {TEST_DIR})");
+    eprintln!("==> Installing {what} (npm ci in {rel_dir})");
     run(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(&dir), "npm ci")?;
     std::fs::write(&stamp, lock).map_err(|e| format!("{}: {e}", stamp.display()))
 }

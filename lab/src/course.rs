@@ -206,11 +206,11 @@ pub fn filled_in(student: &Value, solution: &Value) -> CliResult<Value> {
     Ok(nb)
 }
 
-fn read_notebook(path: &Path) -> CliResult<Value> {
+pub fn read_notebook(path: &Path) -> CliResult<Value> {
     serde_json::from_str(&std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn write_notebook(path: &Path, nb: &Value) -> CliResult<()> {
+pub fn write_notebook(path: &Path, nb: &Value) -> CliResult<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }

@@ -14,6 +14,7 @@
 
 mod browser;
 mod course;
+mod hub;
 mod kernel_bench;
 mod kernel_test;
 mod launcher;
@@ -73,6 +74,22 @@ enum Command {
         /// kernels started together (about 3 minutes).
         #[arg(long)]
         kernel: bool,
+    },
+    /// Start a JupyterHub for a room on this machine: each student logs in with their name and the
+    /// room's password and gets their own copy of the notebooks (Ctrl-C stops it).
+    Hub {
+        /// The students' names, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        users: Vec<String>,
+        /// A file with one student name per line (added to --users).
+        #[arg(long)]
+        users_file: Option<PathBuf>,
+        /// The address to listen on; the default lets in this machine only.
+        #[arg(long, default_value = "127.0.0.1")]
+        ip: String,
+        /// The port (the hub also uses the next two, on 127.0.0.1).
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
     },
     /// Make an nbgrader course of the lab (in course/): the solutions as its source, and
     /// `nbgrader generate_assignment` for each notebook (installs nbgrader into .venv/).
@@ -135,6 +152,13 @@ fn main() -> ExitCode {
         Command::Kernel { evcxr, connection_file } => launcher::launch(&evcxr, &connection_file),
         Command::Test { notebook } => notebooks::test(notebook.as_deref()),
         Command::Student { force } => student::run(force),
+        Command::Hub { mut users, users_file, ip, port } => (|| {
+            if let Some(file) = users_file {
+                let text = std::fs::read_to_string(in_root(&file)).map_err(|e| format!("{}: {e}", file.display()))?;
+                users.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
+            }
+            hub::serve(users, ip, port)
+        })(),
         Command::Course { dir } => course::course(&setup::Paths::new(), &in_root(&dir)),
         Command::Grade { assignment, dir } => course::grade(&setup::Paths::new(), &in_root(&dir), &assignment).map(|_| ()),
         Command::Train { args } => model::forward("train", &args),

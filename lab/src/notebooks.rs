@@ -75,20 +75,10 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
         let problems = test(&paths)?;
         Ok((start.elapsed().as_secs_f64(), problems))
     };
-    if filter.is_none_or(|f| f == "grading") {
-        eprintln!("==> grading test: nbgrader generate_assignment, then autograde a solved and an untouched {}", crate::course::TEST_ASSIGNMENT);
-        let (seconds, problems) = timed(&crate::course::test)?;
-        tally.record("grading test".into(), seconds, "", &problems);
-    }
     if filter.is_none_or(|f| f == "kernel") {
         eprintln!("==> kernel test: panics, errors and figures in a real evcxr kernel");
         let (seconds, problems) = timed(&crate::kernel_test::test)?;
         tally.record("kernel test".into(), seconds, "", &problems);
-    }
-    if filter.is_none_or(|f| f == "grading") {
-        eprintln!("==> grading test: nbgrader generate_assignment, then autograde a solved and an untouched {}", crate::course::TEST_ASSIGNMENT);
-        let (seconds, problems) = timed(&crate::course::test)?;
-        tally.record("grading test".into(), seconds, "", &problems);
     }
     if filter.is_none_or(|f| f == "kernel") {
         eprintln!("==> kernel test: two kernels started at the same moment, three times");
@@ -97,6 +87,16 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
         eprintln!("==> kernel test: a path crate changed between two kernels is rebuilt");
         let (seconds, problems) = timed(&crate::kernel_test::pickup)?;
         tally.record("kernel pickup test".into(), seconds, "", &problems);
+    }
+    if filter.is_none_or(|f| f == "hub") {
+        eprintln!("==> hub test: {} students run {} at once through a real JupyterHub", crate::hub::TEST_USERS, "notebook 03");
+        let (seconds, problems) = timed(&crate::hub::test)?;
+        tally.record("hub test".into(), seconds, " (log: target/hub-test.log)", &problems);
+    }
+    if filter.is_none_or(|f| f == "grading") {
+        eprintln!("==> grading test: nbgrader generate_assignment, then autograde a solved and an untouched {}", crate::course::TEST_ASSIGNMENT);
+        let (seconds, problems) = timed(&crate::course::test)?;
+        tally.record("grading test".into(), seconds, "", &problems);
     }
     if filter.is_none_or(|f| f == "server") {
         eprintln!("==> server test: `cargo lab up` on a busy port and on --port 0, the token kept off command lines");
