@@ -605,17 +605,18 @@ pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
         report.push_str(&format!("  {u}: notebook {s:.0} s; peak memory: kernel {} MB, server {} MB\n", k / 1024, srv / 1024));
     }
     eprint!("{report}");
-    let mut log_file = std::fs::OpenOptions::new().append(true).open(&log).map_err(|e| e.to_string())?;
-    let _ = writeln!(log_file, "\n==== cargo lab test (hub) ====\n{report}");
-    for line in serde_json::to_string(&json!({"users": users.len(), "cores": cores, "wall_s": wall, "busy_core_s": busy, "notebook_s": seconds.iter().map(|(_, s)| *s).collect::<Vec<_>>(), "kernel_peak_mb": peaks.values().map(|p| p.0 / 1024).collect::<Vec<_>>(), "server_peak_mb": peaks.values().map(|p| p.1 / 1024).collect::<Vec<_>>()})).into_iter() {
-        let _ = writeln!(log_file, "{line}");
-    }
     let mut hub = hub;
     let stopping = Instant::now();
     let left = hub.stop();
     eprintln!("  the hub and every server stopped in {:.0} s", stopping.elapsed().as_secs_f64());
     if !left.is_empty() {
         problems.push(format!("still running after the hub stopped, killed: {}", left.join(", ")));
+    }
+    // After the hub has exited: it writes the same file.
+    let mut log_file = std::fs::OpenOptions::new().append(true).open(&log).map_err(|e| e.to_string())?;
+    let _ = writeln!(log_file, "\n==== cargo lab test (hub) ====\n{report}");
+    for line in serde_json::to_string(&json!({"users": users.len(), "cores": cores, "wall_s": wall, "busy_core_s": busy, "notebook_s": seconds.iter().map(|(_, s)| *s).collect::<Vec<_>>(), "kernel_peak_mb": peaks.values().map(|p| p.0 / 1024).collect::<Vec<_>>(), "server_peak_mb": peaks.values().map(|p| p.1 / 1024).collect::<Vec<_>>()})).into_iter() {
+        let _ = writeln!(log_file, "{line}");
     }
     Ok(problems)
 }
