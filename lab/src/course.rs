@@ -206,10 +206,6 @@ pub fn filled_in(student: &Value, solution: &Value) -> CliResult<Value> {
     Ok(nb)
 }
 
-pub fn read_notebook(path: &Path) -> CliResult<Value> {
-    serde_json::from_str(&std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?).map_err(|e| format!("{}: {e}", path.display()))
-}
-
 pub fn write_notebook(path: &Path, nb: &Value) -> CliResult<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -233,7 +229,7 @@ pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
         nb["cells"].as_array().into_iter().flatten().map(|c| (c["cell_type"].as_str().unwrap_or("").to_string(), source_text(c))).collect()
     };
     for (name, solution) in assignments(paths)? {
-        let released = read_notebook(&course_dir.join("release").join(&name).join(format!("{name}.ipynb")))?;
+        let released = crate::notebooks::read_json(&course_dir.join("release").join(&name).join(format!("{name}.ipynb")))?;
         let ours: Value = serde_json::from_str(&crate::student::expected_text(&solution)?).map_err(|e| e.to_string())?;
         let (theirs, ours) = (cells(&released), cells(&ours));
         if theirs != ours {
@@ -242,10 +238,10 @@ pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
         }
     }
     let a = TEST_ASSIGNMENT;
-    let solution = read_notebook(&paths.root.join("notebooks/solutions").join(format!("{a}.ipynb")))?;
+    let solution = crate::notebooks::read_json(&paths.root.join("notebooks/solutions").join(format!("{a}.ipynb")))?;
     let student: Value = serde_json::from_str(&crate::student::expected_text(&paths.root.join("notebooks/solutions").join(format!("{a}.ipynb")))?)
         .map_err(|e| e.to_string())?;
-    let released = read_notebook(&course_dir.join("release").join(a).join(format!("{a}.ipynb")))?;
+    let released = crate::notebooks::read_json(&course_dir.join("release").join(a).join(format!("{a}.ipynb")))?;
     write_notebook(&course_dir.join("submitted/solved").join(a).join(format!("{a}.ipynb")), &filled_in(&student, &solution)?)?;
     write_notebook(&course_dir.join("submitted/untouched").join(a).join(format!("{a}.ipynb")), &released)?;
     let scores = grade(paths, &course_dir, a)?;

@@ -22,7 +22,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-
 use std::time::{Duration, Instant};
 
 const PROXY_DIR: &str = "lab/hub";
@@ -503,8 +502,8 @@ pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
         .ok_or("no three free ports in a row on 127.0.0.1")?;
     let hub = Hub::start(paths, &HubSetup { dir: dir.clone(), users: users.clone(), ip: "127.0.0.1".into(), port }, &log)?;
     let mut problems = Vec::new();
-    let solution = crate::course::read_notebook(&paths.root.join(format!("notebooks/solutions/{TEST_NOTEBOOK}.ipynb")))?;
-    let student = crate::course::read_notebook(&paths.root.join(format!("notebooks/{TEST_NOTEBOOK}.ipynb")))?;
+    let solution = crate::notebooks::read_json(&paths.root.join(format!("notebooks/solutions/{TEST_NOTEBOOK}.ipynb")))?;
+    let student = crate::notebooks::read_json(&paths.root.join(format!("notebooks/{TEST_NOTEBOOK}.ipynb")))?;
     let filled = crate::course::filled_in(&student, &solution)?;
     // Log in (the hub's token API with name and password, as a script of a student would) and start.
     let mut tokens = HashMap::new();
@@ -615,8 +614,6 @@ pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
     // After the hub has exited: it writes the same file.
     let mut log_file = std::fs::OpenOptions::new().append(true).open(&log).map_err(|e| e.to_string())?;
     let _ = writeln!(log_file, "\n==== cargo lab test (hub) ====\n{report}");
-    for line in serde_json::to_string(&json!({"users": users.len(), "cores": cores, "wall_s": wall, "busy_core_s": busy, "notebook_s": seconds.iter().map(|(_, s)| *s).collect::<Vec<_>>(), "kernel_peak_mb": peaks.values().map(|p| p.0 / 1024).collect::<Vec<_>>(), "server_peak_mb": peaks.values().map(|p| p.1 / 1024).collect::<Vec<_>>()})).into_iter() {
-        let _ = writeln!(log_file, "{line}");
-    }
+    let _ = writeln!(log_file, "{}", json!({"users": users.len(), "cores": cores, "wall_s": wall, "busy_core_s": busy, "notebook_s": seconds.iter().map(|(_, s)| *s).collect::<Vec<_>>(), "kernel_peak_mb": peaks.values().map(|p| p.0 / 1024).collect::<Vec<_>>(), "server_peak_mb": peaks.values().map(|p| p.1 / 1024).collect::<Vec<_>>()}));
     Ok(problems)
 }

@@ -253,7 +253,7 @@ pub fn kernel_metadata() -> Value {
     })
 }
 
-fn read_json(path: &Path) -> CliResult<Value> {
+pub fn read_json(path: &Path) -> CliResult<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     serde_json::from_str(&text).map_err(|e| format!("{} is not valid notebook JSON: {e}", path.display()))
 }
