@@ -143,6 +143,9 @@ c.Spawner.environment = {{
     "CARGO_HOME": {cargo_home},
     "RUSTUP_HOME": {rustup_home},
     "LAB_HUB_ID": os.environ["LAB_HUB_ID"],
+    # A warm spare kernel per server (lab/kernel-pool/) only when the instructor asks for one
+    # (LAB_SPARE_KERNEL=1 cargo lab hub): it holds about one more kernel's memory per student.
+    "LAB_SPARE_KERNEL": "{spare}",
 }}
 "#,
         ip = setup.ip,
@@ -159,6 +162,7 @@ c.Spawner.environment = {{
         venv = py(&paths.venv.display().to_string()),
         cargo_home = py(&cargo_home),
         rustup_home = py(&rustup_home),
+        spare = if std::env::var(crate::server::SPARE_ENV).as_deref() == Ok("1") { "1" } else { "0" },
     )
 }
 
@@ -332,7 +336,7 @@ fn dechunk(mut s: &str) -> String {
 }
 
 /// Processes whose environment holds `needle` (`KEY=value`), with their environment.
-fn processes_with(needle: &str) -> Vec<(i32, Vec<String>)> {
+pub fn processes_with(needle: &str) -> Vec<(i32, Vec<String>)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
@@ -384,31 +388,42 @@ extern "C" fn on_interrupt(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-/// A kernel of a user's server, driven over its websocket as JupyterLab does.
-struct RemoteKernel {
+/// A kernel of a Jupyter server, driven over its websocket as JupyterLab does. `base` is the
+/// server's URL prefix: `/user/<name>` behind the hub, empty for `cargo lab up`'s JupyterLab.
+pub struct RemoteKernel {
     ws: tungstenite::WebSocket<TcpStream>,
     session: String,
+    pub id: String,
 }
 
 impl RemoteKernel {
     /// Opens a notebook session (the kernel starts in the notebook's folder) and its channels.
-    fn open(port: u16, user: &str, token: &str, notebook: &str) -> CliResult<RemoteKernel> {
+    pub fn open(port: u16, base: &str, token: &str, notebook: &str) -> CliResult<RemoteKernel> {
         let body = json!({"path": notebook, "type": "notebook", "name": "", "kernel": {"name": "rust"}});
-        let (status, session) = request(port, "POST", &format!("/user/{user}/api/sessions"), Some(token), Some(&body))?;
-        let kernel = session["kernel"]["id"].as_str().ok_or_else(|| format!("{user}: no kernel from POST /api/sessions ({status}): {session}"))?;
+        let (status, session) = request(port, "POST", &format!("{base}/api/sessions"), Some(token), Some(&body))?;
+        let kernel = session["kernel"]["id"].as_str().ok_or_else(|| format!("{base}: no kernel from POST /api/sessions ({status}): {session}"))?;
+        RemoteKernel::connect(port, base, token, kernel)
+    }
+
+    /// Opens the channels of a running kernel (after a restart too, as JupyterLab reconnects then).
+    pub fn connect(port: u16, base: &str, token: &str, kernel: &str) -> CliResult<RemoteKernel> {
         let session_id = random_token()?;
-        let url = format!("ws://127.0.0.1:{port}/user/{user}/api/kernels/{kernel}/channels?session_id={session_id}");
+        let url = format!("ws://127.0.0.1:{port}{base}/api/kernels/{kernel}/channels?session_id={session_id}");
         use tungstenite::client::IntoClientRequest;
         let mut req = url.as_str().into_client_request().map_err(|e| e.to_string())?;
         req.headers_mut().insert("Authorization", format!("token {token}").parse().map_err(|_| "bad token".to_string())?);
         let stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
         stream.set_read_timeout(Some(Duration::from_secs(1200))).map_err(|e| e.to_string())?;
-        let (ws, _) = tungstenite::client(req, stream).map_err(|e| format!("{user}: kernel websocket: {e}"))?;
-        Ok(RemoteKernel { ws, session: session_id })
+        let (ws, _) = tungstenite::client(req, stream).map_err(|e| format!("{base}: kernel websocket: {e}"))?;
+        Ok(RemoteKernel { ws, session: session_id, id: kernel.to_string() })
+    }
+
+    pub fn close(mut self) {
+        let _ = self.ws.close(None);
     }
 
     /// Runs one cell and returns its outputs in notebook form, and its execution count.
-    fn execute(&mut self, code: &str) -> CliResult<(Vec<Value>, Value)> {
+    pub fn execute(&mut self, code: &str) -> CliResult<(Vec<Value>, Value)> {
         let msg_id = random_token()?;
         let msg = json!({
             "header": {"msg_id": msg_id, "username": "lab", "session": self.session, "msg_type": "execute_request", "version": "5.3"},
@@ -450,20 +465,20 @@ impl RemoteKernel {
 /// One user's run of a notebook through the hub: the executed notebook and its wall time.
 fn run_through_hub(port: u16, user: &str, token: &str, notebook_rel: &str, nb: &Value) -> CliResult<(Value, f64)> {
     let start = Instant::now();
-    let mut kernel = RemoteKernel::open(port, user, token, notebook_rel)?;
+    let mut kernel = RemoteKernel::open(port, &format!("/user/{user}"), token, notebook_rel)?;
     let mut executed = nb.clone();
     for cell in executed["cells"].as_array_mut().into_iter().flatten().filter(|c| c["cell_type"] == "code") {
         let (outputs, count) = kernel.execute(&source_text(cell))?;
         cell["outputs"] = Value::Array(outputs);
         cell["execution_count"] = count;
     }
-    let _ = kernel.ws.close(None);
+    kernel.close();
     Ok((executed, start.elapsed().as_secs_f64()))
 }
 
 /// Memory (kB) of a process, from /proc: its proportional set size (shared pages divided among
 /// the processes that share them, so that a sum over processes counts each page once).
-fn pss_kb(pid: i32) -> u64 {
+pub fn pss_kb(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("Pss:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))

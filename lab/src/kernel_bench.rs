@@ -8,14 +8,13 @@
 //! (from the cell's start to its end, as Jupyter saw them).
 
 use crate::notebooks::{check_outputs, execute_cells};
+use crate::spare::{DEP, LOAD};
 use crate::setup::{ensure, Paths};
 use crate::CliResult;
 use serde_json::{json, Value};
 
 /// Pairs of kernels started together.
 const PAIRS: usize = 3;
-const DEP: &str = ":dep lab-support = { path = \"../lab-support\" }\nuse lab_support::prelude::*;";
-const LOAD: &str = "let model = Classifier::pretrained()?;\nlet test = mnist::test()?;";
 const SMALL: [&str; 4] = [
     "let a = 1 + 2;\na",
     "let (x, label) = test.get(0)?;\nmodel.predict(&x)?[0].class",
@@ -44,6 +43,7 @@ pub fn bench() -> CliResult<()> {
         println!("{}", json!({"figure": "small_cell_median_s", "run": run, "seconds": round(median(&small)), "goal": 0.5}));
         println!("{}", json!({"figure": "small_cell_max_s", "run": run, "seconds": round(small[small.len() - 1]), "goal": 1.5}));
     }
+    crate::spare::bench(&cells, 2)?;
     for pair in 1..=PAIRS {
         eprintln!("==> two kernels started at the same moment, {pair} of {PAIRS}");
         let both: Vec<CliResult<(Value, bool)>> = std::thread::scope(|s| {
@@ -67,11 +67,11 @@ pub fn bench() -> CliResult<()> {
     Ok(())
 }
 
-fn round(s: f64) -> f64 {
+pub fn round(s: f64) -> f64 {
     (s * 100.0).round() / 100.0
 }
 
-fn median(sorted: &[f64]) -> f64 {
+pub fn median(sorted: &[f64]) -> f64 {
     match sorted.len() {
         0 => f64::NAN,
         n if n % 2 == 1 => sorted[n / 2],

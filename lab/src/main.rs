@@ -22,6 +22,7 @@ mod model;
 mod notebooks;
 mod server;
 mod setup;
+mod spare;
 mod student;
 
 use clap::{Parser, Subcommand};

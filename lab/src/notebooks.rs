@@ -88,6 +88,11 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
         let (seconds, problems) = timed(&crate::kernel_test::pickup)?;
         tally.record("kernel pickup test".into(), seconds, "", &problems);
     }
+    if filter.is_none_or(|f| f == "spare") {
+        eprintln!("==> spare kernel test: a restart in `cargo lab up`'s JupyterLab gets the warm spare, fresh and working");
+        let (seconds, problems) = timed(&crate::spare::test)?;
+        tally.record("spare kernel test".into(), seconds, "", &problems);
+    }
     if filter.is_none_or(|f| f == "hub") {
         eprintln!("==> hub test: {} students run {} at once through a real JupyterHub", crate::hub::TEST_USERS, "notebook 03");
         let (seconds, problems) = timed(&crate::hub::test)?;

@@ -17,6 +17,9 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+/// Set to 1 in JupyterLab's environment, the lab's kernel provisioner keeps a warm spare kernel.
+pub const SPARE_ENV: &str = "LAB_SPARE_KERNEL";
+
 /// How long JupyterLab may take to bind its port.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -45,6 +48,10 @@ pub fn serve(paths: &Paths, port: u16, no_browser: bool) -> CliResult<()> {
         cmd.arg("--allow-root");
     }
     paths.jupyter_env(&mut cmd);
+    // A warm spare kernel, so that a kernel start or restart answers at once (lab/kernel-pool/).
+    // It holds about one more kernel's memory; LAB_SPARE_KERNEL=0 turns it off.
+    let spares = std::env::var(SPARE_ENV).as_deref() != Ok("0");
+    cmd.env(SPARE_ENV, if spares { "1" } else { "0" });
     let mut child = cmd.spawn().map_err(|e| format!("could not start JupyterLab: {e}"))?;
     // Ctrl-C reaches JupyterLab too, which asks whether to shut down; this process waits for it
     // instead of dying and leaving JupyterLab behind on the terminal.
@@ -58,6 +65,9 @@ pub fn serve(paths: &Paths, port: u16, no_browser: bool) -> CliResult<()> {
         }
     };
     println!("\nJupyterLab: http://127.0.0.1:{bound}/lab?token={token}\n(stop it with Ctrl-C)\n");
+    if spares {
+        println!("After each kernel start a spare kernel warms up in the background, so that a restart answers at once; it holds about one more kernel's memory (LAB_SPARE_KERNEL=0 turns it off).\n");
+    }
     let status = child.wait().map_err(|e| format!("waiting for JupyterLab: {e}"))?;
     if !status.success() && status.code().is_some() {
         return Err(format!("JupyterLab stopped with {status}; see its output above"));

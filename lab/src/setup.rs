@@ -1,7 +1,7 @@
 //! `cargo lab up`: everything a fresh machine needs, each step skipped once done.
 //!
 //! 1. a Python venv in `.venv/` with JupyterLab and nbclient (pinned in
-//!    `lab/requirements-jupyter.txt`);
+//!    `lab/requirements-jupyter.txt`) and the lab's kernel provisioner (`lab/kernel-pool/`);
 //! 2. evcxr_jupyter 0.22, the Rust kernel, through `cargo install` (once per machine);
 //! 3. rust-src, which evcxr's completions need;
 //! 4. the `rust` kernel spec, written into the venv only, never the user's global Jupyter;
@@ -15,6 +15,8 @@ use std::time::Instant;
 
 pub const EVCXR_VERSION: &str = "0.22.0";
 const REQUIREMENTS: &str = "lab/requirements-jupyter.txt";
+/// The lab's kernel provisioner (a warm spare kernel), a small Python package of its own.
+const KERNEL_POOL: &str = "lab/kernel-pool";
 
 /// Where the lab keeps its local state.
 pub struct Paths {
@@ -46,6 +48,9 @@ impl Paths {
     pub fn jupyter_env(&self, cmd: &mut Command) {
         // The venv's kernels come before a user's own `rust` kernel, if they have one.
         cmd.env("JUPYTER_PREFER_ENV_PATH", "1").env("VIRTUAL_ENV", &self.venv);
+        // Spare kernels only where a command asks for them (`cargo lab up`; see `server`), never
+        // in `jupyter execute` or nbgrader because a shell happened to export the variable.
+        cmd.env_remove(crate::server::SPARE_ENV);
         let path = std::env::var_os("PATH").unwrap_or_default();
         let mut dirs = vec![self.venv.join("bin")];
         dirs.extend(std::env::split_paths(&path));
@@ -93,7 +98,12 @@ fn python() -> String {
 }
 
 pub fn ensure_venv(paths: &Paths, n: usize, total: usize) -> CliResult<()> {
-    let requirements = std::fs::read_to_string(paths.root.join(REQUIREMENTS)).map_err(|e| format!("{REQUIREMENTS}: {e}"))?;
+    let mut requirements = std::fs::read_to_string(paths.root.join(REQUIREMENTS)).map_err(|e| format!("{REQUIREMENTS}: {e}"))?;
+    // The provisioner's own files are part of what the stamp stands for: a change reinstalls it.
+    for file in ["pyproject.toml", "lab_kernel_pool.py"].map(|f| paths.root.join(KERNEL_POOL).join(f)) {
+        requirements.push_str(&format!("\n# {}\n", file.display()));
+        requirements.push_str(&String::from_utf8_lossy(&std::fs::read(&file).unwrap_or_default()));
+    }
     let stamp = paths.venv.join(".lab-requirements");
     if paths.venv_bin("python").exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&requirements) {
         step(n, total, "Python venv with JupyterLab: ready");
@@ -122,10 +132,16 @@ pub fn ensure_venv(paths: &Paths, n: usize, total: usize) -> CliResult<()> {
             ));
         }
     }
-    step(n, total, "Installing JupyterLab and nbclient into .venv/ (about 30 s, once)");
+    step(n, total, "Installing JupyterLab, nbclient and the lab's kernel provisioner into .venv/ (about 30 s, once)");
     run(
         Command::new(paths.venv_bin("pip")).args(["install", "--disable-pip-version-check", "-q", "-r"]).arg(paths.root.join(REQUIREMENTS)),
         "pip install",
+    )?;
+    run(
+        Command::new(paths.venv_bin("pip"))
+            .args(["install", "--disable-pip-version-check", "-q", "--no-deps", "--force-reinstall"])
+            .arg(paths.root.join(KERNEL_POOL)),
+        "pip install lab/kernel-pool",
     )?;
     std::fs::write(&stamp, requirements).map_err(|e| format!("{}: {e}", stamp.display()))
 }
@@ -212,7 +228,10 @@ fn write_kernel(paths: &Paths, evcxr: &Path, n: usize, total: usize) -> CliResul
         // evcxr forces RUST_BACKTRACE=1 on the process that runs cells, so setting it here does
         // nothing; lab-support's panic hook keeps panics short (see `lab_support::kernel`).
         // RUST_LIB_BACKTRACE=0 keeps candle's errors from carrying a backtrace in their text.
-        "env": { "EVCXR_CONFIG_DIR": config, "RUST_LIB_BACKTRACE": "0" },
+        "env": { "EVCXR_CONFIG_DIR": config, "RUST_LIB_BACKTRACE": "0", "LAB_SUPPORT_DIR": paths.root.join("lab-support") },
+        // A warm spare kernel where the server asks for one (LAB_SPARE_KERNEL=1, which `cargo
+        // lab up` sets): see lab/kernel-pool/lab_kernel_pool.py.
+        "metadata": { "kernel_provisioner": { "provisioner_name": "lab-spare" } },
     });
     let mut kernel = kernel;
     for (name, value) in KERNEL_CARGO_ENV {
@@ -220,6 +239,12 @@ fn write_kernel(paths: &Paths, evcxr: &Path, n: usize, total: usize) -> CliResul
     }
     let text = serde_json::to_string_pretty(&kernel).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("kernel.json"), text).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // The provisioner's server extension, which makes the first spare as a server starts (it does
+    // nothing unless spares are on; see lab/kernel-pool/).
+    let server_config = paths.venv.join("etc/jupyter/jupyter_server_config.d");
+    std::fs::create_dir_all(&server_config).map_err(|e| format!("{}: {e}", server_config.display()))?;
+    let extension = serde_json::json!({ "ServerApp": { "jpserver_extensions": { "lab_kernel_pool": true } } });
+    std::fs::write(server_config.join("lab_kernel_pool.json"), extension.to_string()).map_err(|e| format!("{}: {e}", server_config.display()))?;
     // JupyterLab defaults for this venv only: a lab room is often offline, so no news prompt and
     // no update check.
     let settings = paths.venv.join("share/jupyter/lab/settings");

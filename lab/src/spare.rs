@@ -1,0 +1,323 @@
+//! The warm spare kernel of `cargo lab up` (lab/kernel-pool/), tested and measured the way a
+//! student meets it: JupyterLab started by `cargo lab up`, a notebook's kernel over its websocket,
+//! a restart through the server's API, then the websocket again (JupyterLab reconnects after a
+//! restart, since the kernel's ports may change).
+
+use crate::hub::{pss_kb, processes_with, request, RemoteKernel};
+use crate::notebooks::output_text;
+use crate::setup::{random_token, Paths};
+use crate::CliResult;
+use serde_json::json;
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+pub const DEP: &str = ":dep lab-support = { path = \"../lab-support\" }\nuse lab_support::prelude::*;";
+pub const LOAD: &str = "let model = Classifier::pretrained()?;\nlet test = mnist::test()?;";
+/// The notebook path the sessions use: a kernel starts in its folder, `notebooks/`.
+const SESSION_PATH: &str = "spare-test.ipynb";
+/// What the provisioner logs once a spare has run its warm-up cells.
+const WARM_LINE: &str = "lab spare kernel: warm";
+/// A spare's warm-up, at most (the first one in a fresh slot copies the seed).
+const WARM_LIMIT: Duration = Duration::from_secs(600);
+
+/// JupyterLab as `cargo lab up` starts it, with every process it starts marked in its
+/// environment, so that the test can find whatever is left after it stops.
+pub struct Lab {
+    child: Child,
+    pub port: u16,
+    pub token: String,
+    marker: String,
+    log: Receiver<String>,
+    /// Every line `cargo lab up` and JupyterLab printed so far.
+    pub lines: Vec<String>,
+}
+
+impl Lab {
+    pub fn start() -> CliResult<Lab> {
+        let paths = Paths::new();
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find the lab tool itself: {e}"))?;
+        let token = format!("spare-test-{}", random_token()?);
+        let marker = format!("LAB_SPARE_TEST={}", random_token()?);
+        let (key, value) = marker.split_once('=').expect("KEY=value");
+        let mut cmd = Command::new(&exe);
+        cmd.args(["up", "--no-browser", "--port", "0"])
+            .current_dir(&paths.root)
+            .env("LAB_TOKEN", &token)
+            .env(key, value)
+            .env_remove(crate::server::SPARE_ENV)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        let mut child = cmd.spawn().map_err(|e| format!("could not run `cargo lab up`: {e}"))?;
+        let (tx, log) = channel();
+        for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|s| Box::new(s) as _)].into_iter().flatten() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let mut lab = Lab { child, port: 0, token, marker, log, lines: Vec::new() };
+        // `cargo lab up` prints this line once JupyterLab listens, with the port it bound (the
+        // server's own log line may come earlier).
+        let url = lab.wait_for("JupyterLab: http://127.0.0.1:", Duration::from_secs(900));
+        let port = url.as_deref().and_then(|u| u.split("http://127.0.0.1:").nth(1)?.split('/').next()?.parse::<u16>().ok());
+        match port {
+            Some(p) if p != 0 => lab.port = p,
+            _ => {
+                let tail = lab.tail(10);
+                lab.stop();
+                return Err(format!("`cargo lab up --port 0` printed no URL; its last lines:\n{tail}"));
+            }
+        }
+        Ok(lab)
+    }
+
+    /// The next line (from now on) that contains `needle`, waiting at most `limit`.
+    pub fn wait_for(&mut self, needle: &str, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.log.recv_timeout(left.min(Duration::from_millis(500))) {
+                Ok(line) => {
+                    self.lines.push(line.clone());
+                    if line.contains(needle) {
+                        return Some(line);
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if matches!(self.child.try_wait(), Ok(Some(_))) {
+                        return None;
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// The last `n` lines `cargo lab up` and JupyterLab printed.
+    pub fn tail(&mut self, n: usize) -> String {
+        while let Ok(line) = self.log.try_recv() {
+            self.lines.push(line);
+        }
+        let state = match self.child.try_wait() {
+            Ok(Some(status)) => format!("`cargo lab up` has stopped ({status})"),
+            _ => "`cargo lab up` is running".to_string(),
+        };
+        let lines = self.lines.iter().rev().take(n).rev().cloned().collect::<Vec<_>>().join("\n");
+        format!("{lines}\n({state})")
+    }
+
+    /// Waits for the spare's warm-up to end (fails with the log's last lines if it does not).
+    pub fn wait_warm(&mut self) -> CliResult<f64> {
+        let start = Instant::now();
+        if self.wait_for(WARM_LINE, WARM_LIMIT).is_none() {
+            let tail = self.tail(15);
+            return Err(format!("no spare kernel got warm within {} s; the server's last lines:\n{tail}", WARM_LIMIT.as_secs()));
+        }
+        Ok(start.elapsed().as_secs_f64())
+    }
+
+    /// Restarts a kernel through the server's API, as JupyterLab's restart button does, and opens
+    /// its channels again. Returns the new connection and the restart's time.
+    pub fn restart(&self, kernel: RemoteKernel) -> CliResult<(RemoteKernel, f64)> {
+        let id = kernel.id.clone();
+        kernel.close();
+        let start = Instant::now();
+        let (status, answer) = request(self.port, "POST", &format!("/api/kernels/{id}/restart"), Some(&self.token), None)?;
+        let seconds = start.elapsed().as_secs_f64();
+        if status != 200 {
+            return Err(format!("restarting the kernel answered {status}: {answer}"));
+        }
+        Ok((RemoteKernel::connect(self.port, "", &self.token, &id)?, seconds))
+    }
+
+    pub fn open(&self) -> CliResult<RemoteKernel> {
+        RemoteKernel::open(self.port, "", &self.token, SESSION_PATH)
+    }
+
+    /// Memory (PSS, GB) of every spare's processes, those handed over included.
+    pub fn spare_memory_gb(&self) -> f64 {
+        let kb: u64 = processes_with(&self.marker)
+            .into_iter()
+            .filter(|(_, env)| env.iter().any(|v| v == "LAB_KERNEL_SPARE=1"))
+            .map(|(pid, _)| pss_kb(pid))
+            .sum();
+        kb as f64 / 1e6
+    }
+
+    /// Stops JupyterLab through its API; returns what was still running afterwards (killed).
+    pub fn stop(&mut self) -> Vec<String> {
+        let _ = request(self.port, "POST", "/api/shutdown", Some(&self.token), None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.child.id())]).status();
+        }
+        let _ = self.child.wait();
+        // Kernels and spares run in sessions of their own: give them a moment, then look.
+        std::thread::sleep(Duration::from_secs(2));
+        let mut left = Vec::new();
+        for (pid, _) in processes_with(&self.marker) {
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            left.push(format!("{} (pid {pid})", name.trim()));
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        left
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// One cell's outcome: its text (stdout, results, and errors' names and messages), whether it
+/// failed (an error, or anything on stderr), and its wall time.
+pub struct Ran {
+    pub text: String,
+    pub failed: bool,
+    pub seconds: f64,
+}
+
+/// Runs cells in `kernel`, one after the other.
+pub fn run(kernel: &mut RemoteKernel, cells: &[&str]) -> CliResult<Vec<Ran>> {
+    cells
+        .iter()
+        .map(|code| {
+            let start = Instant::now();
+            let (outputs, _) = kernel.execute(code)?;
+            let mut ran = Ran { text: String::new(), failed: false, seconds: start.elapsed().as_secs_f64() };
+            for out in &outputs {
+                if out["output_type"] == "error" || out["name"] == "stderr" {
+                    ran.failed = true;
+                }
+                ran.text.push_str(&output_text(out));
+                if out["output_type"] == "error" {
+                    ran.text.push_str(&format!("{}: {}", out["ename"].as_str().unwrap_or(""), out["evalue"].as_str().unwrap_or("")));
+                }
+            }
+            Ok(ran)
+        })
+        .collect()
+}
+
+/// The spare kernel test of `cargo lab test`: after a restart, the kernel JupyterLab gets is the
+/// warm spare, it has none of the old kernel's variables nor the warm-up's, the lab's first cells
+/// work in it, and once JupyterLab stops, no kernel or spare is left running.
+pub fn test(_paths: &Paths) -> CliResult<Vec<String>> {
+    let mut problems = Vec::new();
+    let mut lab = Lab::start()?;
+    let outcome = (|| -> CliResult<Vec<String>> {
+        let mut problems = Vec::new();
+        // The server makes a spare for notebooks/ as soon as it starts: the first notebook gets it.
+        let first_warm = lab.wait_warm()?;
+        let mut kernel = lab.open()?;
+        let before = run(&mut kernel, &["std::env::var(\"LAB_KERNEL_SPARE\").is_ok()", DEP, "let x = 40 + 2;\nx"])?;
+        expect(&mut problems, "the first kernel being the server's spare", &before[0], |t| t.trim() == "true");
+        expect(&mut problems, "the first kernel's `:dep` cell", &before[1], |t| t.trim().is_empty());
+        expect(&mut problems, "the first kernel's `let x = 40 + 2; x`", &before[2], |t| t.trim() == "42");
+        let warm = lab.wait_warm()?;
+        let (mut kernel, restart) = lab.restart(kernel)?;
+        let after = run(
+            &mut kernel,
+            &["std::env::var(\"LAB_KERNEL_SPARE\").is_ok()", "x", "lab_spare_model", DEP, LOAD, "test.len()", "let (x, label) = test.get(0)?;\nformat!(\"{} {}\", model.predict(&x)?[0].class, label)"],
+        )?;
+        expect(&mut problems, "the restarted kernel being the warm spare", &after[0], |t| t.trim() == "true");
+        // These two must fail: the variables are gone.
+        for (cell, name, why) in [(&after[1], "x", "the old kernel's"), (&after[2], "lab_spare_model", "the warm-up's")] {
+            if !cell.failed || !cell.text.contains(&format!("cannot find value `{name}`")) {
+                problems.push(format!("`{name}` after the restart should not exist ({why} variable); the cell said {:?}", cell.text.chars().take(300).collect::<String>()));
+            }
+        }
+        expect(&mut problems, "the `:dep` cell after the restart", &after[3], |t| t.trim().is_empty());
+        expect(&mut problems, "the load cell after the restart", &after[4], |t| t.trim().is_empty());
+        expect(&mut problems, "`test.len()` after the restart", &after[5], |t| t.trim() == "10000");
+        expect(&mut problems, "the first test digit's prediction and label", &after[6], |t| t.trim().trim_matches('"') == "7 7");
+        eprintln!(
+            "    first spare warm {first_warm:.0} s after the server started; the next {warm:.0} s after the first kernel's cells; restart {restart:.1} s; then `:dep` {:.1} s, load {:.1} s",
+            after[3].seconds, after[4].seconds
+        );
+        kernel.close();
+        Ok(problems)
+    })();
+    match outcome {
+        Ok(p) => problems.extend(p),
+        Err(e) => problems.push(format!("{e}\nJupyterLab's last lines:\n{}", lab.tail(20))),
+    }
+    let left = lab.stop();
+    if !left.is_empty() {
+        problems.push(format!("still running after JupyterLab stopped (killed now): {}", left.join(", ")));
+    }
+    Ok(problems)
+}
+
+/// A cell that must not fail and whose text must pass `ok`.
+fn expect(problems: &mut Vec<String>, what: &str, cell: &Ran, ok: impl Fn(&str) -> bool) {
+    if cell.failed || !ok(&cell.text) {
+        let shown: String = cell.text.chars().take(300).collect();
+        problems.push(format!("{what}: unexpected output {shown:?}"));
+    }
+}
+
+/// The restart part of `cargo lab bench --kernel`: a kernel, then `restarts` restarts with a warm
+/// spare, the same cells each time. Prints one JSON line per figure.
+pub fn bench(cells: &[&str], restarts: usize) -> CliResult<()> {
+    use crate::kernel_bench::{median, round};
+    let mut lab = Lab::start()?;
+    let check = |outputs: &[Ran], run: usize| -> CliResult<()> {
+        match outputs.iter().find(|c| c.failed) {
+            Some(c) => Err(format!("a benchmark cell failed (restart {run}): {}", c.text.chars().take(300).collect::<String>())),
+            None => Ok(()),
+        }
+    };
+    eprintln!("==> `cargo lab up`'s JupyterLab: its first spare, then the first kernel");
+    let warm = lab.wait_warm()?;
+    println!("{}", json!({"figure": "spare_warm_up_s", "seconds": round(warm), "note": "from the server's start"}));
+    println!("{}", json!({"figure": "spare_idle_memory_gb", "gb": round(lab.spare_memory_gb())}));
+    let mut kernel = lab.open()?;
+    let first = run(&mut kernel, cells)?;
+    check(&first, 0)?;
+    println!("{}", json!({"figure": "dep_cell_first_kernel_s", "seconds": round(first[0].seconds), "goal": 3.0, "note": "the next spare starts 10 s after the kernel"}));
+    println!("{}", json!({"figure": "load_cell_first_kernel_s", "seconds": round(first[1].seconds), "goal": 1.5, "note": "the next spare starts 10 s after the kernel"}));
+    let mut small: Vec<f64> = first[2..].iter().map(|t| t.seconds).collect();
+    small.sort_by(f64::total_cmp);
+    println!("{}", json!({"figure": "small_cell_median_first_kernel_s", "seconds": round(median(&small)), "goal": 0.5}));
+    println!("{}", json!({"figure": "small_cell_max_first_kernel_s", "seconds": round(small[small.len() - 1]), "goal": 1.5}));
+    lab.wait_warm()?;
+    for r in 1..=restarts {
+        eprintln!("==> restart {r} of {restarts}, with a warm spare");
+        let (k, restart) = lab.restart(kernel)?;
+        kernel = k;
+        let times = run(&mut kernel, cells)?;
+        check(&times, r)?;
+        let mut small: Vec<f64> = times[2..].iter().map(|t| t.seconds).collect();
+        small.sort_by(f64::total_cmp);
+        println!("{}", json!({"figure": "restart_s", "restart": r, "seconds": round(restart)}));
+        println!("{}", json!({"figure": "dep_cell_after_restart_s", "restart": r, "seconds": round(times[0].seconds), "goal": 3.0}));
+        println!("{}", json!({"figure": "load_cell_after_restart_s", "restart": r, "seconds": round(times[1].seconds), "goal": 1.5}));
+        println!("{}", json!({"figure": "small_cell_median_after_restart_s", "restart": r, "seconds": round(median(&small)), "goal": 0.5}));
+        println!("{}", json!({"figure": "small_cell_max_after_restart_s", "restart": r, "seconds": round(small[small.len() - 1]), "goal": 1.5}));
+        if r < restarts {
+            lab.wait_warm()?;
+        }
+    }
+    kernel.close();
+    let left = lab.stop();
+    if !left.is_empty() {
+        return Err(format!("still running after JupyterLab stopped (killed now): {}", left.join(", ")));
+    }
+    Ok(())
+}
