@@ -1,29 +1,39 @@
 """A warm spare kernel for the lab's `rust` kernel.
 
-After a kernel start or restart, the first two cells of a lab notebook (`:dep lab-support` and the one
-that loads the model) wait about 11 s: evcxr's embedded rust-analyzer reads and analyses the ~165
-crates under lab-support before it can tell the types of a cell's variables. That work cannot be
-made smaller from outside evcxr, but it can be done before the student asks for it.
+After a kernel start or restart, the first two cells of a lab notebook (`:dep lab-support` and the
+one that loads the model) wait about 11 s: evcxr's embedded rust-analyzer reads and analyses the
+~165 crates under lab-support before it can tell the types of a cell's variables. That work cannot
+be made smaller from outside evcxr, but it can be done before the student asks for it.
 
 `SpareProvisioner` is a jupyter_client kernel provisioner (the `kernel_provisioner` named in the
 kernel spec). When spares are on (LAB_SPARE_KERNEL=1 in the Jupyter server's environment; `cargo
-lab up` sets it), every kernel launch leaves one spare kernel behind, started in the same folder,
-which runs the lab's first two cells and then drops the variables they made. The next launch in
-that folder (a restart, or another notebook) takes the spare over instead of starting a kernel
-from nothing: the student gets a fresh kernel, with no variables, whose rust-analyzer and build
-are already warm. A spare that is still warming up is waited for (it is ahead of a cold start); a
-spare that failed or died is thrown away and the kernel starts cold, as without spares.
+lab up` sets it), one spare kernel waits per server. It was started in a folder, has run the lab's
+first two cells there and dropped the variables they made. The next kernel launch in that folder
+(a restart, or another notebook) takes the spare over instead of starting a kernel from nothing:
+the student gets a fresh kernel, with no variables, whose build and rust-analyzer are already warm.
+Then a new spare starts, a few seconds later.
+
+A launch never waits for a spare: one that is still warming up stays for the next launch while this
+one starts cold, as without spares; a spare that failed, died, or was warmed up on lab-support
+sources that have changed since is thrown away.
+
+What differs from a cold kernel: the spare has already run `:dep lab-support` (with the absolute
+path, which is what evcxr makes of the notebooks' relative one), so that dependency is there even
+before the notebook's own `:dep` cell; and evcxr's execution counter goes on from the warm-up's
+cells. A restart that takes a spare changes the kernel's ports: JupyterLab reconnects (it does
+after every restart), but another client of the same kernel (a console, a second tab) must
+reconnect by hand.
 
 The module is also a Jupyter server extension (enabled in the venv by `cargo lab up`): with spares
-on, a server makes the first spare for its own folder as soon as it starts, so that even the first
-notebook opened gets a warm kernel.
+on, a server makes the first spare for its own folder as soon as it starts, so that the first
+notebook opened can get a warm kernel too.
 
-Without LAB_SPARE_KERNEL=1 (the test runner's `jupyter execute`, the hub's servers unless the
-instructor asks) this is jupyter_client's own LocalProvisioner, unchanged, and the extension does
-nothing.
+Without LAB_SPARE_KERNEL=1 (the test runner's `jupyter execute`, nbgrader, the hub's servers
+unless the instructor asks) this is jupyter_client's own LocalProvisioner, unchanged, and the
+extension does nothing.
 
 The price: one more kernel per Jupyter server, idle, holding its memory (measured in the README),
-and a warm-up of about 10 s of CPU after every kernel launch.
+and a warm-up in the background after every kernel launch.
 """
 
 import asyncio
@@ -45,8 +55,7 @@ SPARE_ENV = "LAB_KERNEL_SPARE"
 WARM_UP_TIMEOUT = 900
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")
 # Seconds between a kernel launch and the start of the next spare: the new kernel's first cells
-# (`:dep`, loading the model: about 2 s with a warm spare) run without the warm-up beside them. A
-# launch that wants the spare sooner cuts the delay short.
+# (`:dep`, loading the model: about 1 s with a warm spare) run without the warm-up beside them.
 NEXT_SPARE_DELAY = 10
 
 
@@ -57,37 +66,65 @@ def spares_enabled():
 def warm_up_cells(lab_support):
     """The lab's first two cells, then a cell that drops what they defined.
 
-    evcxr makes the `:dep` path absolute; the spare gives it absolute already, so the student's
+    evcxr makes the `:dep` path absolute; the spare gives it absolute already, so the notebook's
     `:dep lab-support = { path = "../lab-support" }` finds the same dependency and nothing is
-    reloaded. `drop` makes evcxr forget the variables, so the kernel handed over has none.
+    reloaded. Full paths instead of the prelude: a `use` would stay in the kernel handed over.
+    `drop` makes evcxr forget the variables, so the kernel handed over has none.
     """
     path = os.path.realpath(lab_support).replace("\\", "\\\\").replace('"', '\\"')
     return [
-        f':dep lab-support = {{ path = "{path}" }}\nuse lab_support::prelude::*;',
-        "let lab_spare_model = Classifier::pretrained()?;\nlet lab_spare_test = mnist::test()?;",
+        f':dep lab-support = {{ path = "{path}" }}',
+        "let lab_spare_model = lab_support::model::Classifier::pretrained()?;\n"
+        "let lab_spare_test = lab_support::data::mnist::test()?;",
         "drop(lab_spare_model);\ndrop(lab_spare_test);",
     ]
 
 
+def source_stamp(lab_support):
+    """Names, sizes and times of what the spare's rust-analyzer read of lab-support: its manifest,
+    its sources and the workspace's Cargo.lock. The spare never reads them again."""
+    if not lab_support:
+        return None
+    root = os.path.realpath(lab_support)
+    paths = [os.path.join(root, "Cargo.toml"), os.path.join(os.path.dirname(root), "Cargo.lock")]
+    for folder, _, files in os.walk(os.path.join(root, "src")):
+        paths.extend(os.path.join(folder, f) for f in files)
+    stamp = []
+    for path in sorted(paths):
+        try:
+            st = os.stat(path)
+            stamp.append((path, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stamp.append((path, None, None))
+    return stamp
+
+
 class Spare:
-    """One spare kernel: its process, its connection, and the task that warms it up."""
+    """One spare kernel: its process, its connection, and the task that starts and warms it up."""
 
     def __init__(self, argv, cwd, env, log, delay=0):
         self.argv, self.cwd, self.env, self.log = argv, cwd, dict(env), log
+        self.lab_support = self.env.get("LAB_SUPPORT_DIR", "")
         self.process = None
         self.connection_file = None
         self.ports = {}
-        # Set when a launch wants this spare now: the delay is cut short.
-        self.wanted = asyncio.Event()
+        self.stamp = None
+        _waiting.add(self)
         self.task = asyncio.ensure_future(self._run(delay))
 
     async def _run(self, delay):
         """True once the spare runs and every warm-up cell ran cleanly."""
-        if delay:
-            try:
-                await asyncio.wait_for(self.wanted.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
+        try:
+            await asyncio.sleep(delay)
+            self._launch()
+            return await self._warm_up(warm_up_cells(self.lab_support) if self.lab_support else [])
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # no spare this time: launches start cold
+            self.log.warning("lab spare kernel: could not start a spare: %s", error)
+            return False
+
+    def _launch(self):
         self.connection_file = os.path.join(jupyter_runtime_dir(), f"lab-spare-{uuid.uuid4()}.json")
         os.makedirs(os.path.dirname(self.connection_file), exist_ok=True)
         # Ports from jupyter_client's cache, like every kernel this server starts: a kernel started
@@ -103,18 +140,17 @@ class Spare:
         env[SPARE_ENV] = "1"
         cmd = [a.replace("{connection_file}", self.connection_file) for a in self.argv]
         self.started = time.monotonic()
+        # Before the kernel reads anything: a change during the warm-up counts as a change.
+        self.stamp = source_stamp(self.lab_support)
         self.process = launch_kernel(cmd, env=env, cwd=self.cwd)
         self.pgid = os.getpgid(self.process.pid)
-        lab_support = env.get("LAB_SUPPORT_DIR", "")
-        return await self._warm_up(warm_up_cells(lab_support) if lab_support else [])
 
     async def _warm_up(self, cells):
-        """True once every warm-up cell ran cleanly."""
         client = AsyncKernelClient()
         client.load_connection_info(self.info)
         client.start_channels()
         try:
-            await client.wait_for_ready(timeout=WARM_UP_TIMEOUT)
+            await self._alive_while(client.wait_for_ready(timeout=WARM_UP_TIMEOUT))
             for code in cells:
                 errors = []
 
@@ -123,33 +159,48 @@ class Spare:
                     if kind == "error" or (kind == "stream" and msg["content"].get("name") == "stderr"):
                         errors.append(msg["content"].get("text") or msg["content"].get("evalue", ""))
 
-                reply = await client.execute_interactive(
-                    code, store_history=False, allow_stdin=False, timeout=WARM_UP_TIMEOUT, output_hook=watch
+                reply = await self._alive_while(
+                    client.execute_interactive(
+                        code, store_history=False, allow_stdin=False, timeout=WARM_UP_TIMEOUT, output_hook=watch
+                    )
                 )
                 if reply["content"]["status"] != "ok" or errors:
-                    self.log.warning("lab spare kernel: warm-up cell failed, not using it: %s", (errors or [reply["content"]])[0])
+                    self.log.warning("lab spare kernel: a warm-up cell failed, not using this spare: %s", (errors or [reply["content"]])[0])
                     return False
             self.log.info("lab spare kernel: warm in %.0f s, for %s", time.monotonic() - self.started, self.cwd)
             return True
-        except Exception as error:  # a dead kernel, a timeout: the next launch starts cold
-            self.log.warning("lab spare kernel: warm-up failed, not using it: %s", error)
-            return False
         finally:
             client.stop_channels()
 
-    async def ready(self):
-        """True when the spare is warm and running, waiting for its warm-up (not for its delay)."""
-        self.wanted.set()
+    async def _alive_while(self, awaitable):
+        """`awaitable`'s result, unless the spare's process ends first (then an error at once,
+        rather than jupyter_client's timeout)."""
+        task = asyncio.ensure_future(awaitable)
         try:
-            return await self.task and self.alive()
-        except Exception as error:  # it could not even start: the launch starts a kernel cold
-            self.log.warning("lab spare kernel: could not start a spare: %s", error)
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.5)
+                if not task.done() and not self.alive():
+                    raise RuntimeError(f"the spare kernel exited ({self.process.poll()}) while warming up")
+            return task.result()
+        finally:
+            task.cancel()
+
+    def warm(self):
+        """Warm, running, and warmed up on today's lab-support: ready to hand over."""
+        if not self.task.done() or self.task.cancelled() or self.task.exception() or not self.task.result():
             return False
+        if not self.alive():
+            return False
+        if self.stamp != source_stamp(self.lab_support):
+            self.log.info("lab spare kernel: lab-support changed since the spare read it; starting this kernel cold")
+            return False
+        return True
 
     def alive(self):
         return self.process is not None and self.process.poll() is None
 
     def kill(self):
+        _waiting.discard(self)
         if self.alive():
             try:
                 os.killpg(self.pgid, signal.SIGKILL)
@@ -161,9 +212,6 @@ class Spare:
         except RuntimeError:  # the event loop is already closed (at exit)
             pass
         self.forget_file()
-        self.return_ports()
-
-    def return_ports(self):
         cache = LocalPortCache.instance()
         for port in self.ports.values():
             cache.return_port(port)
@@ -177,18 +225,23 @@ class Spare:
             pass
 
 
-# One spare per Jupyter server process.
+# The spare of this server process, for the next launch in its folder.
 _spare = None
+# Every spare not handed over yet, the current one and any still being killed: all go at exit.
+_waiting = set()
 
 
-def _kill_spare():
+@atexit.register
+def _kill_spares():
+    for spare in list(_waiting):
+        spare.kill()
+
+
+def _replace_spare(spare):
     global _spare
-    if _spare is not None:
+    if _spare is not None and _spare is not spare:
         _spare.kill()
-        _spare = None
-
-
-atexit.register(_kill_spare)
+    _spare = spare
 
 
 def _jupyter_server_extension_points():
@@ -197,12 +250,11 @@ def _jupyter_server_extension_points():
 
 def _load_jupyter_server_extension(server_app):
     """A spare for the server's own folder as soon as it runs, so that the first notebook opened
-    gets a warm kernel too (`cargo lab up` serves notebooks/, where the lab's notebooks are)."""
+    can get a warm kernel too (`cargo lab up` serves notebooks/, where the lab's notebooks are)."""
     if not spares_enabled():
         return
 
     def start():
-        global _spare
         if _spare is not None:
             return
         try:
@@ -212,7 +264,7 @@ def _load_jupyter_server_extension(server_app):
             return
         env = dict(os.environ)
         env.update(spec.env)
-        _spare = Spare(spec.argv, os.path.realpath(server_app.root_dir), env, server_app.log)
+        _replace_spare(Spare(spec.argv, os.path.realpath(server_app.root_dir), env, server_app.log))
 
     server_app.io_loop.add_callback(start)
 
@@ -220,37 +272,31 @@ def _load_jupyter_server_extension(server_app):
 class SpareProvisioner(LocalProvisioner):
     """LocalProvisioner that hands over a warm spare when one is ready for the kernel's folder."""
 
+    handed_over = False
+
     async def launch_kernel(self, cmd, **kwargs):
-        global _spare
         if not spares_enabled():
             return await super().launch_kernel(cmd, **kwargs)
         cwd = os.path.realpath(kwargs.get("cwd") or os.getcwd())
         env = kwargs.get("env") or dict(os.environ)
-        spare, _spare = _spare, None
-        taken = None
-        if spare is not None and spare.cwd == cwd:
-            if not spare.task.done():
-                self.log.info("lab spare kernel: waiting for the spare's warm-up to end")
-            if await spare.ready():
-                taken = spare
-        if taken is None and spare is not None:
-            spare.kill()
-        if taken is not None:
-            info = self._take(taken, cwd)
+        spare = _spare
+        if spare is not None and spare.cwd == cwd and spare.warm():
+            info = self._take(spare, cwd)
         else:
             info = await super().launch_kernel(cmd, **kwargs)
-        # The spare for the next launch; its warm-up runs while the student works, starting a few
-        # seconds from now so that the first cells of this kernel have the machine to themselves.
-        # Another launch may have made one meanwhile (two notebooks opened together): one spare is
-        # enough.
-        spare = Spare(self.kernel_spec.argv, cwd, env, self.log, delay=NEXT_SPARE_DELAY)
-        if _spare is not None:
-            _spare.kill()
-        _spare = spare
+            if spare is not None and spare.cwd == cwd and not spare.task.done():
+                # Still warming up: it stays for the next launch.
+                return info
+        # The next spare; its warm-up runs while the student works, starting a few seconds from
+        # now so that this kernel's first cells have the machine to themselves.
+        _replace_spare(Spare(self.kernel_spec.argv, cwd, env, self.log, delay=NEXT_SPARE_DELAY))
         return info
 
     def _take(self, spare, cwd):
         """Becomes `spare`'s provisioner: its process, its connection."""
+        global _spare
+        _spare = None
+        _waiting.discard(spare)
         if self.ports_cached:
             # The ports pre_launch reserved for a kernel that will not be started.
             lpc = LocalPortCache.instance()
@@ -264,5 +310,24 @@ class SpareProvisioner(LocalProvisioner):
         self.pgid = spare.pgid
         self.cwd = cwd
         self.connection_info = spare.info
+        self.handed_over = True
         self.log.info("lab spare kernel: handed over a warm kernel (pid %s)", self.pid)
         return spare.info
+
+    async def post_launch(self, **kwargs):
+        await super().post_launch(**kwargs)
+        if not self.handed_over:
+            return
+        # The kernel's ports changed. jupyter_server watches a kernel's activity on its iopub port
+        # and moves that watch itself after a restart it was asked for, but not after
+        # jupyter_client restarts a kernel that died: move it here (twice is harmless).
+        manager = self.parent
+        servers = getattr(manager, "parent", None)
+        kernel_id = getattr(manager, "kernel_id", None)
+        if getattr(manager, "_activity_stream", None) is None or not hasattr(servers, "start_watching_activity"):
+            return
+        try:
+            servers.stop_watching_activity(kernel_id)
+            servers.start_watching_activity(kernel_id)
+        except Exception as error:
+            self.log.warning("lab spare kernel: could not watch the new kernel's activity: %s", error)

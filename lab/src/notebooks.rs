@@ -91,7 +91,7 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
     if filter.is_none_or(|f| f == "spare") {
         eprintln!("==> spare kernel test: a restart in `cargo lab up`'s JupyterLab gets the warm spare, fresh and working");
         let (seconds, problems) = timed(&crate::spare::test)?;
-        tally.record("spare kernel test".into(), seconds, "", &problems);
+        tally.record("spare kernel test".into(), seconds, " (log: target/spare-test.log)", &problems);
     }
     if filter.is_none_or(|f| f == "hub") {
         eprintln!("==> hub test: {} students run {} at once through a real JupyterHub", crate::hub::TEST_USERS, "notebook 03");

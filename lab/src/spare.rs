@@ -217,7 +217,7 @@ pub fn run(kernel: &mut RemoteKernel, cells: &[&str]) -> CliResult<Vec<Ran>> {
 /// The spare kernel test of `cargo lab test`: after a restart, the kernel JupyterLab gets is the
 /// warm spare, it has none of the old kernel's variables nor the warm-up's, the lab's first cells
 /// work in it, and once JupyterLab stops, no kernel or spare is left running.
-pub fn test(_paths: &Paths) -> CliResult<Vec<String>> {
+pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
     let mut problems = Vec::new();
     let mut lab = Lab::start()?;
     let outcome = (|| -> CliResult<Vec<String>> {
@@ -233,23 +233,47 @@ pub fn test(_paths: &Paths) -> CliResult<Vec<String>> {
         let (mut kernel, restart) = lab.restart(kernel)?;
         let after = run(
             &mut kernel,
-            &["std::env::var(\"LAB_KERNEL_SPARE\").is_ok()", "x", "lab_spare_model", DEP, LOAD, "test.len()", "let (x, label) = test.get(0)?;\nformat!(\"{} {}\", model.predict(&x)?[0].class, label)"],
+            &[
+                "std::env::var(\"LAB_KERNEL_SPARE\").is_ok()",
+                "x",
+                "lab_spare_model",
+                "Classifier::pretrained().is_ok()",
+                DEP,
+                LOAD,
+                "test.len()",
+                "let (x, label) = test.get(0)?;\nformat!(\"{} {}\", model.predict(&x)?[0].class, label)",
+            ],
         )?;
         expect(&mut problems, "the restarted kernel being the warm spare", &after[0], |t| t.trim() == "true");
-        // These two must fail: the variables are gone.
-        for (cell, name, why) in [(&after[1], "x", "the old kernel's"), (&after[2], "lab_spare_model", "the warm-up's")] {
-            if !cell.failed || !cell.text.contains(&format!("cannot find value `{name}`")) {
-                problems.push(format!("`{name}` after the restart should not exist ({why} variable); the cell said {:?}", cell.text.chars().take(300).collect::<String>()));
+        // These must fail: the old kernel's and the warm-up's variables are gone, and so is the
+        // warm-up's use of the prelude (a notebook needs its own first cell, as in a cold kernel).
+        for (cell, name, why) in [(&after[1], "x", "the old kernel's variable"), (&after[2], "lab_spare_model", "the warm-up's variable"), (&after[3], "Classifier", "the prelude, before the notebook's `use`")] {
+            if !cell.failed || !cell.text.contains(name) {
+                problems.push(format!("`{name}` after the restart should not be known ({why}); the cell said {:?}", cell.text.chars().take(300).collect::<String>()));
             }
         }
-        expect(&mut problems, "the `:dep` cell after the restart", &after[3], |t| t.trim().is_empty());
-        expect(&mut problems, "the load cell after the restart", &after[4], |t| t.trim().is_empty());
-        expect(&mut problems, "`test.len()` after the restart", &after[5], |t| t.trim() == "10000");
-        expect(&mut problems, "the first test digit's prediction and label", &after[6], |t| t.trim().trim_matches('"') == "7 7");
+        expect(&mut problems, "the `:dep` cell after the restart", &after[4], |t| t.trim().is_empty());
+        expect(&mut problems, "the load cell after the restart", &after[5], |t| t.trim().is_empty());
+        expect(&mut problems, "`test.len()` after the restart", &after[6], |t| t.trim() == "10000");
+        expect(&mut problems, "the first test digit's prediction and label", &after[7], |t| t.trim().trim_matches('"') == "7 7");
         eprintln!(
             "    first spare warm {first_warm:.0} s after the server started; the next {warm:.0} s after the first kernel's cells; restart {restart:.1} s; then `:dep` {:.1} s, load {:.1} s",
-            after[3].seconds, after[4].seconds
+            after[4].seconds, after[5].seconds
         );
+
+        // lab-support changed after the spare read it (an instructor's edit, a `git pull`): its
+        // rust-analyzer would answer from the old sources, so the next kernel must start cold. The
+        // change is a newer time on one source file, put back at once so that no build notices.
+        lab.wait_warm()?;
+        let lib = paths.root.join("lab-support/src/lib.rs");
+        let (mut kernel, _) = with_newer_time(&lib, || lab.restart(kernel))?;
+        let cold = run(&mut kernel, &["std::env::var(\"LAB_KERNEL_SPARE\").is_ok()", DEP, "let y = 1 + 1;\ny"])?;
+        expect(&mut problems, "the kernel after lab-support changed being a cold one, not the spare", &cold[0], |t| t.trim() == "false");
+        expect(&mut problems, "the cold kernel's `:dep` cell", &cold[1], |t| t.trim().is_empty());
+        expect(&mut problems, "the cold kernel's `let y = 1 + 1; y`", &cold[2], |t| t.trim() == "2");
+        if !lab.tail(400).contains("lab-support changed since the spare read it") {
+            problems.push("the server did not say why it started the kernel cold (\"lab-support changed since the spare read it\")".into());
+        }
         kernel.close();
         Ok(problems)
     })();
@@ -261,7 +285,20 @@ pub fn test(_paths: &Paths) -> CliResult<Vec<String>> {
     if !left.is_empty() {
         problems.push(format!("still running after JupyterLab stopped (killed now): {}", left.join(", ")));
     }
+    let log = paths.root.join("target/spare-test.log");
+    let _ = std::fs::write(&log, lab.tail(usize::MAX));
     Ok(problems)
+}
+
+/// Runs `f` while `file` carries a newer modification time, then puts its own time back.
+fn with_newer_time<T>(file: &std::path::Path, f: impl FnOnce() -> CliResult<T>) -> CliResult<T> {
+    let open = || std::fs::OpenOptions::new().write(true).open(file).map_err(|e| format!("{}: {e}", file.display()));
+    let handle = open()?;
+    let before = handle.metadata().and_then(|m| m.modified()).map_err(|e| format!("{}: {e}", file.display()))?;
+    handle.set_modified(std::time::SystemTime::now()).map_err(|e| format!("{}: {e}", file.display()))?;
+    let result = f();
+    handle.set_modified(before).map_err(|e| format!("{}: cannot put its time back: {e}", file.display()))?;
+    result
 }
 
 /// A cell that must not fail and whose text must pass `ok`.
