@@ -3,14 +3,17 @@
 // shows: every image decoded, every SVG plot drawn, no error or panic output, no raw escape codes,
 // and the check cells' PASS lines. Saves a screenshot of the whole notebook either way.
 //
-// usage: node run-notebook.mjs URL SCREENSHOT.png EXPECTED_PASS_LINES CODE_CELLS FIGURE_CELLS
+// usage: node run-notebook.mjs URL SCREENSHOT.png EXPECTED_PASS_LINES CODE_CELLS FIGURE_CELLS [restart]
 // FIGURE_CELLS: comma-separated positions (0-based, among the code cells) of the cells that must
 // show an image or a plot.
 // Prints one JSON line with what it saw; exits 1 with the reasons when something is wrong.
 
 import { chromium } from "playwright-core";
 
-const [url, screenshot, expectedPassArg, codeCellsArg, figureCellsArg] = process.argv.slice(2);
+const [url, screenshot, expectedPassArg, codeCellsArg, figureCellsArg, restartArg] = process.argv.slice(2);
+// "restart": after Run All, also Kernel > Restart Kernel and Run All Cells, and judge the page after
+// that second run (in `cargo lab up` the restart takes the warm spare kernel, on other ports).
+const restart = restartArg === "restart";
 const expectedPass = Number(expectedPassArg ?? 0);
 const codeCells = Number(codeCellsArg ?? 0);
 const figureCells = (figureCellsArg ?? "").split(",").filter((s) => s !== "").map(Number);
@@ -42,17 +45,26 @@ try {
   const started = Date.now();
   await page.locator(".lm-MenuBar-itemLabel", { hasText: /^Run$/ }).click();
   await page.locator(".lm-Menu-itemLabel", { hasText: /^Run All Cells$/ }).click();
-  // Run All queues every cell: wait until no prompt shows [*] and the kernel is idle again.
-  await page.waitForFunction(
-    () => {
-      const prompts = [...document.querySelectorAll(".jp-CodeCell .jp-InputPrompt")].map((p) => p.textContent.trim());
-      return prompts.length > 0 && prompts.every((p) => /^\[\d+\]:$/.test(p));
-    },
-    null,
-    { timeout: RUN_TIMEOUT_MS, polling: 1000 },
-  );
+  await waitForAllRun(page);
   await waitForIdle(page, 60_000);
   seen.run_seconds = Math.round((Date.now() - started) / 1000);
+
+  if (restart) {
+    // What a student does after changing a cell far up. The page below is judged after this run.
+    const again = Date.now();
+    await page.locator(".lm-MenuBar-itemLabel", { hasText: /^Kernel$/ }).click();
+    await page.locator(".lm-Menu-itemLabel", { hasText: /^Restart Kernel and Run All Cells/ }).click();
+    await page.getByRole("button", { name: "Confirm Kernel Restart" }).click();
+    // The cells are queued again once the new kernel is there.
+    await page.waitForFunction(
+      () => [...document.querySelectorAll(".jp-CodeCell .jp-InputPrompt")].some((p) => p.textContent.trim() === "[*]:"),
+      null,
+      { timeout: 180_000, polling: 200 },
+    );
+    await waitForAllRun(page);
+    await waitForIdle(page, 60_000);
+    seen.restart_run_seconds = Math.round((Date.now() - again) / 1000);
+  }
 
   // JupyterLab renders cells lazily: bring each output into view before judging it.
   const outputs = page.locator(".jp-OutputArea-output");
@@ -156,6 +168,18 @@ try {
 
 console.log(JSON.stringify({ ...seen, problems }));
 process.exit(problems.length === 0 ? 0 : 1);
+
+async function waitForAllRun(page) {
+  // Run All queues every cell: wait until no prompt shows [*] and every one has its number.
+  await page.waitForFunction(
+    () => {
+      const prompts = [...document.querySelectorAll(".jp-CodeCell .jp-InputPrompt")].map((p) => p.textContent.trim());
+      return prompts.length > 0 && prompts.every((p) => /^\[\d+\]:$/.test(p));
+    },
+    null,
+    { timeout: RUN_TIMEOUT_MS, polling: 1000 },
+  );
+}
 
 async function waitForIdle(page, timeout) {
   // The status bar's kernel item reads "Rust (lab) | Idle" once the kernel has started and is

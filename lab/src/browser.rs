@@ -260,6 +260,8 @@ pub fn test(paths: &Paths) -> CliResult<BrowserReport> {
             .arg(expected.checks.to_string())
             .arg(expected.code_cells.to_string())
             .arg(expected.figure_cells.iter().map(usize::to_string).collect::<Vec<_>>().join(","))
+            // The last notebook is also restarted and run again, which takes the warm spare kernel.
+            .args((notebook == NOTEBOOKS[NOTEBOOKS.len() - 1]).then_some("restart"))
             .env("LAB_CHROMIUM", chromium())
             .stderr(Stdio::inherit())
             .output()
@@ -271,12 +273,13 @@ pub fn test(paths: &Paths) -> CliResult<BrowserReport> {
             problems.push(format!("{name}: the browser test failed ({}) without a report; its output: {stdout}", result.status));
         } else if found.is_empty() {
             eprintln!(
-                "    {name}: saw {} PNG image(s), {} SVG plot(s), a figure in each of the {} figure cells, {} PASS line(s); Run All took {} s; screenshot {}",
+                "    {name}: saw {} PNG image(s), {} SVG plot(s), a figure in each of the {} figure cells, {} PASS line(s); Run All took {} s{}; screenshot {}",
                 seen["png_images"].as_array().map_or(0, Vec::len),
                 seen["svg_images"].as_array().map_or(0, Vec::len) + seen["inline_svgs"].as_array().map_or(0, Vec::len),
                 expected.figure_cells.len(),
                 seen["pass_lines"],
                 seen["run_seconds"],
+                if seen["restart_run_seconds"].is_null() { String::new() } else { format!(", then Restart Kernel and Run All Cells {} s (the figures and lines above are after it)", seen["restart_run_seconds"]) },
                 screenshot.display()
             );
         }
@@ -284,6 +287,10 @@ pub fn test(paths: &Paths) -> CliResult<BrowserReport> {
         screenshots.push(screenshot);
     }
     drop(jupyter);
+    // Whether the kernels came from the warm spare (informative: it depends on the spare having
+    // finished its warm-up in time).
+    let log = std::fs::read_to_string(out.join("jupyter.log")).unwrap_or_default();
+    eprintln!("    kernels handed a warm spare in this test: {}", log.matches("lab spare kernel: handed over").count());
     Ok(BrowserReport { problems, seconds: start.elapsed().as_secs_f64(), screenshots })
 }
 

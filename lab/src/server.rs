@@ -66,7 +66,7 @@ pub fn serve(paths: &Paths, port: u16, no_browser: bool) -> CliResult<()> {
     };
     println!("\nJupyterLab: http://127.0.0.1:{bound}/lab?token={token}\n(stop it with Ctrl-C)\n");
     if spares {
-        println!("After each kernel start a spare kernel warms up in the background, so that a restart answers at once; it holds about one more kernel's memory (LAB_SPARE_KERNEL=0 turns it off).\n");
+        println!("A spare kernel warms up in the background (now, and after each kernel start), so that the next kernel start or restart in the same folder answers at once; it holds about one more kernel's memory (LAB_SPARE_KERNEL=0 turns it off).\n");
     }
     let status = child.wait().map_err(|e| format!("waiting for JupyterLab: {e}"))?;
     if !status.success() && status.code().is_some() {
