@@ -75,38 +75,22 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
         let problems = test(&paths)?;
         Ok((start.elapsed().as_secs_f64(), problems))
     };
-    if filter.is_none_or(|f| f == "kernel") {
-        eprintln!("==> kernel test: panics, errors and figures in a real evcxr kernel");
-        let (seconds, problems) = timed(&crate::kernel_test::test)?;
-        tally.record("kernel test".into(), seconds, "", &problems);
-    }
-    if filter.is_none_or(|f| f == "kernel") {
-        eprintln!("==> kernel test: two kernels started at the same moment, three times");
-        let (seconds, problems) = timed(&crate::kernel_test::concurrent)?;
-        tally.record("concurrent kernels test".into(), seconds, "", &problems);
-        eprintln!("==> kernel test: a path crate changed between two kernels is rebuilt");
-        let (seconds, problems) = timed(&crate::kernel_test::pickup)?;
-        tally.record("kernel pickup test".into(), seconds, "", &problems);
-    }
-    if filter.is_none_or(|f| f == "spare") {
-        eprintln!("==> spare kernel test: a restart in `cargo lab up`'s JupyterLab gets the warm spare, fresh and working");
-        let (seconds, problems) = timed(&crate::spare::test)?;
-        tally.record("spare kernel test".into(), seconds, " (log: target/spare-test.log)", &problems);
-    }
-    if filter.is_none_or(|f| f == "hub") {
-        eprintln!("==> hub test: {} students run {} at once through a real JupyterHub", crate::hub::TEST_USERS, "notebook 03");
-        let (seconds, problems) = timed(&crate::hub::test)?;
-        tally.record("hub test".into(), seconds, " (log: target/hub-test.log)", &problems);
-    }
-    if filter.is_none_or(|f| f == "grading") {
-        eprintln!("==> grading test: nbgrader generate_assignment, then autograde a solved and an untouched {}", crate::course::TEST_ASSIGNMENT);
-        let (seconds, problems) = timed(&crate::course::test)?;
-        tally.record("grading test".into(), seconds, "", &problems);
-    }
-    if filter.is_none_or(|f| f == "server") {
-        eprintln!("==> server test: `cargo lab up` on a busy port and on --port 0, the token kept off command lines");
-        let (seconds, problems) = timed(&crate::server::test)?;
-        tally.record("server test".into(), seconds, "", &problems);
+    // The test groups after the notebooks: `--notebook <group>` runs one alone.
+    let groups: [(&str, String, &str, &str, &dyn Fn(&Paths) -> CliResult<Vec<String>>); 7] = [
+        ("kernel", "kernel test: panics, errors and figures in a real evcxr kernel".into(), "kernel test", "", &crate::kernel_test::test),
+        ("kernel", "kernel test: two kernels started at the same moment, three times".into(), "concurrent kernels test", "", &crate::kernel_test::concurrent),
+        ("kernel", "kernel test: a path crate changed between two kernels is rebuilt".into(), "kernel pickup test", "", &crate::kernel_test::pickup),
+        ("spare", "spare kernel test: a restart in `cargo lab up`'s JupyterLab gets the warm spare, fresh and working".into(), "spare kernel test", " (log: target/spare-test.log)", &crate::spare::test),
+        ("hub", format!("hub test: {} students run notebook 03 at once through a real JupyterHub", crate::hub::TEST_USERS), "hub test", " (log: target/hub-test.log)", &crate::hub::test),
+        ("grading", format!("grading test: nbgrader generate_assignment, then autograde a solved and an untouched {}", crate::course::TEST_ASSIGNMENT), "grading test", "", &crate::course::test),
+        ("server", "server test: `cargo lab up` on a busy port and on --port 0, the token kept off command lines".into(), "server test", "", &crate::server::test),
+    ];
+    for (group, banner, name, extra, test) in groups {
+        if filter.is_none_or(|f| f == group) {
+            eprintln!("==> {banner}");
+            let (seconds, problems) = timed(test)?;
+            tally.record(name.into(), seconds, extra, &problems);
+        }
     }
     if filter.is_none_or(|f| f == "browser") {
         eprintln!("==> browser test: {} in JupyterLab, headless Chromium", crate::browser::NOTEBOOKS.join(" and "));

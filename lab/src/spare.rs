@@ -26,12 +26,12 @@ const WARM_LIMIT: Duration = Duration::from_secs(600);
 /// environment, so that the test can find whatever is left after it stops.
 pub struct Lab {
     child: Child,
-    pub port: u16,
-    pub token: String,
+    port: u16,
+    token: String,
     marker: String,
     log: Receiver<String>,
     /// Every line `cargo lab up` and JupyterLab printed so far.
-    pub lines: Vec<String>,
+    lines: Vec<String>,
 }
 
 impl Lab {
