@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 /// Set by evcxr in the process that runs the cells.
 const EVCXR: &str = "EVCXR_IS_RUNTIME";
-/// Set once the hook is in place. Each cell links its own copy of lab-support, with its own
-/// statics, so only the process environment is shared between them.
+/// Set once the hook is in place. In the environment, not a static: the cells share one
+/// lab-support (its dylib), but a cell built against the rlib has a copy with its own statics,
+/// and the process environment is the one thing every copy sees.
 const INSTALLED: &str = "LAB_SUPPORT_PANIC_HOOK";
 /// Set once the note about lost variables has been shown.
 const NOTE_SHOWN: &str = "LAB_SUPPORT_LOST_VARIABLES_NOTE";

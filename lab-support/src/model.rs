@@ -341,12 +341,14 @@ impl Defense {
 /// The same tensor under a new id, unless it takes part in autograd (a `Var` or the result of
 /// one), which keeps its identity.
 ///
-/// Why: evcxr links each notebook cell with its own copy of candle, and each copy numbers the
-/// tensors it creates from 1. A tensor kept from an earlier cell (the model's weights, a loaded
-/// digit) can share its id with one made in the current cell, and candle's backward pass, which
-/// keys gradients by id, then mixes them up ("shape mismatch in add" at best, a wrong gradient
-/// at worst). Giving every constant a fresh id from the current cell's numbering before it enters
-/// a graph avoids that. It costs nothing: the storage is shared.
+/// Why: candle's backward pass keys gradients by tensor id, and ids come from one counter per copy
+/// of candle. When evcxr linked each notebook cell with its own copy of candle, every cell
+/// numbered its tensors from 1 again, so a tensor kept from an earlier cell (the model's weights,
+/// a loaded digit) could share its id with one made in the current cell, and the backward pass
+/// mixed them up ("shape mismatch in add" at best, a wrong gradient at worst). Cells now share
+/// one candle through lab-support's dylib (measured: ids go on from one cell to the next), and
+/// this stays as the guard for any build that links a copy per cell again. It costs nothing: the
+/// storage is shared.
 pub fn fresh_id(t: &Tensor) -> Result<Tensor> {
     if t.is_variable() || t.track_op() {
         return Ok(t.clone());

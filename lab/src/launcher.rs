@@ -63,9 +63,42 @@ pub fn launch(evcxr: &Path, connection_file: &str) -> CliResult<()> {
         }
     }
     eprintln!("lab kernel: building in {}", slot.display());
-    let error = Command::new(evcxr).arg("--control_file").arg(connection_file).env("EVCXR_TMPDIR", &slot).exec();
+    let mut command = Command::new(evcxr);
+    command.arg("--control_file").arg(connection_file).env("EVCXR_TMPDIR", &slot);
+    match library_path(&slot, std::env::var_os(LIBRARY_PATH_ENV)) {
+        Some(dirs) => command.env(LIBRARY_PATH_ENV, dirs),
+        None => command.env_remove(LIBRARY_PATH_ENV),
+    };
+    let error = command.exec();
     drop(lock);
     Err(format!("cannot start {}: {error}", evcxr.display()))
+}
+
+/// Where the system looks first for the shared libraries a cell needs.
+const LIBRARY_PATH_ENV: &str = "LD_LIBRARY_PATH";
+/// lab-support as the Rust dylib each cell links against (see lab-support's Cargo.toml).
+const LAB_SUPPORT_DYLIB: &str = "liblab_support.so";
+
+/// The library search path for a kernel in `slot`: the slot's own build of lab-support first,
+/// and no other folder that holds one.
+///
+/// A cell is a shared object that needs `liblab_support.so`, and the system looks in
+/// `LD_LIBRARY_PATH` before the folder the cell names. `cargo run`, which runs `cargo lab up` and
+/// `cargo lab test`, puts the workspace's `target/release/deps` there, and that folder holds the
+/// `lab-model` build of lab-support (other features, other symbols): measured, with it first every
+/// cell that used lab-support failed to load ("dlopen failed") and the kernel's process died.
+fn library_path(slot: &Path, inherited: Option<std::ffi::OsString>) -> Option<std::ffi::OsString> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    // evcxr builds into `target/<host triple>/debug`; a slot copied from the seed already has it.
+    if let Ok(entries) = std::fs::read_dir(slot.join("target")) {
+        dirs.extend(entries.flatten().map(|e| e.path().join("debug").join("deps")).filter(|d| d.join(LAB_SUPPORT_DYLIB).exists()));
+    }
+    let inherited = inherited.unwrap_or_default();
+    dirs.extend(std::env::split_paths(&inherited).filter(|d| !d.as_os_str().is_empty() && !d.join(LAB_SUPPORT_DYLIB).exists()));
+    if dirs.is_empty() {
+        return None;
+    }
+    std::env::join_paths(dirs).ok()
 }
 
 /// The first slot no running kernel holds, locked.
@@ -137,4 +170,33 @@ fn finish(paths: &Paths, slot: &Path) -> CliResult<()> {
     // the registry. Copied at every start, so a `git pull` that changes them is followed.
     std::fs::copy(paths.root.join("Cargo.lock"), slot.join("Cargo.lock")).map_err(|e| format!("cannot copy Cargo.lock into {}: {e}", slot.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_finds_its_own_slots_lab_support_and_no_other() {
+        let root = std::env::temp_dir().join(format!("lab-launcher-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let slot = root.join("slot-0");
+        let own = slot.join("target/x86_64-unknown-linux-gnu/debug/deps");
+        let stray = root.join("workspace/target/release/deps");
+        let other = root.join("cuda/lib");
+        for dir in [&own, &stray, &other] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(own.join(LAB_SUPPORT_DYLIB), "").unwrap();
+        std::fs::write(stray.join(LAB_SUPPORT_DYLIB), "").unwrap();
+        let inherited = std::env::join_paths([&stray, &other]).unwrap();
+        let path = library_path(&slot, Some(inherited)).unwrap();
+        assert_eq!(std::env::split_paths(&path).collect::<Vec<_>>(), vec![own.clone(), other.clone()]);
+        // Before the slot's first build: only the inherited folders without a lab-support.
+        let fresh = root.join("slot-1");
+        let inherited = std::env::join_paths([&stray]).unwrap();
+        assert_eq!(library_path(&fresh, Some(inherited)), None);
+        assert_eq!(library_path(&fresh, None), None);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }
