@@ -99,11 +99,12 @@ pub fn concurrent(paths: &Paths) -> CliResult<Vec<String>> {
 /// A path crate changed between two kernels is rebuilt by the second, never served stale from
 /// its slot. The crate is a small one of the test's own, loaded beside lab-support in the same
 /// slot, so the check costs seconds: cargo's fingerprints in the slot decide for every path
-/// crate alike, lab-support included (`cargo lab up` rebuilds the seed the same way).
+/// crate alike, lab-support included (`cargo lab up` rebuilds the seed the same way). Like
+/// lab-support, it is also a dylib, so the second kernel must load the new shared library.
 pub fn pickup(paths: &Paths) -> CliResult<Vec<String>> {
     let dir = paths.root.join("target/kernel-test/pickup");
     std::fs::create_dir_all(dir.join("src")).map_err(|e| format!("{}: {e}", dir.display()))?;
-    std::fs::write(dir.join("Cargo.toml"), "[package]\nname = \"pickup\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n")
+    std::fs::write(dir.join("Cargo.toml"), "[package]\nname = \"pickup\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[lib]\ncrate-type = [\"rlib\", \"dylib\"]\n\n[workspace]\n")
         .map_err(|e| format!("{}: {e}", dir.display()))?;
     let dep = format!(":dep pickup = {{ path = {:?} }}", dir.display().to_string());
     let mut problems = Vec::new();

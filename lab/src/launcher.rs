@@ -65,7 +65,10 @@ pub fn launch(evcxr: &Path, connection_file: &str) -> CliResult<()> {
     eprintln!("lab kernel: building in {}", slot.display());
     let mut command = Command::new(evcxr);
     command.arg("--control_file").arg(connection_file).env("EVCXR_TMPDIR", &slot);
-    match library_path(&slot, std::env::var_os(LIBRARY_PATH_ENV)) {
+    // `cargo run` adds the workspace's target folder (or CARGO_TARGET_DIR) to the path.
+    let mut targets = vec![paths.root.join("target")];
+    targets.extend(std::env::var_os("CARGO_TARGET_DIR").map(|d| paths.root.join(d)));
+    match library_path(&slot, std::env::var_os(LIBRARY_PATH_ENV), &targets) {
         Some(dirs) => command.env(LIBRARY_PATH_ENV, dirs),
         None => command.env_remove(LIBRARY_PATH_ENV),
     };
@@ -80,25 +83,29 @@ const LIBRARY_PATH_ENV: &str = "LD_LIBRARY_PATH";
 const LAB_SUPPORT_DYLIB: &str = "liblab_support.so";
 
 /// The library search path for a kernel in `slot`: the slot's own build of lab-support first,
-/// and no other folder that holds one.
+/// and no folder under `targets` or that holds another build of it.
 ///
 /// A cell is a shared object that needs `liblab_support.so`, and the system looks in
 /// `LD_LIBRARY_PATH` before the folder the cell names. `cargo run`, which runs `cargo lab up` and
 /// `cargo lab test`, puts the workspace's `target/release/deps` there, and that folder holds the
 /// `lab-model` build of lab-support (other features, other symbols): measured, with it first every
 /// cell that used lab-support failed to load ("dlopen failed") and the kernel's process died.
-fn library_path(slot: &Path, inherited: Option<std::ffi::OsString>) -> Option<std::ffi::OsString> {
+/// Folders under `targets` are left out even while they hold no lab-support yet: a later `cargo
+/// lab train` or `cargo lab test` would put one there.
+fn library_path(slot: &Path, inherited: Option<std::ffi::OsString>, targets: &[PathBuf]) -> Option<std::ffi::OsString> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     // evcxr builds into `target/<host triple>/debug`; a slot copied from the seed already has it.
     if let Ok(entries) = std::fs::read_dir(slot.join("target")) {
         dirs.extend(entries.flatten().map(|e| e.path().join("debug").join("deps")).filter(|d| d.join(LAB_SUPPORT_DYLIB).exists()));
     }
     let inherited = inherited.unwrap_or_default();
-    dirs.extend(std::env::split_paths(&inherited).filter(|d| !d.as_os_str().is_empty() && !d.join(LAB_SUPPORT_DYLIB).exists()));
+    let keep = |d: &PathBuf| !d.as_os_str().is_empty() && !d.join(LAB_SUPPORT_DYLIB).exists() && !targets.iter().any(|t| d.starts_with(t));
+    dirs.extend(std::env::split_paths(&inherited).filter(keep));
     if dirs.is_empty() {
         return None;
     }
-    std::env::join_paths(dirs).ok()
+    // A folder whose name the path cannot hold (one with a `:`): leave the path as it was.
+    std::env::join_paths(dirs).ok().or(Some(inherited))
 }
 
 /// The first slot no running kernel holds, locked.
@@ -189,14 +196,21 @@ mod tests {
         }
         std::fs::write(own.join(LAB_SUPPORT_DYLIB), "").unwrap();
         std::fs::write(stray.join(LAB_SUPPORT_DYLIB), "").unwrap();
+        let workspace_debug = root.join("workspace/target/debug");
+        std::fs::create_dir_all(&workspace_debug).unwrap();
+        let targets = [root.join("workspace/target")];
+        let inherited = std::env::join_paths([&stray, &other, &workspace_debug]).unwrap();
+        let path = library_path(&slot, Some(inherited), &targets).unwrap();
+        assert_eq!(std::env::split_paths(&path).collect::<Vec<_>>(), vec![own.clone(), other.clone()]);
+        // A stray build elsewhere is left out too, by what it holds.
         let inherited = std::env::join_paths([&stray, &other]).unwrap();
-        let path = library_path(&slot, Some(inherited)).unwrap();
+        let path = library_path(&slot, Some(inherited), &[]).unwrap();
         assert_eq!(std::env::split_paths(&path).collect::<Vec<_>>(), vec![own.clone(), other.clone()]);
         // Before the slot's first build: only the inherited folders without a lab-support.
         let fresh = root.join("slot-1");
-        let inherited = std::env::join_paths([&stray]).unwrap();
-        assert_eq!(library_path(&fresh, Some(inherited)), None);
-        assert_eq!(library_path(&fresh, None), None);
+        let inherited = std::env::join_paths([&stray, &workspace_debug]).unwrap();
+        assert_eq!(library_path(&fresh, Some(inherited), &targets), None);
+        assert_eq!(library_path(&fresh, None, &targets), None);
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
