@@ -34,6 +34,21 @@ extension does nothing.
 
 The price: one more kernel per Jupyter server, idle, holding its memory (measured in the README),
 and a warm-up in the background after every kernel launch.
+
+The extension also gives every server the lab's kernel manager, `LabKernelManager`, whether or not
+spares are on: it keeps evcxr kernels alive through jupyter_server's "nudge". Each time a client
+opens a kernel's channels (a notebook opened or reconnected in JupyterLab, a hub user's notebook),
+the server sends `kernel_info_request` on the shell and the control channel of a pair of transient
+sockets, again every 0.5 s until the kernel answers, and closes both as soon as one answer is back.
+If the kernel's answer on the control channel is still on its way then, evcxr_jupyter cannot send
+it ("Codec Error: Broken pipe" or "Connection reset by peer") and its process exits: the cell that
+was running fails with "Subprocess terminated with status: signal: 9 (SIGKILL)", the server
+restarts the kernel, and every variable is gone. Measured with jupyter_client and a real lab kernel:
+two requests on a control socket closed 2 ms later killed a fresh kernel in 3 of 23 tries; it
+happened in a run of the spare test, and is the likely end of the hub test's kernel that left its
+client waiting until CI's time ran out. A control channel of `LabKernelManager` closes
+`CONTROL_CLOSE_DELAY` seconds after it is asked to, dropping what arrives meanwhile, so that the
+kernel's late answers find it open.
 """
 
 import asyncio
@@ -48,6 +63,8 @@ from jupyter_client.connect import LocalPortCache, write_connection_file
 from jupyter_client.launcher import launch_kernel
 from jupyter_client.provisioning import LocalProvisioner
 from jupyter_core.paths import jupyter_runtime_dir
+from jupyter_server.services.kernels.kernelmanager import ServerKernelManager
+from tornado.ioloop import IOLoop
 
 # Marks a spare's processes; a cell can read it (the spare test does).
 SPARE_ENV = "LAB_KERNEL_SPARE"
@@ -244,13 +261,47 @@ def _replace_spare(spare):
     _spare = spare
 
 
+# Seconds a closed control channel stays open for the kernel's late answers: the nudge asks again
+# every 0.5 s while a kernel is slow (a cold start with others beside it takes seconds to answer).
+CONTROL_CLOSE_DELAY = 30
+# jupyter_server's own kernel manager, which the lab's replaces unless another is configured.
+DEFAULT_KERNEL_MANAGER = "jupyter_server.services.kernels.kernelmanager.ServerKernelManager"
+
+
+class LabKernelManager(ServerKernelManager):
+    """jupyter_server's kernel manager, with control channels that close a while after they are
+    asked to (see the module's docstring): evcxr_jupyter exits when a control peer goes away while
+    it answers."""
+
+    def connect_control(self, identity=None):
+        stream = super().connect_control(identity=identity)
+        close_now = stream.close
+
+        def close_later(linger=None):
+            if stream.socket is None:
+                return
+            stream.stop_on_recv()
+            IOLoop.current().call_later(CONTROL_CLOSE_DELAY, close_now, linger)
+
+        stream.close = close_later
+        return stream
+
+
 def _jupyter_server_extension_points():
     return [{"module": "lab_kernel_pool"}]
 
 
 def _load_jupyter_server_extension(server_app):
-    """A spare for the server's own folder as soon as it runs, so that the first notebook opened
-    can get a warm kernel too (`cargo lab up` serves notebooks/, where the lab's notebooks are)."""
+    """The lab's kernel manager for every kernel (unless the server's configuration names another),
+    and with spares on, a spare for the server's own folder as soon as it runs, so that the first
+    notebook opened can get a warm kernel too (`cargo lab up` serves notebooks/, where the lab's
+    notebooks are)."""
+    kernels = server_app.kernel_manager
+    if getattr(kernels, "kernel_manager_class", None) == DEFAULT_KERNEL_MANAGER:
+        kernels.kernel_manager_class = f"{__name__}.LabKernelManager"
+        server_app.log.info("lab kernel pool: kernels are managed by LabKernelManager")
+    else:
+        server_app.log.warning("lab kernel pool: kernels are managed by %s, not LabKernelManager: evcxr kernels may die when a notebook connects", getattr(kernels, "kernel_manager_class", None))
     if not spares_enabled():
         return
 

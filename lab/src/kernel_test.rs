@@ -121,3 +121,38 @@ pub fn pickup(paths: &Paths) -> CliResult<Vec<String>> {
     }
     Ok(problems)
 }
+
+/// A control channel closed right after a request, as jupyter_server's nudge closes its own when
+/// a notebook connects, leaves a fresh kernel alive under the lab's kernel manager
+/// (`lab/kernel-pool/check_control.py` says how; evcxr_jupyter alone exits then).
+pub fn control(paths: &Paths) -> CliResult<Vec<String>> {
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+    let script = paths.root.join("lab/kernel-pool/check_control.py");
+    let log = paths.root.join("target/kernel-control-test.log");
+    let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let mut cmd = std::process::Command::new(paths.venv_bin("python"));
+    cmd.arg(&script).arg(paths.root.join("notebooks")).current_dir(&paths.root);
+    paths.jupyter_env(&mut cmd);
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let mut child = cmd.stdout(out).stderr(err).spawn().map_err(|e| format!("could not run {}: {e}", script.display()))?;
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break Some(status);
+        }
+        if start.elapsed() > LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let mut problems: Vec<String> = text.lines().filter(|l| l.starts_with("round ")).map(String::from).collect();
+    match status {
+        None => problems.push(format!("{} had not finished after {} s (log: {})", script.display(), LIMIT.as_secs(), log.display())),
+        Some(s) if !s.success() && problems.is_empty() => problems.push(format!("{} failed ({s}); its last lines:\n{}", script.display(), crate::hub::tail(&log, 15))),
+        _ => {}
+    }
+    Ok(problems)
+}

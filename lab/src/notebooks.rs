@@ -76,10 +76,11 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
         Ok((start.elapsed().as_secs_f64(), problems))
     };
     // The test groups after the notebooks: `--notebook <group>` runs one alone.
-    let groups: [(&str, String, &str, &str, &dyn Fn(&Paths) -> CliResult<Vec<String>>); 7] = [
+    let groups: [(&str, String, &str, &str, &dyn Fn(&Paths) -> CliResult<Vec<String>>); 8] = [
         ("kernel", "kernel test: panics, errors and figures in a real evcxr kernel".into(), "kernel test", "", &crate::kernel_test::test),
         ("kernel", "kernel test: two kernels started at the same moment, three times".into(), "concurrent kernels test", "", &crate::kernel_test::concurrent),
         ("kernel", "kernel test: a path crate changed between two kernels is rebuilt".into(), "kernel pickup test", "", &crate::kernel_test::pickup),
+        ("kernel", "kernel test: a control channel closed early, as Jupyter's nudge does, leaves the kernel alive".into(), "kernel control test", " (log: target/kernel-control-test.log)", &crate::kernel_test::control),
         ("spare", "spare kernel test: a restart in `cargo lab up`'s JupyterLab gets the warm spare, fresh and working".into(), "spare kernel test", " (log: target/spare-test.log)", &crate::spare::test),
         ("hub", format!("hub test: {} students run notebook 03 at once through a real JupyterHub", crate::hub::TEST_USERS), "hub test", " (log: target/hub-test.log)", &crate::hub::test),
         ("grading", format!("grading test: nbgrader generate_assignment, then autograde a solved and an untouched {}", crate::course::TEST_ASSIGNMENT), "grading test", "", &crate::course::test),

@@ -198,7 +198,7 @@ pub fn run(kernel: &mut RemoteKernel, cells: &[&str]) -> CliResult<Vec<Ran>> {
         .iter()
         .map(|code| {
             let start = Instant::now();
-            let (outputs, _) = kernel.execute(code)?;
+            let (outputs, _) = kernel.execute(code, crate::hub::CELL_LIMIT)?;
             let mut ran = Ran { text: String::new(), failed: false, seconds: start.elapsed().as_secs_f64() };
             for out in &outputs {
                 if out["output_type"] == "error" || out["name"] == "stderr" {
