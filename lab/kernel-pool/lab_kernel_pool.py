@@ -39,16 +39,17 @@ The extension also gives every server the lab's kernel manager, `LabKernelManage
 spares are on: it keeps evcxr kernels alive through jupyter_server's "nudge". Each time a client
 opens a kernel's channels (a notebook opened or reconnected in JupyterLab, a hub user's notebook),
 the server sends `kernel_info_request` on the shell and the control channel of a pair of transient
-sockets, again every 0.5 s until the kernel answers, and closes both as soon as one answer is back.
-If the kernel's answer on the control channel is still on its way then, evcxr_jupyter cannot send
-it ("Codec Error: Broken pipe" or "Connection reset by peer") and its process exits: the cell that
-was running fails with "Subprocess terminated with status: signal: 9 (SIGKILL)", the server
-restarts the kernel, and every variable is gone. Measured with jupyter_client and a real lab kernel:
-two requests on a control socket closed 2 ms later killed a fresh kernel in 3 of 23 tries; it
-happened in a run of the spare test, and is the likely end of the hub test's kernel that left its
-client waiting until CI's time ran out. A control channel of `LabKernelManager` closes
-`CONTROL_CLOSE_DELAY` seconds after it is asked to, dropping what arrives meanwhile, so that the
-kernel's late answers find it open.
+sockets, again every 0.5 s until the kernel answers, and closes both once it has an answer on
+either and a message from the kernel's iopub channel. If the kernel's answer on the control
+channel is still on its way then, evcxr_jupyter cannot send it ("Codec Error: Broken pipe" or
+"Connection reset by peer") and its process exits: the server restarts the kernel, and every
+variable is gone. Measured with jupyter_client and a real lab kernel: two requests on a control
+socket closed 2 ms later killed a fresh kernel in 3 of 23 tries. It happened in a run of the spare
+test (the first cell sent after connecting failed with "Subprocess terminated with status: signal:
+9 (SIGKILL)"), and is the likely end of the hub test's kernel that left its client waiting until
+CI's time ran out. A control channel of `LabKernelManager` closes `CONTROL_CLOSE_DELAY` seconds
+after it is asked to, dropping what arrives meanwhile and anything still unsent then (linger 0),
+so that the kernel's late answers find it open.
 """
 
 import asyncio
@@ -281,7 +282,8 @@ class LabKernelManager(ServerKernelManager):
             if stream.socket is None:
                 return
             stream.stop_on_recv()
-            IOLoop.current().call_later(CONTROL_CLOSE_DELAY, close_now, linger)
+            # Linger 0 then: a request still unsent after the delay would be answered to nobody.
+            IOLoop.current().call_later(CONTROL_CLOSE_DELAY, close_now, 0)
 
         stream.close = close_later
         return stream

@@ -391,8 +391,11 @@ extern "C" fn on_interrupt(_: libc::c_int) {
 /// How long one read of a kernel's websocket waits before `RemoteKernel::execute` looks at its
 /// deadline again.
 const POLL: Duration = Duration::from_secs(5);
-/// The longest a test waits for one cell: a cold `:dep` cell with four kernels starting at once
-/// on two cores takes about 30 s, and notebook 03's slowest cell about as long.
+/// What a Jupyter server with the lab's extension logs when its kernels get the lab's kernel
+/// manager (lab/kernel-pool/lab_kernel_pool.py), which keeps evcxr alive through Jupyter's nudge.
+pub const LAB_KERNEL_MANAGER_LINE: &str = "lab kernel pool: kernels are managed by LabKernelManager";
+/// The longest a test waits for one cell: with four kernels at once on two cores, all of
+/// notebook 03 takes about 120 s.
 pub const CELL_LIMIT: Duration = Duration::from_secs(300);
 
 /// A kernel of a Jupyter server, driven over its websocket as JupyterLab does. `base` is the
@@ -643,6 +646,10 @@ fn run_test(paths: &Paths, log: &Path) -> CliResult<Vec<String>> {
             }
             Err(e) => problems.push(format!("{u}: {e}")),
         }
+    }
+    let managed = std::fs::read_to_string(log).unwrap_or_default().matches(LAB_KERNEL_MANAGER_LINE).count();
+    if managed < users.len() {
+        problems.push(format!("{managed} of {} servers said \"{LAB_KERNEL_MANAGER_LINE}\": their kernels may die when a notebook connects (lab/kernel-pool/)", users.len()));
     }
     if !problems.is_empty() {
         problems.push(format!("the hub's last lines ({}):\n{}", log.display(), tail(&log, 40)));

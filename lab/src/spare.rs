@@ -271,6 +271,9 @@ pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
         expect(&mut problems, "the kernel after lab-support changed being a cold one, not the spare", &cold[0], |t| t.trim() == "false");
         expect(&mut problems, "the cold kernel's `:dep` cell", &cold[1], |t| t.trim().is_empty());
         expect(&mut problems, "the cold kernel's `let y = 1 + 1; y`", &cold[2], |t| t.trim() == "2");
+        if !lab.tail(usize::MAX).contains(crate::hub::LAB_KERNEL_MANAGER_LINE) {
+            problems.push(format!("the server did not say \"{}\": its kernels may die when a notebook connects (lab/kernel-pool/)", crate::hub::LAB_KERNEL_MANAGER_LINE));
+        }
         if !lab.tail(400).contains("lab-support changed since the spare read it") {
             problems.push("the server did not say why it started the kernel cold (\"lab-support changed since the spare read it\")".into());
         }
