@@ -16,8 +16,8 @@ misses it more often than not; the check that the channel stays open fails every
 import asyncio
 import sys
 
-import lab_kernel_pool
-from lab_kernel_pool import LabKernelManager
+import lab_kernel_manager
+from lab_kernel_manager import LabKernelManager
 
 ROUNDS = 4
 # Shorter than the server's delay, to keep the test short; the mechanism is the same.
@@ -25,7 +25,7 @@ DELAY = 2
 
 
 async def check(cwd):
-    lab_kernel_pool.CONTROL_CLOSE_DELAY = DELAY
+    lab_kernel_manager.CONTROL_CLOSE_DELAY = DELAY
     problems = []
     manager = LabKernelManager(kernel_name="rust")
     await manager.start_kernel(cwd=cwd)

@@ -35,7 +35,8 @@ extension does nothing.
 The price: one more kernel per Jupyter server, idle, holding its memory (measured in the README),
 and a warm-up in the background after every kernel launch.
 
-The extension also gives every server the lab's kernel manager, `LabKernelManager`, whether or not
+The extension also gives every server the lab's kernel manager, `LabKernelManager` (in
+lab_kernel_manager.py), whether or not
 spares are on: it keeps evcxr kernels alive through jupyter_server's "nudge". Each time a client
 opens a kernel's channels (a notebook opened or reconnected in JupyterLab, a hub user's notebook),
 the server sends `kernel_info_request` on the shell and the control channel of a pair of transient
@@ -64,8 +65,6 @@ from jupyter_client.connect import LocalPortCache, write_connection_file
 from jupyter_client.launcher import launch_kernel
 from jupyter_client.provisioning import LocalProvisioner
 from jupyter_core.paths import jupyter_runtime_dir
-from jupyter_server.services.kernels.kernelmanager import ServerKernelManager
-from tornado.ioloop import IOLoop
 
 # Marks a spare's processes; a cell can read it (the spare test does).
 SPARE_ENV = "LAB_KERNEL_SPARE"
@@ -262,31 +261,11 @@ def _replace_spare(spare):
     _spare = spare
 
 
-# Seconds a closed control channel stays open for the kernel's late answers: the nudge asks again
-# every 0.5 s while a kernel is slow (a cold start with others beside it takes seconds to answer).
-CONTROL_CLOSE_DELAY = 30
-# jupyter_server's own kernel manager, which the lab's replaces unless another is configured.
+# jupyter_server's own kernel manager, which the lab's replaces unless another is configured. The
+# lab's lives in a module of its own: importing jupyter_server takes about a second, which every
+# `jupyter execute` that loads this provisioner would pay.
 DEFAULT_KERNEL_MANAGER = "jupyter_server.services.kernels.kernelmanager.ServerKernelManager"
-
-
-class LabKernelManager(ServerKernelManager):
-    """jupyter_server's kernel manager, with control channels that close a while after they are
-    asked to (see the module's docstring): evcxr_jupyter exits when a control peer goes away while
-    it answers."""
-
-    def connect_control(self, identity=None):
-        stream = super().connect_control(identity=identity)
-        close_now = stream.close
-
-        def close_later(linger=None):
-            if stream.socket is None:
-                return
-            stream.stop_on_recv()
-            # Linger 0 then: a request still unsent after the delay would be answered to nobody.
-            IOLoop.current().call_later(CONTROL_CLOSE_DELAY, close_now, 0)
-
-        stream.close = close_later
-        return stream
+LAB_KERNEL_MANAGER = "lab_kernel_manager.LabKernelManager"
 
 
 def _jupyter_server_extension_points():
@@ -300,7 +279,7 @@ def _load_jupyter_server_extension(server_app):
     notebooks are)."""
     kernels = server_app.kernel_manager
     if getattr(kernels, "kernel_manager_class", None) == DEFAULT_KERNEL_MANAGER:
-        kernels.kernel_manager_class = f"{__name__}.LabKernelManager"
+        kernels.kernel_manager_class = LAB_KERNEL_MANAGER
         server_app.log.info("lab kernel pool: kernels are managed by LabKernelManager")
     else:
         server_app.log.warning("lab kernel pool: kernels are managed by %s, not LabKernelManager: evcxr kernels may die when a notebook connects", getattr(kernels, "kernel_manager_class", None))
