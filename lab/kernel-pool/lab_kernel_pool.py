@@ -36,8 +36,8 @@ The price: one more kernel per Jupyter server, idle, holding its memory (measure
 and a warm-up in the background after every kernel launch.
 
 The extension also gives every server the lab's kernel manager, `LabKernelManager` (in
-lab_kernel_manager.py), whether or not
-spares are on: it keeps evcxr kernels alive through jupyter_server's "nudge". Each time a client
+lab_kernel_manager.py), whether or not spares are on: it keeps evcxr kernels alive through
+jupyter_server's "nudge". Each time a client
 opens a kernel's channels (a notebook opened or reconnected in JupyterLab, a hub user's notebook),
 the server sends `kernel_info_request` on the shell and the control channel of a pair of transient
 sockets, again every 0.5 s until the kernel answers, and closes both once it has an answer on
