@@ -14,16 +14,16 @@
 //! # Ok::<(), lab_support::LabError>(())
 //! ```
 
-use crate::check::{call_student, StudentCall};
 use crate::error::{LabError, Result};
-use crate::train::SeededRng;
 use crate::model::fresh_id;
+use crate::notebook::{call_student, StudentCall};
+use crate::rng::SeededRng;
 use candle_core::{Device, Tensor, Var};
 use std::sync::Mutex;
 
 /// The five training points: x = 1, 2, 4, 8, 16 and y = log2 x = 0..4, each shaped `(5, 1)`.
 pub fn log2_points() -> Result<(Tensor, Tensor)> {
-    crate::kernel::init();
+    crate::notebook::init();
     let xs = Tensor::new(&[[1f32], [2.], [4.], [8.], [16.]], &Device::Cpu)?;
     let ys = Tensor::new(&[[0f32], [1.], [2.], [3.], [4.]], &Device::Cpu)?;
     Ok((xs, ys))
@@ -86,9 +86,13 @@ impl Mlp {
         let mut rng = SeededRng::new(seed);
         let mut layer = |fan_in: usize, fan_out: usize, scale: f32| -> Result<[Var; 2]> {
             let b = scale / (fan_in as f32).sqrt();
-            Ok([Var::from_tensor(&rng.uniform_tensor(&[fan_in, fan_out], -b, b)?)?, Var::from_tensor(&rng.uniform_tensor(&[fan_out], -b, b)?)?])
+            Ok([
+                Var::from_tensor(&rng.uniform_tensor(&[fan_in, fan_out], -b, b)?)?,
+                Var::from_tensor(&rng.uniform_tensor(&[fan_out], -b, b)?)?,
+            ])
         };
-        let vars = [layer(1, width, scale)?, layer(width, width, 1.0)?, layer(width, 1, 1.0)?].into_iter().flatten().collect();
+        let vars =
+            [layer(1, width, scale)?, layer(width, width, 1.0)?, layer(width, 1, 1.0)?].into_iter().flatten().collect();
         Ok(Mlp { vars: Mutex::new(vars) })
     }
 
@@ -156,7 +160,7 @@ impl Mlp {
         if !(lr.is_finite() && lr > 0.0) {
             return Err(LabError::invalid("lr", lr, "a finite learning rate > 0, such as 0.01"));
         }
-        crate::attack::check_steps(epochs)?;
+        crate::validate::check_steps(epochs)?;
         self.refresh_ids()?;
         let start = self.deep_clone()?;
         let mut losses = Vec::with_capacity(epochs);
@@ -165,17 +169,23 @@ impl Mlp {
                 match call_student(|| step(self, xs, ys, lr)) {
                     StudentCall::Returned(r) => r?,
                     StudentCall::Todo(msg) => {
-                        println!("Your training step is not written yet ({msg}); training with the reference step instead.");
+                        println!(
+                            "Your training step is not written yet ({msg}); training with the reference step instead."
+                        );
                         return self.train(xs, ys, epochs, lr, Mlp::reference_step);
                     }
-                    StudentCall::Panicked(msg) => return Err(LabError::Other(format!("your training step panicked: {msg}"))),
+                    StudentCall::Panicked(msg) => {
+                        return Err(LabError::Other(format!("your training step panicked: {msg}")))
+                    }
                 }
             } else {
                 step(self, xs, ys, lr)?
             };
             if !loss.is_finite() {
                 let cause = diagnose(&start, xs, ys, &mut step)?;
-                return Err(LabError::Other(format!("the loss became {loss} at epoch {epoch}: training diverged. {cause}")));
+                return Err(LabError::Other(format!(
+                    "the loss became {loss} at epoch {epoch}: training diverged. {cause}"
+                )));
             }
             losses.push(loss);
         }
@@ -184,7 +194,9 @@ impl Mlp {
         if let (Some(&first), Some(&last)) = (losses.first(), losses.last()) {
             if epochs >= 10 && last > first {
                 let cause = diagnose(&start, xs, ys, &mut step)?;
-                return Err(LabError::Other(format!("the loss rose from {first:.4} to {last:.4} over {epochs} epochs. {cause}")));
+                return Err(LabError::Other(format!(
+                    "the loss rose from {first:.4} to {last:.4} over {epochs} epochs. {cause}"
+                )));
             }
         }
         Ok(losses)
@@ -197,7 +209,11 @@ impl Mlp {
 
     /// An independent copy (new `Var`s with the same values).
     pub fn deep_clone(&self) -> Result<Self> {
-        let vars = self.vars().iter().map(|v| Var::from_tensor(&v.as_tensor().copy()?)).collect::<std::result::Result<_, _>>()?;
+        let vars = self
+            .vars()
+            .iter()
+            .map(|v| Var::from_tensor(&v.as_tensor().copy()?))
+            .collect::<std::result::Result<_, _>>()?;
         Ok(Mlp { vars: Mutex::new(vars) })
     }
 }

@@ -17,13 +17,14 @@
 //! # Ok::<(), LabError>(())
 //! ```
 
-use crate::data::{check_batch, Dataset};
+use crate::data::Dataset;
 use crate::error::{LabError, Result};
 use crate::grad::{
-    check_eps, clamp_pixels, input_gradient_of, normalize_l2, per_image_l2, per_image_linf, project_l2,
-    project_linf, uniform_noise, AttackLoss, Objective,
+    clamp_pixels, input_gradient_of, normalize_l2, per_image_l2, per_image_linf, project_l2, project_linf,
+    uniform_noise, AttackLoss, Objective,
 };
 use crate::model::Classifier;
+use crate::validate::{check_batch, check_eps, check_finite_positive, check_steps};
 use candle_core::{Tensor, D};
 
 /// One line of an attack's trace: the state of the batch *before* step `step` (the last line is
@@ -78,21 +79,6 @@ pub enum Norm {
     L2,
 }
 
-/// The most steps one attack call runs: 100,000 steps on one digit take about half a minute.
-pub const MAX_STEPS: usize = 100_000;
-
-/// Checks a number of steps against [`MAX_STEPS`].
-pub fn check_steps(steps: usize) -> Result<()> {
-    if steps > MAX_STEPS {
-        return Err(LabError::invalid(
-            "steps",
-            steps,
-            format!("at most {MAX_STEPS} in one call (that already takes about half a minute per digit); run fewer, or call the attack again on its result"),
-        ));
-    }
-    Ok(())
-}
-
 /// Settings for [`pgd`].
 #[derive(Clone, Copy, Debug)]
 pub struct PgdConfig {
@@ -113,12 +99,28 @@ pub struct PgdConfig {
 impl PgdConfig {
     /// The usual L-inf PGD: 40 steps of eps/10 from a random start, cross-entropy, one run.
     pub fn linf(eps: f32) -> Self {
-        PgdConfig { norm: Norm::Linf, eps, step_size: eps / 10.0, steps: 40, random_start: Some(0), loss: AttackLoss::CrossEntropy, restarts: 1 }
+        PgdConfig {
+            norm: Norm::Linf,
+            eps,
+            step_size: eps / 10.0,
+            steps: 40,
+            random_start: Some(0),
+            loss: AttackLoss::CrossEntropy,
+            restarts: 1,
+        }
     }
 
     /// The usual L2 PGD: 40 steps of eps/8 from a random start, cross-entropy, one run.
     pub fn l2(eps: f32) -> Self {
-        PgdConfig { norm: Norm::L2, eps, step_size: eps / 8.0, steps: 40, random_start: Some(0), loss: AttackLoss::CrossEntropy, restarts: 1 }
+        PgdConfig {
+            norm: Norm::L2,
+            eps,
+            step_size: eps / 8.0,
+            steps: 40,
+            random_start: Some(0),
+            loss: AttackLoss::CrossEntropy,
+            restarts: 1,
+        }
     }
 }
 
@@ -140,7 +142,12 @@ impl Default for DescentConfig {
 
 /// The seed's attack: plain gradient descent on the input toward `target`, pixels kept in
 /// `[0, 1]` (and within `eps` of the original if set). `x <- clamp(x - step_size * dE/dx)`.
-pub fn targeted_descent(model: &Classifier, images: &Tensor, target: u32, config: &DescentConfig) -> Result<AttackResult> {
+pub fn targeted_descent(
+    model: &Classifier,
+    images: &Tensor,
+    target: u32,
+    config: &DescentConfig,
+) -> Result<AttackResult> {
     check_batch(images, "the image batch")?;
     check_finite_positive("step_size", config.step_size)?;
     check_steps(config.steps)?;
@@ -175,11 +182,22 @@ pub fn pgd(model: &Classifier, images: &Tensor, objective: &Objective, config: &
 /// pass is the true one, network of the defended image; the backward pass goes through the network
 /// only and treats the defense as the identity, whose derivative is 1 instead of the zero of a
 /// rounding step. On a model without a defense it is plain [`pgd`].
-pub fn bpda_pgd(defended: &Classifier, images: &Tensor, objective: &Objective, config: &PgdConfig) -> Result<AttackResult> {
+pub fn bpda_pgd(
+    defended: &Classifier,
+    images: &Tensor,
+    objective: &Objective,
+    config: &PgdConfig,
+) -> Result<AttackResult> {
     pgd_with(defended, images, objective, config, true)
 }
 
-fn pgd_with(model: &Classifier, images: &Tensor, objective: &Objective, config: &PgdConfig, bpda: bool) -> Result<AttackResult> {
+fn pgd_with(
+    model: &Classifier,
+    images: &Tensor,
+    objective: &Objective,
+    config: &PgdConfig,
+    bpda: bool,
+) -> Result<AttackResult> {
     check_batch(images, "the image batch")?;
     objective.validate(images.dim(0)?)?;
     check_eps(config.eps)?;
@@ -194,10 +212,12 @@ fn pgd_with(model: &Classifier, images: &Tensor, objective: &Objective, config: 
         }
         let idx = Tensor::new(left.as_slice(), images.device())?;
         let classes = left.iter().map(|&i| objective.classes()[i as usize]).collect();
-        let sub_objective = if objective.is_targeted() { Objective::Targeted(classes) } else { Objective::Untargeted(classes) };
+        let sub_objective =
+            if objective.is_targeted() { Objective::Targeted(classes) } else { Objective::Untargeted(classes) };
         let seed = config.random_start.map(|s| s.wrapping_add(restart as u64));
         let again = pgd_once(model, &images.index_select(&idx, 0)?, &sub_objective, config, seed, true, bpda)?;
-        result.adversarial = result.adversarial.index_add(&idx, &(again.adversarial - result.adversarial.index_select(&idx, 0)?)?, 0)?;
+        result.adversarial =
+            result.adversarial.index_add(&idx, &(again.adversarial - result.adversarial.index_select(&idx, 0)?)?, 0)?;
     }
     Ok(result)
 }
@@ -218,7 +238,12 @@ fn check_restarts(config: &PgdConfig) -> Result<()> {
 
 /// [`pgd`] with one start and no trace: only the adversarial batch, for the inner loop of
 /// adversarial training (a trace costs an extra forward pass and a few reductions per step).
-pub(crate) fn pgd_untraced(model: &Classifier, images: &Tensor, objective: &Objective, config: &PgdConfig) -> Result<Tensor> {
+pub(crate) fn pgd_untraced(
+    model: &Classifier,
+    images: &Tensor,
+    objective: &Objective,
+    config: &PgdConfig,
+) -> Result<Tensor> {
     check_batch(images, "the image batch")?;
     objective.validate(images.dim(0)?)?;
     check_eps(config.eps)?;
@@ -228,7 +253,15 @@ pub(crate) fn pgd_untraced(model: &Classifier, images: &Tensor, objective: &Obje
 
 /// One PGD run from the random start `seed` (or the image itself), with a trace if `traced`, and
 /// BPDA's gradient if `bpda`.
-fn pgd_once(model: &Classifier, images: &Tensor, objective: &Objective, config: &PgdConfig, seed: Option<u64>, traced: bool, bpda: bool) -> Result<AttackResult> {
+fn pgd_once(
+    model: &Classifier,
+    images: &Tensor,
+    objective: &Objective,
+    config: &PgdConfig,
+    seed: Option<u64>,
+    traced: bool,
+    bpda: bool,
+) -> Result<AttackResult> {
     // With no budget nothing can move, whatever the step size (eps / 10 is 0 there too).
     let steps = if config.eps == 0.0 { 0 } else { config.steps };
     if steps > 0 {
@@ -277,7 +310,13 @@ pub struct SweepPoint {
 /// }
 /// # Ok::<(), LabError>(())
 /// ```
-pub fn epsilon_sweep(model: &Classifier, set: &Dataset, norm: Norm, eps: &[f32], steps: usize) -> Result<Vec<SweepPoint>> {
+pub fn epsilon_sweep(
+    model: &Classifier,
+    set: &Dataset,
+    norm: Norm,
+    eps: &[f32],
+    steps: usize,
+) -> Result<Vec<SweepPoint>> {
     if set.is_empty() {
         return Err(LabError::invalid("set", "an empty dataset", "at least one image"));
     }
@@ -289,7 +328,10 @@ pub fn epsilon_sweep(model: &Classifier, set: &Dataset, norm: Norm, eps: &[f32],
     let mut correct = vec![0usize; eps.len()];
     // One unit of progress is one batch attacked at one budget; eps = 0 costs nothing.
     let attacks = set.len().div_ceil(500) * eps.iter().filter(|&&e| e > 0.0).count();
-    let mut progress = crate::kernel::Progress::new(format!("PGD-{steps} on {} digits at {} budgets", set.len(), eps.len()), attacks);
+    let mut progress = crate::notebook::Progress::new(
+        format!("PGD-{steps} on {} digits at {} budgets", set.len(), eps.len()),
+        attacks,
+    );
     let mut done = 0;
     for start in (0..set.len()).step_by(500) {
         let part = set.slice(start, 500.min(set.len() - start))?;
@@ -344,7 +386,13 @@ impl Evaluation {
 /// A weak attack flatters a defense: a digit that survives one PGD run may fall to a second start
 /// or another loss. Each further run attacks only the digits still standing, so the cost falls as
 /// the model fails. In batches of 500.
-pub fn worst_case_sweep(model: &Classifier, set: &Dataset, norm: Norm, eps: &[f32], evaluation: &Evaluation) -> Result<Vec<SweepPoint>> {
+pub fn worst_case_sweep(
+    model: &Classifier,
+    set: &Dataset,
+    norm: Norm,
+    eps: &[f32],
+    evaluation: &Evaluation,
+) -> Result<Vec<SweepPoint>> {
     if set.is_empty() {
         return Err(LabError::invalid("set", "an empty dataset", "at least one image"));
     }
@@ -356,8 +404,14 @@ pub fn worst_case_sweep(model: &Classifier, set: &Dataset, norm: Norm, eps: &[f3
     let base = PgdConfig { norm, steps: evaluation.steps, restarts: evaluation.restarts, ..PgdConfig::linf(1.0) };
     check_restarts(&base)?;
     let attacks = set.len().div_ceil(500) * eps.iter().filter(|&&e| e > 0.0).count();
-    let mut progress = crate::kernel::Progress::new(
-        format!("worst case of {} PGD-{} run(s) on {} digits at {} budgets", evaluation.restarts * evaluation.losses.len(), evaluation.steps, set.len(), eps.len()),
+    let mut progress = crate::notebook::Progress::new(
+        format!(
+            "worst case of {} PGD-{} run(s) on {} digits at {} budgets",
+            evaluation.restarts * evaluation.losses.len(),
+            evaluation.steps,
+            set.len(),
+            eps.len()
+        ),
         attacks,
     );
     let (mut correct, mut done) = (vec![0usize; eps.len()], 0);
@@ -367,7 +421,8 @@ pub fn worst_case_sweep(model: &Classifier, set: &Dataset, norm: Norm, eps: &[f3
         let clean = model.predict(&part.images)?;
         for (count, &e) in correct.iter_mut().zip(eps) {
             // Indices of the digits still classified correctly.
-            let mut standing: Vec<u32> = (0..labels.len() as u32).filter(|&i| clean[i as usize].class == labels[i as usize] as usize).collect();
+            let mut standing: Vec<u32> =
+                (0..labels.len() as u32).filter(|&i| clean[i as usize].class == labels[i as usize] as usize).collect();
             if e > 0.0 {
                 for (k, &loss) in evaluation.losses.iter().enumerate() {
                     if standing.is_empty() {
@@ -376,7 +431,13 @@ pub fn worst_case_sweep(model: &Classifier, set: &Dataset, norm: Norm, eps: &[f3
                     let idx = Tensor::new(standing.as_slice(), part.images.device())?;
                     let images = part.images.index_select(&idx, 0)?;
                     let objective = Objective::Untargeted(standing.iter().map(|&i| labels[i as usize]).collect());
-                    let config = PgdConfig { eps: e, step_size: 2.5 * e / evaluation.steps as f32, loss, random_start: Some(1000 * k as u64), ..base };
+                    let config = PgdConfig {
+                        eps: e,
+                        step_size: 2.5 * e / evaluation.steps as f32,
+                        loss,
+                        random_start: Some(1000 * k as u64),
+                        ..base
+                    };
                     let fooled = pgd(model, &images, &objective, &config)?.successes(model, &objective)?;
                     standing = standing.into_iter().zip(fooled).filter(|(_, f)| !f).map(|(i, _)| i).collect();
                 }
@@ -434,23 +495,25 @@ fn run_from(
         return Ok(AttackResult { adversarial: x, trace });
     }
     let logits = model.forward(&x)?;
-    let final_loss = objective.loss_of(&logits, loss)?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? / n as f32;
+    let final_loss =
+        objective.loss_of(&logits, loss)?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? / n as f32;
     trace.push(trace_line(steps, &logits, &x, original, objective, final_loss)?);
     Ok(AttackResult { adversarial: x, trace })
 }
 
-fn trace_line(step: usize, logits: &Tensor, x: &Tensor, original: &Tensor, objective: &Objective, loss: f32) -> Result<TraceStep> {
+fn trace_line(
+    step: usize,
+    logits: &Tensor,
+    x: &Tensor,
+    original: &Tensor,
+    objective: &Objective,
+    loss: f32,
+) -> Result<TraceStep> {
     let probs = candle_nn::ops::softmax(logits, D::Minus1)?.to_vec2::<f32>()?;
-    let class_prob = probs.iter().zip(objective.classes()).map(|(row, &c)| row[c as usize]).sum::<f32>() / probs.len() as f32;
+    let class_prob =
+        probs.iter().zip(objective.classes()).map(|(row, &c)| row[c as usize]).sum::<f32>() / probs.len() as f32;
     let delta = (x - original)?;
     let linf = per_image_linf(&delta)?.max(0)?.to_scalar::<f32>()?;
     let l2 = per_image_l2(&delta)?.mean(0)?.to_scalar::<f32>()?;
     Ok(TraceStep { step, loss, class_prob, linf, l2 })
-}
-
-fn check_finite_positive(name: &'static str, value: f32) -> Result<()> {
-    if !(value.is_finite() && value > 0.0) {
-        return Err(LabError::invalid(name, value, "a finite number > 0"));
-    }
-    Ok(())
 }

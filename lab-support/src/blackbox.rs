@@ -27,11 +27,12 @@
 //! ```
 
 use crate::attack::{pgd, PgdConfig};
-use crate::data::{check_batch, Dataset, SIDE};
+use crate::data::{Dataset, SIDE};
 use crate::error::{LabError, Result};
-use crate::grad::{check_eps, Objective};
+use crate::grad::Objective;
 use crate::model::{Classifier, Prediction};
-use crate::train::SeededRng;
+use crate::rng::SeededRng;
+use crate::validate::{check_batch, check_eps};
 use candle_core::{DType, Device, Tensor};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -80,7 +81,11 @@ impl BlackBox {
     pub fn label(&self, images: &Tensor) -> Result<Dataset> {
         let answers: Vec<u32> = self.predict(images)?.iter().map(|p| p.class as u32).collect();
         let n = answers.len();
-        Ok(Dataset { images: images.clone(), labels: Tensor::from_vec(answers, n, &Device::Cpu)?, class_names: self.model.class_names() })
+        Ok(Dataset {
+            images: images.clone(),
+            labels: Tensor::from_vec(answers, n, &Device::Cpu)?,
+            class_names: self.model.class_names(),
+        })
     }
 
     /// Queries answered so far.
@@ -149,7 +154,9 @@ impl QueryAttack {
         let n = self.fooled.len().max(1) as f64;
         budgets
             .iter()
-            .map(|&b| (b as f64, self.fooled.iter().zip(&self.queries).filter(|(&f, &q)| f && q <= b).count() as f64 / n))
+            .map(|&b| {
+                (b as f64, self.fooled.iter().zip(&self.queries).filter(|(&f, &q)| f && q <= b).count() as f64 / n)
+            })
             .collect()
     }
 
@@ -207,7 +214,11 @@ fn check_query_attack(images: &Tensor, labels: &Tensor, eps: f32, max_queries: u
     }
     let labels = Objective::untargeted(labels)?.classes().to_vec();
     if labels.len() != images.dim(0)? {
-        return Err(LabError::invalid("labels", format!("{} label(s)", labels.len()), format!("one per image: the batch holds {}", images.dim(0)?)));
+        return Err(LabError::invalid(
+            "labels",
+            format!("{} label(s)", labels.len()),
+            format!("one per image: the batch holds {}", images.dim(0)?),
+        ));
     }
     Ok(labels)
 }
@@ -230,7 +241,12 @@ impl Rows {
     }
 
     fn mean_l2(&self) -> f32 {
-        let total: f32 = self.original.iter().zip(&self.current).map(|(o, c)| o.iter().zip(c).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt()).sum();
+        let total: f32 = self
+            .original
+            .iter()
+            .zip(&self.current)
+            .map(|(o, c)| o.iter().zip(c).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt())
+            .sum();
         total / self.original.len().max(1) as f32
     }
 
@@ -267,13 +283,14 @@ pub fn simba(black_box: &BlackBox, images: &Tensor, labels: &Tensor, config: &Si
     let mut queries = vec![1usize; n];
     // The probability of the other classes, summed: the same as 1 - p_true, but it keeps its
     // digits where p_true rounds to exactly 1.0 in f32 (a confident model, on most digits).
-    let rest = |p: &[f32], y: u32| -> f32 { p.iter().enumerate().filter(|&(j, _)| j != y as usize).map(|(_, &v)| v).sum() };
+    let rest =
+        |p: &[f32], y: u32| -> f32 { p.iter().enumerate().filter(|&(j, _)| j != y as usize).map(|(_, &v)| v).sum() };
     let mut prob: Vec<f32> = first.iter().zip(&labels).map(|(p, &y)| p[y as usize]).collect();
     let mut others: Vec<f32> = first.iter().zip(&labels).map(|(p, &y)| rest(p, y)).collect();
     let mut fooled: Vec<bool> = first.iter().zip(&labels).map(|(p, &y)| argmax(p) != y as usize).collect();
     let mut trace = vec![trace_line(&queries, &fooled, &prob, &rows)];
     let order = SeededRng::new(config.seed).permutation(PIXELS);
-    let mut progress = crate::kernel::Progress::new(format!("SimBA on {n} digits"), PIXELS);
+    let mut progress = crate::notebook::Progress::new(format!("SimBA on {n} digits"), PIXELS);
     for (round, &pixel) in order.iter().enumerate() {
         progress.update(round);
         let pixel = pixel as usize;
@@ -324,7 +341,12 @@ pub fn simba(black_box: &BlackBox, images: &Tensor, labels: &Tensor, config: &Si
 /// square of each image not yet fooled to +eps or -eps (one sign for the whole square) and keeps
 /// it if the margin `log p_true - max_other log p` shrank. The squares cover `p_init` of the image
 /// at first and shrink on the paper's schedule. One query per image per round.
-pub fn square_attack(black_box: &BlackBox, images: &Tensor, labels: &Tensor, config: &SquareConfig) -> Result<QueryAttack> {
+pub fn square_attack(
+    black_box: &BlackBox,
+    images: &Tensor,
+    labels: &Tensor,
+    config: &SquareConfig,
+) -> Result<QueryAttack> {
     let labels = check_query_attack(images, labels, config.eps, config.max_queries)?;
     if !(config.p_init > 0.0 && config.p_init <= 1.0) {
         return Err(LabError::invalid("p_init", config.p_init, "a fraction in (0, 1]"));
@@ -349,7 +371,7 @@ pub fn square_attack(black_box: &BlackBox, images: &Tensor, labels: &Tensor, con
     let mut fooled: Vec<bool> = margin.iter().map(|&m| m < 0.0).collect();
     let mut trace = vec![trace_line(&queries, &fooled, &margin, &rows)];
     let mut round = 0;
-    let mut progress = crate::kernel::Progress::new(format!("Square Attack on {n} digits"), config.max_queries);
+    let mut progress = crate::notebook::Progress::new(format!("Square Attack on {n} digits"), config.max_queries);
     loop {
         round += 1;
         progress.update(round);
@@ -361,7 +383,10 @@ pub fn square_attack(black_box: &BlackBox, images: &Tensor, labels: &Tensor, con
         let side = ((p * PIXELS as f32).sqrt().round() as usize).clamp(1, SIDE - 1);
         let mut candidates = Vec::with_capacity(which.len());
         for &i in &which {
-            let (top, left) = ((rng.uniform() * (SIDE - side + 1) as f32) as usize, (rng.uniform() * (SIDE - side + 1) as f32) as usize);
+            let (top, left) = (
+                (rng.uniform() * (SIDE - side + 1) as f32) as usize,
+                (rng.uniform() * (SIDE - side + 1) as f32) as usize,
+            );
             let (top, left) = (top.min(SIDE - side), left.min(SIDE - side));
             let mut row = rows.current[i].clone();
             // A sign that changes nothing in the square would waste the query: try the other.
@@ -458,14 +483,21 @@ impl TransferRates {
 pub fn transfer_rates(models: &[(&str, &Classifier)], set: &Dataset, eps: f32) -> Result<TransferRates> {
     check_eps(eps)?;
     if models.is_empty() || set.is_empty() {
-        return Err(LabError::invalid("models/set", format!("{} model(s), {} digit(s)", models.len(), set.len()), "at least one of each"));
+        return Err(LabError::invalid(
+            "models/set",
+            format!("{} model(s), {} digit(s)", models.len(), set.len()),
+            "at least one of each",
+        ));
     }
     let labels = Objective::untargeted(&set.labels)?;
     let right = |m: &Classifier, images: &Tensor| -> Result<Vec<bool>> {
         Ok(m.predict(images)?.iter().zip(labels.classes()).map(|(p, &c)| p.class == c as usize).collect())
     };
     let clean: Vec<Vec<bool>> = models.iter().map(|(_, m)| right(m, &set.images)).collect::<Result<_>>()?;
-    let mut progress = crate::kernel::Progress::new(format!("PGD-40 on {} digits with {} models", set.len(), models.len()), models.len());
+    let mut progress = crate::notebook::Progress::new(
+        format!("PGD-40 on {} digits with {} models", set.len(), models.len()),
+        models.len(),
+    );
     let mut rates = Vec::new();
     for (s, (_, source)) in models.iter().enumerate() {
         let adversarial = pgd(source, &set.images, &labels, &PgdConfig::linf(eps))?.adversarial;

@@ -19,9 +19,10 @@ use crate::attack::{pgd, worst_case_sweep, Evaluation, Norm, PgdConfig};
 use crate::blackbox::{square_attack, BlackBox, SquareConfig};
 use crate::data::Dataset;
 use crate::error::{LabError, Result};
-use crate::grad::{check_eps, AttackLoss, Objective};
+use crate::grad::{AttackLoss, Objective};
 use crate::model::Classifier;
 use crate::plot::Table;
+use crate::validate::check_eps;
 
 /// The budget of check 1.
 pub const LARGE_EPS: f32 = 0.5;
@@ -53,7 +54,11 @@ impl Checklist {
     pub fn table(&self) -> Table {
         let mut table = Table::new(&["check", "verdict", "measured"]);
         for item in &self.items {
-            table = table.row(vec![item.name.to_string(), if item.passed { "ok".into() } else { "FLAGGED".into() }, item.detail.clone()]);
+            table = table.row(vec![
+                item.name.to_string(),
+                if item.passed { "ok".into() } else { "FLAGGED".into() },
+                item.detail.clone(),
+            ]);
         }
         table
     }
@@ -70,7 +75,11 @@ impl Checklist {
 pub fn checklist(model: &Classifier, set: &Dataset, eps: f32) -> Result<Checklist> {
     check_eps(eps)?;
     if set.is_empty() || set.len() > 2000 {
-        return Err(LabError::invalid("set", format!("{} digits", set.len()), "between 1 and 2,000 digits (a few hundred are enough; Square Attack costs a second per 20)"));
+        return Err(LabError::invalid(
+            "set",
+            format!("{} digits", set.len()),
+            "between 1 and 2,000 digits (a few hundred are enough; Square Attack costs a second per 20)",
+        ));
     }
     let objective = Objective::untargeted(&set.labels)?;
     let pgd_steps = |eps: f32, steps: usize| -> Result<f32> {
@@ -82,7 +91,12 @@ pub fn checklist(model: &Classifier, set: &Dataset, eps: f32) -> Result<Checklis
     let evaluation = Evaluation { steps: 100, restarts: 1, losses: vec![AttackLoss::CrossEntropy, AttackLoss::Margin] };
     let white = worst_case_sweep(model, set, Norm::Linf, &[eps], &evaluation)?[0].accuracy;
     let black_box = BlackBox::new(model);
-    let square = square_attack(&black_box, &set.images, &set.labels, &SquareConfig { eps, max_queries: 1000, ..SquareConfig::default() })?;
+    let square = square_attack(
+        &black_box,
+        &set.images,
+        &set.labels,
+        &SquareConfig { eps, max_queries: 1000, ..SquareConfig::default() },
+    )?;
     let black = model.accuracy_on(&square.adversarial, &set.labels)?;
     let pct = |a: f32| format!("{:.1}%", 100.0 * a);
     let items = vec![
@@ -99,7 +113,11 @@ pub fn checklist(model: &Classifier, set: &Dataset, eps: f32) -> Result<Checklis
         ChecklistItem {
             name: "a black box does not beat the white box",
             passed: black >= white - 0.02,
-            detail: format!("at eps {eps}: white box (PGD-100, both losses) {}, Square Attack (1,000 queries) {}", pct(white), pct(black)),
+            detail: format!(
+                "at eps {eps}: white box (PGD-100, both losses) {}, Square Attack (1,000 queries) {}",
+                pct(white),
+                pct(black)
+            ),
         },
     ];
     Ok(Checklist { eps, digits: set.len(), items })

@@ -41,10 +41,10 @@ pub enum LabError {
 
 impl fmt::Display for LabError {
     /// The message, and in a notebook the first time, a note on what evcxr does after an error:
-    /// the cell's new variables are gone (see [`crate::kernel::lost_variables_note`]).
+    /// the cell's new variables are gone (see [`crate::notebook::lost_variables_note`]).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.write_message(f)?;
-        if let Some(note) = crate::kernel::lost_variables_note() {
+        if let Some(note) = crate::notebook::lost_variables_note() {
             f.write_str(note)?;
         }
         Ok(())
@@ -116,7 +116,9 @@ impl LabError {
                  1 white), as it was trained. An image in 0..255 needs `(x / 255.0)?`; after your own \
                  arithmetic on pixels, keep them valid with `clamp_pixels(&x)?`"
             ),
-            DType { what, got, fix } => write!(f, "{what} holds {got:?} values, which the model cannot read as they are: {fix}"),
+            DType { what, got, fix } => {
+                write!(f, "{what} holds {got:?} values, which the model cannot read as they are: {fix}")
+            }
             InvalidArgument { name, value, allowed } => {
                 write!(f, "`{name}` = {value} is not allowed: {allowed}")
             }
@@ -169,7 +171,10 @@ mod tests {
     #[test]
     fn a_candle_error_shows_no_backtrace() {
         let inner = candle_core::Error::Msg("shape mismatch in matmul".into());
-        let e = candle_core::Error::WithBacktrace { inner: Box::new(inner), backtrace: Box::new(std::backtrace::Backtrace::force_capture()) };
+        let e = candle_core::Error::WithBacktrace {
+            inner: Box::new(inner),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
         assert_eq!(LabError::Candle(e).to_string(), "tensor error: shape mismatch in matmul");
     }
 }

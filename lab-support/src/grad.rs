@@ -22,9 +22,9 @@
 //! # Ok::<(), LabError>(())
 //! ```
 
-use crate::data::check_batch;
 use crate::error::{LabError, Result};
 use crate::model::Classifier;
+use crate::validate::{check_batch, check_class, check_eps, same_shape};
 use candle_core::{DType, Tensor, Var, D};
 
 /// What an attack wants the model to do, for each image of a batch.
@@ -95,7 +95,10 @@ impl Objective {
         let classes = Tensor::new(self.classes(), logits.device())?.unsqueeze(1)?;
         let picked = logits.gather(&classes, 1)?.squeeze(1)?;
         // The class's own logit pushed far down, so the max runs over the others.
-        let is_class = Tensor::arange(0u32, k as u32, logits.device())?.unsqueeze(0)?.broadcast_as((n, k))?.broadcast_eq(&classes)?;
+        let is_class = Tensor::arange(0u32, k as u32, logits.device())?
+            .unsqueeze(0)?
+            .broadcast_as((n, k))?
+            .broadcast_eq(&classes)?;
         let pushed = is_class.to_dtype(logits.dtype())?.affine(1e9, 0.0)?;
         let others = (logits - pushed)?.max(1)?;
         let margin = match self {
@@ -127,14 +130,6 @@ pub enum AttackLoss {
     Margin,
 }
 
-/// Checks that `class` is one of the ten digit classes.
-pub fn check_class(class: u32) -> Result<()> {
-    if class >= 10 {
-        return Err(LabError::invalid("class", class, "a class index in 0..=9"));
-    }
-    Ok(())
-}
-
 /// The loss and its gradient with respect to the input batch.
 #[derive(Clone, Debug)]
 pub struct InputGradient {
@@ -154,12 +149,21 @@ pub fn input_gradient(model: &Classifier, images: &Tensor, objective: &Objective
 }
 
 /// [`input_gradient`] without the input checks, for attack loops that checked once.
-pub(crate) fn input_gradient_unchecked(model: &Classifier, images: &Tensor, objective: &Objective) -> Result<InputGradient> {
+pub(crate) fn input_gradient_unchecked(
+    model: &Classifier,
+    images: &Tensor,
+    objective: &Objective,
+) -> Result<InputGradient> {
     input_gradient_of(model, images, objective, AttackLoss::CrossEntropy)
 }
 
 /// [`input_gradient_unchecked`] of either loss.
-pub(crate) fn input_gradient_of(model: &Classifier, images: &Tensor, objective: &Objective, kind: AttackLoss) -> Result<InputGradient> {
+pub(crate) fn input_gradient_of(
+    model: &Classifier,
+    images: &Tensor,
+    objective: &Objective,
+    kind: AttackLoss,
+) -> Result<InputGradient> {
     let x = Var::from_tensor(&images.detach())?;
     let logits = model.forward(x.as_tensor())?;
     let loss = objective.loss_of(&logits, kind)?;
@@ -176,14 +180,6 @@ pub(crate) fn input_gradient_of(model: &Classifier, images: &Tensor, objective: 
 /// Clamps every pixel into `[0, 1]`, the range of a valid image.
 pub fn clamp_pixels(images: &Tensor) -> Result<Tensor> {
     Ok(images.clamp(0f32, 1f32)?)
-}
-
-/// Checks that a perturbation budget is a finite number >= 0.
-pub fn check_eps(eps: f32) -> Result<()> {
-    if !(eps.is_finite() && eps >= 0.0) {
-        return Err(LabError::invalid("eps", eps, "a finite number >= 0 (how far each image may move)"));
-    }
-    Ok(())
 }
 
 /// Projects `images` onto the L-inf ball of radius `eps` around `original`: no pixel moves more
@@ -226,26 +222,15 @@ pub fn normalize_l2(grad: &Tensor) -> Result<Tensor> {
     Ok(grad.broadcast_div(&norms.reshape((n, 1, 1, 1))?)?)
 }
 
-fn same_shape(a: &Tensor, b: &Tensor) -> Result<()> {
-    if a.dims() != b.dims() {
-        return Err(LabError::Shape {
-            what: "the perturbed batch".into(),
-            expected: format!("{:?}, the shape of the original batch", b.dims()),
-            got: a.dims().to_vec(),
-        });
-    }
-    Ok(())
-}
-
 /// A tensor of the given shape with uniform entries in `[-eps, eps]`, from a seeded generator.
 pub fn uniform_noise(shape: &[usize], eps: f32, seed: u64) -> Result<Tensor> {
-    let mut rng = crate::train::SeededRng::new(seed);
+    let mut rng = crate::rng::SeededRng::new(seed);
     rng.uniform_tensor(shape, -eps, eps)
 }
 
 /// A batch of `n` images of uniform noise in `[0, 1]`, from a seeded generator.
 pub fn noise_images(n: usize, seed: u64) -> Result<Tensor> {
-    let mut rng = crate::train::SeededRng::new(seed);
+    let mut rng = crate::rng::SeededRng::new(seed);
     rng.uniform_tensor(&[n, 1, 28, 28], 0.0, 1.0)
 }
 
@@ -295,10 +280,18 @@ mod tests {
             // loss has a kink: central differences then average two one-sided slopes. Small noise
             // moves the check off those kinks.
             // Squeezed into [0.02, 0.98] first, so the noisy digit is still a valid image.
-            let x = ((x * 0.96).unwrap() + 0.02).unwrap().add(&uniform_noise(&[1, 1, 28, 28], 0.02, 11).unwrap()).unwrap();
+            let x =
+                ((x * 0.96).unwrap() + 0.02).unwrap().add(&uniform_noise(&[1, 1, 28, 28], 0.02, 11).unwrap()).unwrap();
             let x64 = x.to_dtype(DType::F64).unwrap();
-            let g64 = input_gradient(&model64, &x64, &objective).unwrap().grad.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            let g32 = input_gradient(&model32, &x, &objective).unwrap().grad.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let g64 = input_gradient(&model64, &x64, &objective)
+                .unwrap()
+                .grad
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            let g32 =
+                input_gradient(&model32, &x, &objective).unwrap().grad.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let scale = g64.iter().fold(0f64, |m, v| m.max(v.abs()));
             assert!(scale > 1e-8, "gradient is zero everywhere");
             // Probe the pixels with the largest gradients plus a spread of others.
@@ -308,9 +301,17 @@ mod tests {
             let fd = finite_differences(&model64, &x64, &objective, &pixels, 1e-5);
             for (&p, &numeric) in pixels.iter().zip(&fd) {
                 let err64 = (g64[p] - numeric).abs() / scale;
-                assert!(err64 < 1e-4, "pixel {p}: analytic {} vs finite difference {numeric} (rel err {err64:e})", g64[p]);
+                assert!(
+                    err64 < 1e-4,
+                    "pixel {p}: analytic {} vs finite difference {numeric} (rel err {err64:e})",
+                    g64[p]
+                );
                 let err32 = (g32[p] as f64 - numeric).abs() / scale;
-                assert!(err32 < 1e-2, "pixel {p}: f32 gradient {} vs finite difference {numeric} (rel err {err32:e})", g32[p]);
+                assert!(
+                    err32 < 1e-2,
+                    "pixel {p}: f32 gradient {} vs finite difference {numeric} (rel err {err32:e})",
+                    g32[p]
+                );
             }
         }
     }

@@ -23,58 +23,12 @@ use crate::data::{mnist, Dataset};
 use crate::error::{LabError, Result};
 use crate::grad::Objective;
 use crate::model::{Classifier, PARAMETERS};
+use crate::rng::SeededRng;
 use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
-
-/// A small seedable random generator (SplitMix64), for weights and shuffling.
-#[derive(Clone, Debug)]
-pub struct SeededRng(u64);
-
-impl SeededRng {
-    /// A generator whose whole stream is fixed by `seed`.
-    pub fn new(seed: u64) -> Self {
-        SeededRng(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    /// Uniform in `[-bound, bound)`.
-    pub fn symmetric(&mut self, bound: f32) -> f32 {
-        (2.0 * self.uniform() - 1.0) * bound
-    }
-
-    /// A random permutation of `0..n` (Fisher-Yates).
-    pub fn permutation(&mut self, n: usize) -> Vec<u32> {
-        let mut v: Vec<u32> = (0..n as u32).collect();
-        for i in (1..n).rev() {
-            let j = (self.next_u64() % (i as u64 + 1)) as usize;
-            v.swap(i, j);
-        }
-        v
-    }
-
-    /// A tensor of `shape` with entries uniform in `[lo, hi)`.
-    pub fn uniform_tensor(&mut self, shape: &[usize], lo: f32, hi: f32) -> Result<Tensor> {
-        let n = shape.iter().product();
-        let data: Vec<f32> = (0..n).map(|_| lo + (hi - lo) * self.uniform()).collect();
-        Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
-    }
-}
 
 /// Settings of a training run. `Default` is the run that produced the shipped weights.
 #[derive(Clone, Debug)]
@@ -94,7 +48,15 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { epochs: 5, batch_size: 64, learning_rate: 1.5e-3, seed: 2024, limit: None, adversarial: None, checkpoint: None }
+        TrainConfig {
+            epochs: 5,
+            batch_size: 64,
+            learning_rate: 1.5e-3,
+            seed: 2024,
+            limit: None,
+            adversarial: None,
+            checkpoint: None,
+        }
     }
 }
 
@@ -121,7 +83,13 @@ impl AdversarialTraining {
 
     /// The PGD the inner maximisation runs at budget `eps`, from random start `seed`.
     pub fn attack(&self, eps: f32, seed: u64) -> PgdConfig {
-        PgdConfig { eps, step_size: self.step_ratio * eps, steps: self.steps, random_start: Some(seed), ..PgdConfig::linf(eps) }
+        PgdConfig {
+            eps,
+            step_size: self.step_ratio * eps,
+            steps: self.steps,
+            random_start: Some(seed),
+            ..PgdConfig::linf(eps)
+        }
     }
 }
 
@@ -187,23 +155,39 @@ pub fn train(config: &TrainConfig, progress: bool) -> Result<(Classifier, TrainR
 /// is still measured on MNIST's test digits, against their true labels.
 pub fn train_on(set: &Dataset, config: &TrainConfig, progress: bool) -> Result<(Classifier, TrainReport)> {
     if config.epochs == 0 || config.batch_size == 0 {
-        return Err(LabError::invalid("epochs/batch_size", format!("{}/{}", config.epochs, config.batch_size), "both at least 1"));
+        return Err(LabError::invalid(
+            "epochs/batch_size",
+            format!("{}/{}", config.epochs, config.batch_size),
+            "both at least 1",
+        ));
     }
-    crate::data::check_batch(&set.images, "the training images")?;
+    crate::validate::check_batch(&set.images, "the training images")?;
     crate::grad::Objective::untargeted(&set.labels)?;
     if set.labels.dims() != [set.len()] {
-        return Err(LabError::Shape { what: "the training labels".into(), expected: format!("[{}], one class per image", set.len()), got: set.labels.dims().to_vec() });
+        return Err(LabError::Shape {
+            what: "the training labels".into(),
+            expected: format!("[{}], one class per image", set.len()),
+            got: set.labels.dims().to_vec(),
+        });
     }
     let mut train_set = set.clone();
     if config.adversarial.is_some() && train_set.len() <= VALIDATION {
-        return Err(LabError::invalid("set", format!("{} digits", train_set.len()), format!("more than {VALIDATION} for adversarial training: that many are held out to watch it")));
+        return Err(LabError::invalid(
+            "set",
+            format!("{} digits", train_set.len()),
+            format!("more than {VALIDATION} for adversarial training: that many are held out to watch it"),
+        ));
     }
     let mut validation = None;
     if let Some(adv) = &config.adversarial {
-        crate::grad::check_eps(adv.eps)?;
-        crate::attack::check_steps(adv.steps)?;
+        crate::validate::check_eps(adv.eps)?;
+        crate::validate::check_steps(adv.steps)?;
         if adv.steps == 0 || !(adv.step_ratio.is_finite() && adv.step_ratio > 0.0) || !(adv.ramp_epochs >= 0.0) {
-            return Err(LabError::invalid("adversarial", format!("{adv:?}"), "at least 1 step, a step_ratio > 0 and ramp_epochs >= 0"));
+            return Err(LabError::invalid(
+                "adversarial",
+                format!("{adv:?}"),
+                "at least 1 step, a step_ratio > 0 and ramp_epochs >= 0",
+            ));
         }
         let keep = train_set.len() - VALIDATION;
         validation = Some(train_set.slice(keep, VALIDATION)?);
@@ -246,7 +230,12 @@ pub fn train_on(set: &Dataset, config: &TrainConfig, progress: bool) -> Result<(
                 if step % (total / LOOKS).max(1) == 0 || last {
                     let v = validate(&model.frozen(), val, adv, step, eps, start.elapsed().as_secs_f64())?;
                     let robust = v.robust.unwrap_or(0.0);
-                    look = format!(" | held out: clean {:.1}%, PGD-10 at {} {:.1}%", 100.0 * v.clean, adv.eps, 100.0 * robust);
+                    look = format!(
+                        " | held out: clean {:.1}%, PGD-10 at {} {:.1}%",
+                        100.0 * v.clean,
+                        adv.eps,
+                        100.0 * robust
+                    );
                     history.push(v);
                     // Only once the budget is at full strength do looks compare.
                     if eps >= adv.eps {
@@ -269,7 +258,12 @@ pub fn train_on(set: &Dataset, config: &TrainConfig, progress: bool) -> Result<(
                 bar.inc(1);
                 // Without a terminal (a log, a notebook) the bar is hidden: print a line every 5% instead.
                 if bar.is_hidden() && step % (total / 20).max(1) == 0 {
-                    println!("step {step}/{total}, epoch {}/{}, loss {smoothed:.4}{look}, {:.0} s", epoch + 1, config.epochs, start.elapsed().as_secs_f64());
+                    println!(
+                        "step {step}/{total}, epoch {}/{}, loss {smoothed:.4}{look}, {:.0} s",
+                        epoch + 1,
+                        config.epochs,
+                        start.elapsed().as_secs_f64()
+                    );
                 }
             }
         }
@@ -299,16 +293,32 @@ fn current_eps(config: &TrainConfig, step: usize, steps_per_epoch: usize) -> f32
 }
 
 /// The inner maximisation: untargeted PGD on the batch against frozen weights.
-pub fn attack_batch(frozen: &Classifier, x: &Tensor, y: &Tensor, adv: &AdversarialTraining, eps: f32, seed: u64) -> Result<Tensor> {
+pub fn attack_batch(
+    frozen: &Classifier,
+    x: &Tensor,
+    y: &Tensor,
+    adv: &AdversarialTraining,
+    eps: f32,
+    seed: u64,
+) -> Result<Tensor> {
     pgd_untraced(frozen, x, &Objective::untargeted(y)?, &adv.attack(eps, seed))
 }
 
 /// A copy of the current weights.
 fn snapshot(vars: &[(String, Var)]) -> HashMap<String, Tensor> {
-    vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().copy().map(|t| t.detach()).unwrap_or_else(|_| v.as_tensor().detach()))).collect()
+    vars.iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().copy().map(|t| t.detach()).unwrap_or_else(|_| v.as_tensor().detach())))
+        .collect()
 }
 
-fn validate(model: &Classifier, set: &Dataset, adv: &AdversarialTraining, step: usize, eps: f32, seconds: f64) -> Result<Validation> {
+fn validate(
+    model: &Classifier,
+    set: &Dataset,
+    adv: &AdversarialTraining,
+    step: usize,
+    eps: f32,
+    seconds: f64,
+) -> Result<Validation> {
     let clean = model.accuracy(set)?;
     let robust = worst_case_sweep(model, set, Norm::Linf, &[adv.eps], &Evaluation::quick(10))?[0].accuracy;
     Ok(Validation { step, seconds, eps, clean, robust: Some(robust) })
@@ -341,10 +351,12 @@ mod tests {
         let (b, _) = train(&config, false).unwrap();
         let (c, _) = train(&TrainConfig { seed: 8, ..config }, false).unwrap();
         for (name, ta) in a.parameters() {
-            let diff = (ta - &b.parameters()[name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff =
+                (ta - &b.parameters()[name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert_eq!(diff, 0.0, "{name} differs between two runs with the same seed");
         }
-        let moved = (&a.parameters()["fc2.weight"] - &c.parameters()["fc2.weight"]).unwrap().abs().unwrap().max_all().unwrap();
+        let moved =
+            (&a.parameters()["fc2.weight"] - &c.parameters()["fc2.weight"]).unwrap().abs().unwrap().max_all().unwrap();
         assert!(moved.to_scalar::<f32>().unwrap() > 0.0, "a different seed should give different weights");
     }
 

@@ -68,7 +68,8 @@ fn fgsm_is_weaker_than_pgd_at_the_same_budget() {
     let set = mnist::test().unwrap().take(200).unwrap();
     let objective = Objective::untargeted(&set.labels).unwrap();
     let one_step = fgsm(&model, &set.images, &objective, 0.1).unwrap().success_rate(&model, &objective).unwrap();
-    let many = pgd(&model, &set.images, &objective, &PgdConfig::linf(0.1)).unwrap().success_rate(&model, &objective).unwrap();
+    let many =
+        pgd(&model, &set.images, &objective, &PgdConfig::linf(0.1)).unwrap().success_rate(&model, &objective).unwrap();
     assert!(many > one_step, "PGD {many} should beat FGSM {one_step}");
 }
 
@@ -77,7 +78,8 @@ fn the_seeds_targeted_descent_turns_a_digit_into_the_target() {
     let model = model();
     let (x, label) = mnist::test().unwrap().get(0).unwrap();
     let target = (label + 3) % 10;
-    let result = targeted_descent(&model, &x, target, &DescentConfig { step_size: 0.05, steps: 200, eps: None }).unwrap();
+    let result =
+        targeted_descent(&model, &x, target, &DescentConfig { step_size: 0.05, steps: 200, eps: None }).unwrap();
     let p = model.predict(&result.adversarial).unwrap()[0];
     assert_eq!(p.class, target as usize, "predicted {p:?}");
     let losses: Vec<f32> = result.trace.iter().map(|t| t.loss).collect();
@@ -132,11 +134,25 @@ fn bad_attack_arguments_are_errors_not_aborts() {
     let huge = PgdConfig { steps: 1 << 40, ..PgdConfig::linf(0.1) };
     let msg = pgd(&model, &set.images, &objective, &huge).unwrap_err().to_string();
     assert!(msg.contains("steps") && msg.contains("100000"), "{msg}");
-    let msg = targeted_descent(&model, &set.images, 3, &DescentConfig { steps: usize::MAX, ..DescentConfig::default() }).unwrap_err().to_string();
+    let msg =
+        targeted_descent(&model, &set.images, 3, &DescentConfig { steps: usize::MAX, ..DescentConfig::default() })
+            .unwrap_err()
+            .to_string();
     assert!(msg.contains("steps"), "{msg}");
     // A budget of 0 leaves the images as they are, whatever the step size.
-    for result in [pgd(&model, &set.images, &objective, &PgdConfig::linf(0.0)).unwrap(), fgsm(&model, &set.images, &objective, 0.0).unwrap()] {
-        assert_eq!(per_image_linf(&(&result.adversarial - &set.images).unwrap()).unwrap().max(0).unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    for result in [
+        pgd(&model, &set.images, &objective, &PgdConfig::linf(0.0)).unwrap(),
+        fgsm(&model, &set.images, &objective, 0.0).unwrap(),
+    ] {
+        assert_eq!(
+            per_image_linf(&(&result.adversarial - &set.images).unwrap())
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
     }
     // Pixels in 0..255 are refused, with how to scale them.
     let scaled = (&set.images * 255.0).unwrap();

@@ -34,7 +34,8 @@ fn the_black_box_counts_every_image_and_keeps_to_its_budget() {
     let labelled = black_box.label(&set.images.narrow(0, 0, 20).unwrap()).unwrap();
     assert_eq!(black_box.queries(), 50);
     // The labels are the model's answers (digit #18, a 3, it reads as an 8), not the truth.
-    let answers: Vec<u32> = model.predict(&set.images.narrow(0, 0, 20).unwrap()).unwrap().iter().map(|p| p.class as u32).collect();
+    let answers: Vec<u32> =
+        model.predict(&set.images.narrow(0, 0, 20).unwrap()).unwrap().iter().map(|p| p.class as u32).collect();
     assert_eq!(labelled.label_vec().unwrap(), answers);
     assert_ne!(answers, set.take(20).unwrap().label_vec().unwrap());
 }
@@ -44,14 +45,21 @@ fn simba_fools_the_plain_model_within_eps_and_counts_its_queries() {
     let set = digits(40);
     let model = plain();
     let black_box = BlackBox::new(&model);
-    let result = simba(&black_box, &set.images, &set.labels, &SimbaConfig { eps: 0.3, ..SimbaConfig::default() }).unwrap();
+    let result =
+        simba(&black_box, &set.images, &set.labels, &SimbaConfig { eps: 0.3, ..SimbaConfig::default() }).unwrap();
     // Measured on 100 digits: 83% at eps 0.3, a median of 322 queries.
     assert!(result.success_rate() >= 0.7, "{}", result.success_rate());
     assert_eq!(black_box.queries(), result.queries.iter().sum::<usize>());
     assert!(result.queries.iter().all(|&q| q <= 1569));
     check::within_budget(&set.images, &result.adversarial, 0.3).unwrap();
     // The attack's own verdict agrees with the model's.
-    let again: Vec<bool> = model.predict(&result.adversarial).unwrap().iter().zip(set.label_vec().unwrap()).map(|(p, y)| p.class != y as usize).collect();
+    let again: Vec<bool> = model
+        .predict(&result.adversarial)
+        .unwrap()
+        .iter()
+        .zip(set.label_vec().unwrap())
+        .map(|(p, y)| p.class != y as usize)
+        .collect();
     assert_eq!(again, result.fooled);
     let curve = result.success_within(&[0, 100, 1569]);
     assert!(curve[0].1 == 0.0 && curve[1].1 <= curve[2].1 && (curve[2].1 - result.success_rate() as f64).abs() < 1e-6);
@@ -65,7 +73,8 @@ fn square_attack_fools_the_plain_model_and_barely_the_robust_one() {
     // Measured on 100 digits: all fooled, a median of 32 queries.
     assert!(on_plain.success_rate() >= 0.95, "{}", on_plain.success_rate());
     check::within_budget(&set.images, &on_plain.adversarial, 0.3).unwrap();
-    let on_robust = square_attack(&BlackBox::new(&Classifier::robust().unwrap()), &set.images, &set.labels, &config).unwrap();
+    let on_robust =
+        square_attack(&BlackBox::new(&Classifier::robust().unwrap()), &set.images, &set.labels, &config).unwrap();
     assert!(on_robust.success_rate() <= 0.25, "{}", on_robust.success_rate());
     // The trace's margin falls as the attack goes.
     assert!(on_robust.trace.last().unwrap().loss < on_robust.trace[0].loss);
@@ -75,9 +84,13 @@ fn square_attack_fools_the_plain_model_and_barely_the_robust_one() {
 fn bad_settings_are_refused_with_what_to_do() {
     let set = digits(4);
     let black_box = BlackBox::new(&plain());
-    let err = simba(&black_box, &set.images, &set.labels, &SimbaConfig { max_queries: 0, ..SimbaConfig::default() }).unwrap_err().to_string();
+    let err = simba(&black_box, &set.images, &set.labels, &SimbaConfig { max_queries: 0, ..SimbaConfig::default() })
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("max_queries"), "{err}");
-    let err = square_attack(&black_box, &set.images, &set.labels.narrow(0, 0, 3).unwrap(), &SquareConfig::default()).unwrap_err().to_string();
+    let err = square_attack(&black_box, &set.images, &set.labels.narrow(0, 0, 3).unwrap(), &SquareConfig::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("one per image"), "{err}");
     let err = plain().with_defense(Defense::Quantize { levels: 1 }).unwrap_err().to_string();
     assert!(err.contains("levels"), "{err}");
@@ -90,11 +103,20 @@ fn quantization_hides_the_gradient_and_bpda_finds_it_again() {
     let defended = check::quantized_model().unwrap();
     let objective = Objective::untargeted(&set.labels).unwrap();
     // The gradient through the quantizer is exactly zero.
-    let g = input_gradient(&defended, &set.images.narrow(0, 0, 5).unwrap(), &Objective::untargeted(&set.labels.narrow(0, 0, 5).unwrap()).unwrap()).unwrap();
+    let g = input_gradient(
+        &defended,
+        &set.images.narrow(0, 0, 5).unwrap(),
+        &Objective::untargeted(&set.labels.narrow(0, 0, 5).unwrap()).unwrap(),
+    )
+    .unwrap();
     assert_eq!(g.grad.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
     let config = PgdConfig::linf(0.2);
-    let naive = defended.accuracy_on(&pgd(&defended, &set.images, &objective, &config).unwrap().adversarial, &set.labels).unwrap();
-    let bpda = defended.accuracy_on(&bpda_pgd(&defended, &set.images, &objective, &config).unwrap().adversarial, &set.labels).unwrap();
+    let naive = defended
+        .accuracy_on(&pgd(&defended, &set.images, &objective, &config).unwrap().adversarial, &set.labels)
+        .unwrap();
+    let bpda = defended
+        .accuracy_on(&bpda_pgd(&defended, &set.images, &objective, &config).unwrap().adversarial, &set.labels)
+        .unwrap();
     // Measured on 200 digits: 99.5% under naive PGD-40, 0% under BPDA.
     assert!(naive >= 0.95, "naive PGD {naive}");
     assert!(bpda <= 0.05, "BPDA {bpda}");
@@ -130,8 +152,14 @@ fn the_checklist_flags_the_quantized_model_and_passes_the_robust_one() {
 fn simba_solution(black_box: &BlackBox, x: &Tensor, label: u32, eps: f32, max_queries: usize) -> Result<Tensor> {
     let original = x.flatten_all()?.to_vec1::<f32>()?;
     let mut best = original.clone();
-    let ask = |pixels: &[f32]| -> Result<Vec<f32>> { Ok(black_box.probabilities(&Tensor::from_vec(pixels.to_vec(), (1, 1, 28, 28), &Device::Cpu)?)?.flatten_all()?.to_vec1::<f32>()?) };
-    let rest = |probs: &[f32]| -> f32 { probs.iter().enumerate().filter(|&(j, _)| j != label as usize).map(|(_, p)| p).sum() };
+    let ask = |pixels: &[f32]| -> Result<Vec<f32>> {
+        Ok(black_box
+            .probabilities(&Tensor::from_vec(pixels.to_vec(), (1, 1, 28, 28), &Device::Cpu)?)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    };
+    let rest =
+        |probs: &[f32]| -> f32 { probs.iter().enumerate().filter(|&(j, _)| j != label as usize).map(|(_, p)| p).sum() };
     let probs = ask(&best)?;
     let (mut rest_best, mut queries) = (rest(&probs), 1);
     let mut fooled = top1(&probs).class != label as usize;
@@ -182,12 +210,19 @@ fn simba_check_passes_a_solution_and_names_typical_mistakes() {
     };
     assert_fails(&check::simba_attack(unclamped), "clamp every candidate");
     // A budget of its own.
-    assert_fails(&check::simba_attack(|b: &BlackBox, x: &Tensor, l: u32, _: f32, q: usize| simba_solution(b, x, l, 0.4, q)), "moved by 0.400");
+    assert_fails(
+        &check::simba_attack(|b: &BlackBox, x: &Tensor, l: u32, _: f32, q: usize| simba_solution(b, x, l, 0.4, q)),
+        "moved by 0.400",
+    );
     // Flipped comparison: keeps pushes that raise the true class's probability.
     let flipped = |b: &BlackBox, x: &Tensor, label: u32, eps: f32, max_queries: usize| -> Result<Tensor> {
         let original = x.flatten_all()?.to_vec1::<f32>()?;
         let mut best = original.clone();
-        let ask = |p: &[f32]| -> Result<f32> { Ok(b.probabilities(&Tensor::from_vec(p.to_vec(), (1, 1, 28, 28), &Device::Cpu)?)?.flatten_all()?.to_vec1::<f32>()?[label as usize]) };
+        let ask = |p: &[f32]| -> Result<f32> {
+            Ok(b.probabilities(&Tensor::from_vec(p.to_vec(), (1, 1, 28, 28), &Device::Cpu)?)?
+                .flatten_all()?
+                .to_vec1::<f32>()?[label as usize])
+        };
         let mut p_best = ask(&best)?;
         for pixel in SeededRng::new(0).permutation(784).into_iter().take(max_queries - 1) {
             let mut c = best.clone();
@@ -205,7 +240,11 @@ fn simba_check_passes_a_solution_and_names_typical_mistakes() {
     let saturated = |b: &BlackBox, x: &Tensor, label: u32, eps: f32, max_queries: usize| -> Result<Tensor> {
         let original = x.flatten_all()?.to_vec1::<f32>()?;
         let mut best = original.clone();
-        let ask = |p: &[f32]| -> Result<Vec<f32>> { Ok(b.probabilities(&Tensor::from_vec(p.to_vec(), (1, 1, 28, 28), &Device::Cpu)?)?.flatten_all()?.to_vec1::<f32>()?) };
+        let ask = |p: &[f32]| -> Result<Vec<f32>> {
+            Ok(b.probabilities(&Tensor::from_vec(p.to_vec(), (1, 1, 28, 28), &Device::Cpu)?)?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
+        };
         let probs = ask(&best)?;
         let (mut p_best, mut queries) = (probs[label as usize], 1);
         'pixels: for pixel in SeededRng::new(0).permutation(784) {
@@ -261,13 +300,20 @@ fn bpda_check_passes_bpda_and_fails_an_attack_through_the_quantizer() {
     };
     assert_fails(&check::bpda_attack(through), "differentiated through the quantizer");
     // The lab's PGD, naive, from a random start: moved, but the network sees the same digits.
-    let naive = |d: &Classifier, x: &Tensor, labels: &Tensor, eps: f32| -> Result<Tensor> { Ok(pgd(d, x, &Objective::untargeted(labels)?, &PgdConfig::linf(eps))?.adversarial) };
+    let naive = |d: &Classifier, x: &Tensor, labels: &Tensor, eps: f32| -> Result<Tensor> {
+        Ok(pgd(d, x, &Objective::untargeted(labels)?, &PgdConfig::linf(eps))?.adversarial)
+    };
     let v = check::bpda_attack(naive);
     assert_eq!(v.outcome, Outcome::Fail, "{v}");
     // Over budget, and digit by digit (too many forward passes).
-    assert_fails(&check::bpda_attack(|d: &Classifier, x: &Tensor, l: &Tensor, _: f32| bpda_solution(d, x, l, 0.3)), "outside");
+    assert_fails(
+        &check::bpda_attack(|d: &Classifier, x: &Tensor, l: &Tensor, _: f32| bpda_solution(d, x, l, 0.3)),
+        "outside",
+    );
     let one_by_one = |d: &Classifier, x: &Tensor, labels: &Tensor, eps: f32| -> Result<Tensor> {
-        let parts = (0..x.dim(0)?).map(|i| bpda_solution(d, &x.narrow(0, i, 1)?, &labels.narrow(0, i, 1)?, eps)).collect::<Result<Vec<_>>>()?;
+        let parts = (0..x.dim(0)?)
+            .map(|i| bpda_solution(d, &x.narrow(0, i, 1)?, &labels.narrow(0, i, 1)?, eps))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&parts, 0)?)
     };
     assert_fails(&check::bpda_attack(one_by_one), "forward passes");

@@ -5,8 +5,8 @@ use lab_support::check::{self, check_trainable, reference_adversarial_step, Outc
 use lab_support::data::mnist;
 use lab_support::grad::{AttackLoss, Objective};
 use lab_support::model::Classifier;
-use lab_support::train::{train, AdversarialTraining, TrainConfig};
 use lab_support::prelude::*;
+use lab_support::train::{train, AdversarialTraining, TrainConfig};
 
 fn plain() -> Classifier {
     Classifier::pretrained().expect("the shipped model loads")
@@ -52,10 +52,15 @@ fn restarts_only_ever_add_successes_and_need_a_random_start() {
     let result = pgd(&model, &set.images, &objective, &four_starts).unwrap();
     let b = result.successes(&model, &objective).unwrap();
     assert!(a.iter().zip(&b).all(|(x, y)| !x || *y), "a digit fooled by the first run was lost by the restarts");
-    assert!(b.iter().filter(|&&s| s).count() > a.iter().filter(|&&s| s).count(), "restarts found nothing more at eps 0.12");
-    let moved = (&result.adversarial - &set.images).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(
+        b.iter().filter(|&&s| s).count() > a.iter().filter(|&&s| s).count(),
+        "restarts found nothing more at eps 0.12"
+    );
+    let moved =
+        (&result.adversarial - &set.images).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(moved <= 0.12 + 1e-6, "restarts broke the budget: {moved}");
-    let err = pgd(&model, &set.images, &objective, &PgdConfig { random_start: None, ..four_starts }).unwrap_err().to_string();
+    let err =
+        pgd(&model, &set.images, &objective, &PgdConfig { random_start: None, ..four_starts }).unwrap_err().to_string();
     assert!(err.contains("random_start"), "{err}");
     let err = pgd(&model, &set.images, &objective, &PgdConfig { restarts: 0, ..once }).unwrap_err().to_string();
     assert!(err.contains("restarts"), "{err}");
@@ -67,17 +72,27 @@ fn the_worst_case_is_at_least_as_strong_as_one_pgd_run() {
     let set = mnist::test().unwrap().take(300).unwrap();
     let eps = [0.0, 0.06];
     let weak = epsilon_sweep(&model, &set, Norm::Linf, &eps, 10).unwrap();
-    let strong = worst_case_sweep(&model, &set, Norm::Linf, &eps, &Evaluation { steps: 10, ..Evaluation::strongest() }).unwrap();
+    let strong =
+        worst_case_sweep(&model, &set, Norm::Linf, &eps, &Evaluation { steps: 10, ..Evaluation::strongest() }).unwrap();
     assert_eq!(weak[0].accuracy, strong[0].accuracy, "clean accuracy differs");
-    assert!(strong[1].accuracy < weak[1].accuracy, "worst case {} is not below one run {}", strong[1].accuracy, weak[1].accuracy);
-    let err = worst_case_sweep(&model, &set, Norm::Linf, &eps, &Evaluation { losses: vec![], ..Evaluation::strongest() }).unwrap_err();
+    assert!(
+        strong[1].accuracy < weak[1].accuracy,
+        "worst case {} is not below one run {}",
+        strong[1].accuracy,
+        weak[1].accuracy
+    );
+    let err =
+        worst_case_sweep(&model, &set, Norm::Linf, &eps, &Evaluation { losses: vec![], ..Evaluation::strongest() })
+            .unwrap_err();
     assert!(err.to_string().contains("1 loss"), "{err}");
 }
 
 #[test]
 fn adversarial_training_is_seeded_and_watches_robust_accuracy() {
-    let adversarial = Some(AdversarialTraining { eps: 0.1, steps: 2, ramp_epochs: 0.5, ..AdversarialTraining::shipped() });
-    let config = TrainConfig { epochs: 1, batch_size: 32, limit: Some(320), seed: 5, adversarial, ..TrainConfig::default() };
+    let adversarial =
+        Some(AdversarialTraining { eps: 0.1, steps: 2, ramp_epochs: 0.5, ..AdversarialTraining::shipped() });
+    let config =
+        TrainConfig { epochs: 1, batch_size: 32, limit: Some(320), seed: 5, adversarial, ..TrainConfig::default() };
     let (a, report) = train(&config, false).unwrap();
     let (b, _) = train(&config, false).unwrap();
     for (name, ta) in a.parameters() {
@@ -88,14 +103,23 @@ fn adversarial_training_is_seeded_and_watches_robust_accuracy() {
     assert!(!report.history.is_empty() && report.history.iter().all(|v| v.robust.is_some()));
     // The budget ramps up over the first half epoch, then stays.
     assert!(report.history[0].eps < 0.1 && report.history.last().unwrap().eps == 0.1, "{:?}", report.history);
-    let bad = TrainConfig { adversarial: Some(AdversarialTraining { steps: 0, ..AdversarialTraining::shipped() }), ..config };
+    let bad =
+        TrainConfig { adversarial: Some(AdversarialTraining { steps: 0, ..AdversarialTraining::shipped() }), ..config };
     assert!(train(&bad, false).unwrap_err().to_string().contains("at least 1 step"));
 }
 
 /// A hand-written adversarial step: 7 signed steps of 0.3 eps along `direction` times the
 /// gradient of the untargeted objective (-1 descends it, as it should), projected or not, then
 /// one weight step on the result.
-fn sign_steps(m: &Classifier, opt: &mut candle_nn::AdamW, x: &Tensor, y: &Tensor, eps: f32, direction: f64, project: bool) -> Result<Tensor> {
+fn sign_steps(
+    m: &Classifier,
+    opt: &mut candle_nn::AdamW,
+    x: &Tensor,
+    y: &Tensor,
+    eps: f32,
+    direction: f64,
+    project: bool,
+) -> Result<Tensor> {
     let objective = Objective::untargeted(y)?;
     let mut x_adv = x.clone();
     for _ in 0..7 {
@@ -135,9 +159,19 @@ fn adversarial_step_check_passes_the_reference_and_names_typical_mistakes() {
         "must attack",
     );
     // Forgetting to project: steps that add up past eps.
-    assert_fails_with(check::adversarial_step(|m: &Classifier, opt: &mut candle_nn::AdamW, x: &Tensor, y: &Tensor, eps: f32| sign_steps(m, opt, x, y, eps, -1.0, false)), "not projected");
+    assert_fails_with(
+        check::adversarial_step(|m: &Classifier, opt: &mut candle_nn::AdamW, x: &Tensor, y: &Tensor, eps: f32| {
+            sign_steps(m, opt, x, y, eps, -1.0, false)
+        }),
+        "not projected",
+    );
     // Climbing instead of descending the untargeted objective.
-    assert_fails_with(check::adversarial_step(|m: &Classifier, opt: &mut candle_nn::AdamW, x: &Tensor, y: &Tensor, eps: f32| sign_steps(m, opt, x, y, eps, 1.0, true)), "climbs the objective");
+    assert_fails_with(
+        check::adversarial_step(|m: &Classifier, opt: &mut candle_nn::AdamW, x: &Tensor, y: &Tensor, eps: f32| {
+            sign_steps(m, opt, x, y, eps, 1.0, true)
+        }),
+        "climbs the objective",
+    );
     // Attacking but never stepping the weights.
     assert_fails_with(
         check::adversarial_step(|m: &Classifier, _opt: &mut candle_nn::AdamW, x: &Tensor, y: &Tensor, eps: f32| {
@@ -148,7 +182,9 @@ fn adversarial_step_check_passes_the_reference_and_names_typical_mistakes() {
     );
     // A budget written into the function: the check runs at eps 0.25.
     assert_fails_with(
-        check::adversarial_step(|m: &Classifier, opt: &mut candle_nn::AdamW, x: &Tensor, y: &Tensor, _eps: f32| reference_adversarial_step(m, opt, x, y, 0.3)),
+        check::adversarial_step(|m: &Classifier, opt: &mut candle_nn::AdamW, x: &Tensor, y: &Tensor, _eps: f32| {
+            reference_adversarial_step(m, opt, x, y, 0.3)
+        }),
         "a budget of its own",
     );
     // The loss computed through the frozen view: no weight gets a gradient.
@@ -162,7 +198,11 @@ fn adversarial_step_check_passes_the_reference_and_names_typical_mistakes() {
         }),
         "not `model.frozen()`",
     );
-    let todo = check::adversarial_step(|_: &Classifier, _: &mut candle_nn::AdamW, _: &Tensor, _: &Tensor, _: f32| -> Result<Tensor> { todo!("attack, then step") });
+    let todo = check::adversarial_step(
+        |_: &Classifier, _: &mut candle_nn::AdamW, _: &Tensor, _: &Tensor, _: f32| -> Result<Tensor> {
+            todo!("attack, then step")
+        },
+    );
     assert_eq!(todo.outcome, Outcome::NotDone, "{todo}");
 }
 

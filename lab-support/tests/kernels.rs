@@ -5,10 +5,21 @@ use candle_core::{DType, Device, Tensor, Var};
 use lab_support::data::mnist;
 use lab_support::grad::Objective;
 use lab_support::model::Classifier;
-use lab_support::train::SeededRng;
+use lab_support::rng::SeededRng;
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }
 
 fn max_abs(a: &Tensor) -> f64 {
@@ -35,12 +46,16 @@ fn fast_forward_and_input_gradient_match_plain_candle() {
             let mut out = Vec::new();
             for fast in [true, false] {
                 let v = Var::from_tensor(&x).unwrap();
-                let logits = if fast { model.forward(v.as_tensor()) } else { model.forward_reference(v.as_tensor()) }.unwrap();
+                let logits =
+                    if fast { model.forward(v.as_tensor()) } else { model.forward_reference(v.as_tensor()) }.unwrap();
                 let grads = objective.loss(&logits).unwrap().backward().unwrap();
                 out.push((logits, grads.get(v.as_tensor()).expect("a gradient for the input").clone()));
             }
             let dl = max_abs_diff(&out[0].0, &out[1].0) / max_abs(&out[1].0);
-            assert!(dl < if dtype == DType::F32 { 1e-5 } else { 1e-11 }, "{dtype:?} batch {n}: logits differ by {dl:e} (relative)");
+            assert!(
+                dl < if dtype == DType::F32 { 1e-5 } else { 1e-11 },
+                "{dtype:?} batch {n}: logits differ by {dl:e} (relative)"
+            );
             if dtype == DType::F64 {
                 let dg = max_abs_diff(&out[0].1, &out[1].1) / max_abs(&out[1].1);
                 assert!(dg < 1e-10, "batch {n}: input gradients differ by {dg:e} (relative)");
@@ -55,7 +70,8 @@ fn fast_weight_gradients_match_plain_candle_and_skip_a_constant_input() {
     let x = batch(19, DType::F32);
     let labels = mnist::test().unwrap().take(19).unwrap().labels;
     let fast = candle_nn::loss::cross_entropy(&model.forward(&x).unwrap(), &labels).unwrap().backward().unwrap();
-    let slow = candle_nn::loss::cross_entropy(&model.forward_reference(&x).unwrap(), &labels).unwrap().backward().unwrap();
+    let slow =
+        candle_nn::loss::cross_entropy(&model.forward_reference(&x).unwrap(), &labels).unwrap().backward().unwrap();
     for (name, v) in &vars {
         let (f, s) = (fast.get(v.as_tensor()).unwrap(), slow.get(v.as_tensor()).unwrap());
         let d = max_abs_diff(f, s) / max_abs(s);
@@ -82,7 +98,8 @@ fn frozen_weights_get_no_gradient_and_training_runs_are_repeatable() {
     let trainable = Classifier::from_tensors(params).unwrap();
     let labels = mnist::test().unwrap().take(20).unwrap().labels;
     let run = || {
-        let loss = candle_nn::loss::cross_entropy(&trainable.forward(&x.as_tensor().detach()).unwrap(), &labels).unwrap();
+        let loss =
+            candle_nn::loss::cross_entropy(&trainable.forward(&x.as_tensor().detach()).unwrap(), &labels).unwrap();
         loss.backward().unwrap().get(w.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
     };
     assert_eq!(run(), run());
@@ -93,8 +110,14 @@ fn conv_block_rejects_shapes_that_do_not_fit() {
     let x = Tensor::zeros((1, 2, 8, 8), DType::F32, &Device::Cpu).unwrap();
     let w = Tensor::zeros((4, 3, 3, 3), DType::F32, &Device::Cpu).unwrap();
     let b = Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
-    let err = lab_support::kernels::conv_relu_pool(&x, &w, &b).unwrap_err().to_string();
+    let err = lab_support::model::kernels::conv_relu_pool(&x, &w, &b).unwrap_err().to_string();
     assert!(err.contains("do not fit"), "{err}");
-    let err = lab_support::kernels::conv_relu_pool(&x.to_dtype(DType::F16).unwrap(), &w.narrow(1, 0, 2).unwrap().to_dtype(DType::F16).unwrap(), &b.to_dtype(DType::F16).unwrap()).unwrap_err().to_string();
+    let err = lab_support::model::kernels::conv_relu_pool(
+        &x.to_dtype(DType::F16).unwrap(),
+        &w.narrow(1, 0, 2).unwrap().to_dtype(DType::F16).unwrap(),
+        &b.to_dtype(DType::F16).unwrap(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("f32 or f64"), "{err}");
 }

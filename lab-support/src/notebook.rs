@@ -1,5 +1,6 @@
-//! How lab-support behaves inside the notebooks' Rust kernel (evcxr): short panic reports, and
-//! progress lines for long work.
+//! How lab-support behaves inside the notebooks' Rust kernel (evcxr): short panic reports,
+//! progress lines for long work, values that show themselves, and calling a student's function
+//! without letting its `todo!()` or panic crash the caller.
 //!
 //! evcxr runs every cell in a child process with `RUST_BACKTRACE=1` forced, so a `todo!()` that a
 //! student has not written yet, or any other panic, prints a backtrace of a dozen frames through
@@ -13,7 +14,7 @@
 //! never unloads a cell's code, so the hook's code stays valid. Outside evcxr (tests, programs)
 //! nothing changes.
 
-use std::panic::PanicHookInfo;
+use std::panic::{catch_unwind, AssertUnwindSafe, PanicHookInfo};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -84,7 +85,9 @@ fn panic_report(info: &PanicHookInfo<'_>) -> String {
         match cell_line(location.file(), location.line()) {
             Some(line) => report.push_str(&format!("\n    in your code: {}", line.trim())),
             // Not the cell's own code: a library (lab-support, candle, std) panicked.
-            None if location.file() != "src/lib.rs" => report.push_str(&format!("\n    at {}:{}", location.file(), location.line())),
+            None if location.file() != "src/lib.rs" => {
+                report.push_str(&format!("\n    at {}:{}", location.file(), location.line()))
+            }
             None => {}
         }
     }
@@ -110,7 +113,11 @@ fn cell_line(file: &str, line: u32) -> Option<String> {
 
 fn cell_crate_dir() -> Option<PathBuf> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    let so = maps.lines().rev().filter_map(|l| l.split_whitespace().nth(5)).find(|p| p.contains("/libcode_") && p.ends_with(".so"))?;
+    let so = maps
+        .lines()
+        .rev()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.contains("/libcode_") && p.ends_with(".so"))?;
     let (dir, _) = so.split_once("/target/")?;
     Some(PathBuf::from(dir))
 }
@@ -148,7 +155,7 @@ impl<T: std::fmt::Debug + ?Sized> ShowValue for T {
 /// a notebook (tests, programs) it prints nothing.
 ///
 /// ```
-/// use lab_support::kernel::Progress;
+/// use lab_support::notebook::Progress;
 /// let mut progress = Progress::new("training 6 networks", 6);
 /// for seed in 0..6 {
 ///     // ... train one network ...
@@ -170,7 +177,13 @@ const QUIET_FOR: Duration = Duration::from_secs(2);
 impl Progress {
     /// Progress of `total` units of work, named `label`.
     pub fn new(label: impl Into<String>, total: usize) -> Self {
-        Progress { label: label.into(), total: total.max(1), start: Instant::now(), last_line: None, show: in_notebook() }
+        Progress {
+            label: label.into(),
+            total: total.max(1),
+            start: Instant::now(),
+            last_line: None,
+            show: in_notebook(),
+        }
     }
 
     /// Records that `done` units are finished, printing a line when one is due.
@@ -210,6 +223,39 @@ impl Progress {
             elapsed.as_secs_f64(),
             left.ceil()
         ))
+    }
+}
+
+/// The outcome of calling a student's function.
+pub enum StudentCall<T> {
+    /// It returned (maybe an `Err`).
+    Returned(T),
+    /// It hit a `todo!()`; the message is the todo's text.
+    Todo(String),
+    /// It panicked for another reason.
+    Panicked(String),
+}
+
+/// Calls `f`, catching a panic without printing it: a `todo!()` or a bug in a student's code
+/// must not crash the check that runs it.
+pub fn call_student<T>(f: impl FnOnce() -> T) -> StudentCall<T> {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let outcome = catch_unwind(AssertUnwindSafe(f));
+    std::panic::set_hook(previous);
+    match outcome {
+        Ok(v) => StudentCall::Returned(v),
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic without a message".into());
+            match msg.strip_prefix("not yet implemented") {
+                Some(rest) => StudentCall::Todo(rest.trim_start_matches(':').trim().to_string()),
+                None => StudentCall::Panicked(msg),
+            }
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! `cargo lab bench`: lab-support's CNN steps timed side by side with PyTorch on the CPU.
 //!
 //! Both sides load the shipped weights and the same 100 test digits. The PyTorch side is
-//! `lab-support/bench/torch_ref.py`, run in the project venv, where the `lab` tool installs torch
+//! `lab-model/bench/torch_ref.py`, run in the project venv, where the `lab` tool installs torch
 //! the first time (students never need it). Before timing, the bench checks that both sides compute
 //! the same logits and input gradients, and stops if they do not: a fast wrong answer counts for
 //! nothing. Then, for each case, it warms both sides up and alternates blocks of steps between
@@ -20,7 +20,7 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
-const SCRIPT: &str = "lab-support/bench/torch_ref.py";
+const SCRIPT: &str = "lab-model/bench/torch_ref.py";
 /// Digits both sides compute on.
 const IMAGES: usize = 100;
 /// Alternating rounds per case, after one warm-up round.
@@ -65,14 +65,19 @@ impl Torch {
             .spawn()
             .map_err(|e| format!("could not start {SCRIPT} with {}: {e}", python.display()))?;
         let (stdin, stdout) = (child.stdin.take(), child.stdout.take());
-        Ok(Torch { stdin: stdin.ok_or("no stdin for the PyTorch process")?, stdout: BufReader::new(stdout.ok_or("no stdout for the PyTorch process")?), child })
+        Ok(Torch {
+            stdin: stdin.ok_or("no stdin for the PyTorch process")?,
+            stdout: BufReader::new(stdout.ok_or("no stdout for the PyTorch process")?),
+            child,
+        })
     }
 
     fn ask(&mut self, command: Value) -> CliResult<Value> {
         writeln!(self.stdin, "{command}").map_err(|e| format!("the PyTorch process stopped listening: {e}"))?;
         let mut line = String::new();
         self.stdout.read_line(&mut line).map_err(|e| format!("no answer from the PyTorch process: {e}"))?;
-        let answer: Value = serde_json::from_str(&line).map_err(|_| format!("the PyTorch process answered {line:?} to {command}; its error is above"))?;
+        let answer: Value = serde_json::from_str(&line)
+            .map_err(|_| format!("the PyTorch process answered {line:?} to {command}; its error is above"))?;
         match answer.get("error") {
             Some(e) => Err(format!("PyTorch failed on {command}: {e}")),
             None => Ok(answer),
@@ -104,12 +109,20 @@ fn write_inputs(path: &Path) -> CliResult<(Tensor, Vec<u32>, Tensor)> {
 }
 
 /// Compares lab-support's logits and input gradients with PyTorch's on the same digits.
-fn check_agreement(torch: &mut Torch, model: &Classifier, images: &Tensor, targets: &[u32], dir: &Path) -> CliResult<String> {
+fn check_agreement(
+    torch: &mut Torch,
+    model: &Classifier,
+    images: &Tensor,
+    targets: &[u32],
+    dir: &Path,
+) -> CliResult<String> {
     let out = dir.join("torch-check.safetensors");
     torch.ask(json!({"cmd": "check", "out": out}))?;
     let theirs = candle_core::safetensors::load(&out, &Device::Cpu).map_err(|e| format!("{}: {e}", out.display()))?;
     let ours = input_gradient(model, images, &Objective::Targeted(targets.to_vec())).map_err(|e| e.to_string())?;
-    let max_abs = |t: &Tensor| -> CliResult<f32> { t.abs().and_then(|a| a.flatten_all()?.max(0)?.to_scalar::<f32>()).map_err(|e| e.to_string()) };
+    let max_abs = |t: &Tensor| -> CliResult<f32> {
+        t.abs().and_then(|a| a.flatten_all()?.max(0)?.to_scalar::<f32>()).map_err(|e| e.to_string())
+    };
     let diff = |a: &Tensor, b: &Tensor| -> CliResult<f32> { max_abs(&(a - b).map_err(|e| e.to_string())?) };
     let logit_diff = diff(&ours.logits, &theirs["logits"])?;
     let grad_diff = diff(&ours.grad, &theirs["grad"])? / max_abs(&theirs["grad"])?;
@@ -124,7 +137,13 @@ fn check_agreement(torch: &mut Torch, model: &Classifier, images: &Tensor, targe
 }
 
 /// lab-support's side of one case: per-step times in ms.
-fn time_lab(case: &Case, model: &Classifier, images: &Tensor, targets: &[u32], labels: &Tensor) -> lab_support::Result<Vec<f64>> {
+fn time_lab(
+    case: &Case,
+    model: &Classifier,
+    images: &Tensor,
+    targets: &[u32],
+    labels: &Tensor,
+) -> lab_support::Result<Vec<f64>> {
     let x0 = images.narrow(0, 0, case.batch)?;
     let mut times = Vec::with_capacity(case.iters);
     let mut timed = |mut step: Box<dyn FnMut() -> lab_support::Result<()> + '_>| -> lab_support::Result<()> {
@@ -149,7 +168,10 @@ fn time_lab(case: &Case, model: &Classifier, images: &Tensor, targets: &[u32], l
         "forward" => timed(Box::new(|| model.logits(&x0).map(drop)))?,
         "train_step" => {
             let (trained, vars) = Classifier::trainable(model.parameters())?;
-            let mut opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), ParamsAdamW { lr: 1e-3, weight_decay: 0.0, ..Default::default() })?;
+            let mut opt = AdamW::new(
+                vars.iter().map(|(_, v)| v.clone()).collect(),
+                ParamsAdamW { lr: 1e-3, weight_decay: 0.0, ..Default::default() },
+            )?;
             let y = labels.narrow(0, 0, case.batch)?;
             timed(Box::new(move || {
                 let loss = candle_nn::loss::cross_entropy(&trained.forward(&x0)?, &y)?;
@@ -161,7 +183,10 @@ fn time_lab(case: &Case, model: &Classifier, images: &Tensor, targets: &[u32], l
         "adv_train_step" => {
             use lab_support::train::{attack_batch, AdversarialTraining};
             let (trained, vars) = Classifier::trainable(model.parameters())?;
-            let mut opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), ParamsAdamW { lr: 1e-3, weight_decay: 0.0, ..Default::default() })?;
+            let mut opt = AdamW::new(
+                vars.iter().map(|(_, v)| v.clone()).collect(),
+                ParamsAdamW { lr: 1e-3, weight_decay: 0.0, ..Default::default() },
+            )?;
             let y = labels.narrow(0, 0, case.batch)?;
             let recipe = AdversarialTraining { eps: ADV_EPS, ..AdversarialTraining::shipped() };
             let mut seed = 0;
@@ -182,7 +207,11 @@ fn time_lab(case: &Case, model: &Classifier, images: &Tensor, targets: &[u32], l
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// The robustness curve of all 10,000 test digits under PGD-40, timed: one call, lab-support only.
@@ -194,8 +223,14 @@ fn sweep(model: &Classifier) -> CliResult<()> {
     let start = Instant::now();
     let curve = epsilon_sweep(model, &test, Norm::Linf, &eps, 40).map_err(|e| e.to_string())?;
     let seconds = start.elapsed().as_secs_f64();
-    let points: Vec<Value> = curve.iter().map(|p| json!({"eps": round3(p.eps as f64), "accuracy": (p.accuracy as f64 * 1e4).round() / 1e4})).collect();
-    println!("{}", json!({"case": "pgd40_linf_sweep", "images": test.len(), "lab_s": round3(seconds), "curve": points}));
+    let points: Vec<Value> = curve
+        .iter()
+        .map(|p| json!({"eps": round3(p.eps as f64), "accuracy": (p.accuracy as f64 * 1e4).round() / 1e4}))
+        .collect();
+    println!(
+        "{}",
+        json!({"case": "pgd40_linf_sweep", "images": test.len(), "lab_s": round3(seconds), "curve": points})
+    );
     Ok(())
 }
 
@@ -220,9 +255,12 @@ pub fn bench(python: &Path, with_sweep: bool) -> CliResult<()> {
     for case in &CASES {
         let (mut lab, mut theirs) = (Vec::new(), Vec::new());
         for round in 0..=ROUNDS {
-            let l = time_lab(case, &model, &images, &targets, &labels).map_err(|e| format!("{} (lab side): {e}", case.name))?;
-            let answer = torch.ask(json!({"cmd": "time", "case": case.name, "batch": case.batch, "iters": case.iters}))?;
-            let t: Vec<f64> = answer["ms"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+            let l = time_lab(case, &model, &images, &targets, &labels)
+                .map_err(|e| format!("{} (lab side): {e}", case.name))?;
+            let answer =
+                torch.ask(json!({"cmd": "time", "case": case.name, "batch": case.batch, "iters": case.iters}))?;
+            let t: Vec<f64> =
+                answer["ms"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
             if round > 0 {
                 lab.extend(l);
                 theirs.extend(t);

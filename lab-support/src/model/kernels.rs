@@ -54,7 +54,12 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor>
     let (_, inputs) = x.dims2()?;
     let (outputs, w_in) = w.dims2()?;
     if w_in != inputs || b.dims() != [outputs] {
-        candle_core::bail!("linear: input {:?}, weight {:?}, bias {:?} do not fit together", x.dims(), w.dims(), b.dims());
+        candle_core::bail!(
+            "linear: input {:?}, weight {:?}, bias {:?} do not fit together",
+            x.dims(),
+            w.dims(),
+            b.dims()
+        );
     }
     x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, Linear)
 }
@@ -78,19 +83,44 @@ impl Linear {
         let mut y: Vec<T> = b.iter().copied().cycle().take(n * outputs).collect();
         if n > 0 {
             // y (N x out) += x (N x in) * w^T (in x out)
-            matmul((n, outputs, inputs), &mut y, (outputs, 1), true, x, (inputs, 1), w, (1, inputs), threads_for(n * inputs * outputs));
+            matmul(
+                (n, outputs, inputs),
+                &mut y,
+                (outputs, 1),
+                true,
+                x,
+                (inputs, 1),
+                w,
+                (1, inputs),
+                threads_for(n * inputs * outputs),
+            );
         }
         Ok((T::to_cpu_storage_owned(y), Shape::from((n, outputs))))
     }
 
-    fn bwd_typed<T: Float>(x: &Tensor, w: &Tensor, b: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd_typed<T: Float>(
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let ((n, inputs), outputs) = (x.dims2()?, w.dim(0)?);
         let g = to_vec::<T>(grad)?;
         let par = threads_for(n * inputs * outputs);
         let dx = if x.track_op() && n > 0 {
             let mut dx = vec![T::from_f64(0.0); n * inputs];
             // dx (N x in) = g (N x out) * w (out x in)
-            matmul((n, inputs, outputs), &mut dx, (inputs, 1), false, &g, (outputs, 1), &to_vec::<T>(w)?, (inputs, 1), par);
+            matmul(
+                (n, inputs, outputs),
+                &mut dx,
+                (inputs, 1),
+                false,
+                &g,
+                (outputs, 1),
+                &to_vec::<T>(w)?,
+                (inputs, 1),
+                par,
+            );
             Some(Tensor::from_vec(dx, x.shape(), x.device())?)
         } else {
             None
@@ -114,7 +144,15 @@ impl CustomOp3 for Linear {
         "linear"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let args = [(s1, l1), (s2, l2), (s3, l3)];
         match (s1.dtype(), s2.dtype(), s3.dtype()) {
             (DType::F32, DType::F32, DType::F32) => self.fwd::<f32>(args),
@@ -123,7 +161,14 @@ impl CustomOp3 for Linear {
         }
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         match x.dtype() {
             DType::F32 => Self::bwd_typed::<f32>(x, w, b, grad),
             DType::F64 => Self::bwd_typed::<f64>(x, w, b, grad),
@@ -252,7 +297,11 @@ fn matmul<T: Float>(
     par: Parallelism,
 ) {
     let last = |rs: usize, cs: usize, rows: usize, cols: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(last(dst_rs, dst_cs, m, n) < dst.len() && last(lhs_rs, lhs_cs, m, k) < lhs.len() && last(rhs_rs, rhs_cs, k, n) < rhs.len());
+    assert!(
+        last(dst_rs, dst_cs, m, n) < dst.len()
+            && last(lhs_rs, lhs_cs, m, k) < lhs.len()
+            && last(rhs_rs, rhs_cs, k, n) < rhs.len()
+    );
     let one = T::from_f64(1.0);
     // SAFETY: the assert above keeps every access inside the three slices; `dst` is borrowed mutably.
     unsafe {
@@ -338,7 +387,8 @@ fn backward<T: Float>(
         .par_chunks_mut(chunk)
         .enumerate()
         .map(|(group, dx_group)| {
-            let (mut col, mut dpre) = (vec![zero; if want_w { k * p } else { 0 }], vec![zero; if want_w { g.o * p } else { 0 }]);
+            let (mut col, mut dpre) =
+                (vec![zero; if want_w { k * p } else { 0 }], vec![zero; if want_w { g.o * p } else { 0 }]);
             let (mut dcol_t, mut touched) = (vec![zero; if want_x { p * k } else { 0 }], vec![false; p]);
             let mut dw = vec![zero; if want_w { g.o * k } else { 0 }];
             let mut db = vec![zero; if want_w { g.o } else { 0 }];
@@ -368,7 +418,12 @@ fn backward<T: Float>(
                     }
                 }
                 if want_x {
-                    patches_to_image(&dcol_t, &touched, &g, &mut dx_group[(i - group * group_size) * g.image()..][..g.image()]);
+                    patches_to_image(
+                        &dcol_t,
+                        &touched,
+                        &g,
+                        &mut dx_group[(i - group * group_size) * g.image()..][..g.image()],
+                    );
                 }
                 if want_w {
                     // dw (O x K) += dpre (O x P) * col^T (P x K)
@@ -392,7 +447,9 @@ fn backward<T: Float>(
 }
 
 fn slice<'a, T: Float>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
-    let (start, end) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("conv_relu_pool: a non-contiguous argument".into()))?;
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("conv_relu_pool: a non-contiguous argument".into()))?;
     Ok(&T::cpu_storage_as_slice(s)?[start..end])
 }
 
@@ -408,7 +465,14 @@ impl ConvReluPool {
         Ok((T::to_cpu_storage_owned(out), Shape::from((g.n, g.o, g.hp, g.wp))))
     }
 
-    fn bwd_typed<T: Float>(&self, x: &Tensor, w: &Tensor, b: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd_typed<T: Float>(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = Geom::new(x.dims(), w.dim(0)?);
         let want = (x.track_op(), w.track_op() || b.track_op());
         if !want.0 && !want.1 {
@@ -419,7 +483,9 @@ impl ConvReluPool {
         let (dx, dwb) = backward(&xs, &to_vec::<T>(w)?, &to_vec::<T>(res)?, &to_vec::<T>(grad)?, &argmax, g, want);
         let dx = dx.map(|d| Tensor::from_vec(d, x.shape(), x.device())).transpose()?;
         let (dw, db) = match dwb {
-            Some((dw, db)) => (Some(Tensor::from_vec(dw, w.shape(), w.device())?), Some(Tensor::from_vec(db, b.shape(), b.device())?)),
+            Some((dw, db)) => {
+                (Some(Tensor::from_vec(dw, w.shape(), w.device())?), Some(Tensor::from_vec(db, b.shape(), b.device())?))
+            }
             None => (None, None),
         };
         Ok((dx, dw, db))
@@ -431,7 +497,15 @@ impl CustomOp3 for ConvReluPool {
         "conv-relu-pool"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let args = [(s1, l1), (s2, l2), (s3, l3)];
         match (s1.dtype(), s2.dtype(), s3.dtype()) {
             (DType::F32, DType::F32, DType::F32) => self.fwd::<f32>(args),
@@ -440,7 +514,14 @@ impl CustomOp3 for ConvReluPool {
         }
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         match x.dtype() {
             DType::F32 => self.bwd_typed::<f32>(x, w, b, res, grad),
             DType::F64 => self.bwd_typed::<f64>(x, w, b, res, grad),

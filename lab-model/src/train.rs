@@ -14,16 +14,33 @@ use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
 
-pub fn run(epochs: Option<usize>, seed: u64, adversarial: Option<AdversarialTraining>, learning_rate: f64, trial: bool) -> CliResult<()> {
+pub fn run(
+    epochs: Option<usize>,
+    seed: u64,
+    adversarial: Option<AdversarialTraining>,
+    learning_rate: f64,
+    trial: bool,
+) -> CliResult<()> {
     let file = if adversarial.is_some() { ROBUST_WEIGHTS_FILE } else { WEIGHTS_FILE };
     let epochs = epochs.unwrap_or(if adversarial.is_some() { 20 } else { TrainConfig::default().epochs });
     let dir = data_dir();
-    let out = if trial { crate::repo_root().join("target/train").join(Path::new(file).file_name().unwrap_or_default()) } else { dir.join(file) };
+    let out = if trial {
+        crate::repo_root().join("target/train").join(Path::new(file).file_name().unwrap_or_default())
+    } else {
+        dir.join(file)
+    };
     let parent = out.parent().ok_or("no folder for the weights")?;
     std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     let checkpoint = crate::repo_root().join("target/train/checkpoint.safetensors");
     std::fs::create_dir_all(checkpoint.parent().unwrap_or(parent)).map_err(|e| e.to_string())?;
-    let config = TrainConfig { epochs, seed, learning_rate, adversarial, checkpoint: Some(checkpoint.clone()), ..TrainConfig::default() };
+    let config = TrainConfig {
+        epochs,
+        seed,
+        learning_rate,
+        adversarial,
+        checkpoint: Some(checkpoint.clone()),
+        ..TrainConfig::default()
+    };
     eprintln!("Training the lab CNN on MNIST: {config:?}");
     eprintln!("(the weights after each epoch go to {})", checkpoint.display());
     let (model, report) = train(&config, true).map_err(|e| e.to_string())?;
@@ -32,9 +49,18 @@ pub fn run(epochs: Option<usize>, seed: u64, adversarial: Option<AdversarialTrai
         eprintln!("stopped early: {why}");
     }
     for v in &report.history {
-        println!("{}", json!({"step": v.step, "seconds": v.seconds.round(), "eps": v.eps, "heldout_clean": v.clean, "heldout_pgd10": v.robust}));
+        println!(
+            "{}",
+            json!({"step": v.step, "seconds": v.seconds.round(), "eps": v.eps, "heldout_clean": v.clean, "heldout_pgd10": v.robust})
+        );
     }
-    println!("test accuracy {:.4}, {} steps in {:.0} s; wrote {}", report.test_accuracy, report.steps, report.seconds, out.display());
+    println!(
+        "test accuracy {:.4}, {} steps in {:.0} s; wrote {}",
+        report.test_accuracy,
+        report.steps,
+        report.seconds,
+        out.display()
+    );
     if trial {
         println!("(a trial: data/models/ is unchanged; judge it with `cargo lab eval --model {}`)", out.display());
         return Ok(());
@@ -100,9 +126,17 @@ fn section(file: &str, config: &TrainConfig, report: &TrainReport, hash: &str) -
     if !report.history.is_empty() {
         text += "\nHeld-out digits during training (clean, and under PGD-10 at the full budget):\n\n| step | seconds | eps trained at | clean | PGD-10 |\n| --- | --- | --- | --- | --- |\n";
         for v in &report.history {
-            text += &format!("| {} | {:.0} | {:.3} | {:.3} | {:.3} |\n", v.step, v.seconds, v.eps, v.clean, v.robust.unwrap_or(f32::NAN));
+            text += &format!(
+                "| {} | {:.0} | {:.3} | {:.3} | {:.3} |\n",
+                v.step,
+                v.seconds,
+                v.eps,
+                v.clean,
+                v.robust.unwrap_or(f32::NAN)
+            );
         }
-        text += "\nIts robustness under the lab's strongest attack: `cargo lab eval --model robust` (see the README).\n";
+        text +=
+            "\nIts robustness under the lab's strongest attack: `cargo lab eval --model robust` (see the README).\n";
     }
     text
 }
@@ -141,7 +175,10 @@ pub fn eval(which: &str, images: usize, eps: &[f32], steps: usize, restarts: usi
     let curve = worst_case_sweep(&model, &test, Norm::Linf, &budgets, &evaluation).map_err(|e| e.to_string())?;
     let seconds = start.elapsed().as_secs_f64();
     for p in &curve {
-        println!("{}", json!({"model": which, "images": test.len(), "eps": p.eps, "accuracy": p.accuracy, "steps": steps, "restarts": restarts}));
+        println!(
+            "{}",
+            json!({"model": which, "images": test.len(), "eps": p.eps, "accuracy": p.accuracy, "steps": steps, "restarts": restarts})
+        );
     }
     eprintln!("{:.0} s", seconds);
     for &e in budgets.iter().filter(|&&e| e > 0.0 && square > 0) {
@@ -150,11 +187,15 @@ pub fn eval(which: &str, images: usize, eps: &[f32], steps: usize, restarts: usi
         for first in (0..test.len()).step_by(500) {
             let part = test.slice(first, 500).map_err(|e| e.to_string())?;
             let config = SquareConfig { eps: e, max_queries: square, ..SquareConfig::default() };
-            let result = square_attack(&BlackBox::new(&model), &part.images, &part.labels, &config).map_err(|e| e.to_string())?;
+            let result = square_attack(&BlackBox::new(&model), &part.images, &part.labels, &config)
+                .map_err(|e| e.to_string())?;
             standing += result.fooled.iter().filter(|&&f| !f).count();
         }
         let accuracy = standing as f32 / test.len() as f32;
-        println!("{}", json!({"model": which, "images": test.len(), "eps": e, "square_accuracy": accuracy, "queries": square}));
+        println!(
+            "{}",
+            json!({"model": which, "images": test.len(), "eps": e, "square_accuracy": accuracy, "queries": square})
+        );
         eprintln!("Square Attack at eps {e}: {:.0} s", start.elapsed().as_secs_f64());
     }
     Ok(())
@@ -170,6 +211,10 @@ mod tests {
         let new = with_section(readme, "a", "new a\n");
         assert_eq!(new, "# Models\n\n<!-- model: a -->\nnew a\n<!-- end -->\n\n<!-- model: b -->\nb\n<!-- end -->\n");
         let added = with_section(&new, "c", "c\n");
-        assert!(added.ends_with("<!-- model: c -->\nc\n<!-- end -->\n") && added.contains("new a") && added.contains("\nb\n"));
+        assert!(
+            added.ends_with("<!-- model: c -->\nc\n<!-- end -->\n")
+                && added.contains("new a")
+                && added.contains("\nb\n")
+        );
     }
 }

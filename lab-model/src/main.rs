@@ -95,10 +95,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Train { epochs, seed, adversarial, eps, steps, step_ratio, ramp_epochs, learning_rate, trial } => {
-            let adversarial = adversarial.then_some(lab_support::train::AdversarialTraining { eps, steps, step_ratio, ramp_epochs });
+            let adversarial =
+                adversarial.then_some(lab_support::train::AdversarialTraining { eps, steps, step_ratio, ramp_epochs });
             train::run(epochs, seed, adversarial, learning_rate, trial)
         }
-        Command::Eval { model, images, eps, steps, restarts, square } => train::eval(&model, images, &eps, steps, restarts, square),
+        Command::Eval { model, images, eps, steps, restarts, square } => {
+            train::eval(&model, images, &eps, steps, restarts, square)
+        }
         Command::Bench { python, sweep } => bench::bench(&python, sweep),
     };
     match outcome {

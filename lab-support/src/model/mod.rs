@@ -23,7 +23,10 @@
 //! # Ok::<(), LabError>(())
 //! ```
 
-use crate::data::{check_batch, data_dir, verified_bytes, Dataset, DIGIT_NAMES};
+use crate::data::{data_dir, verified_bytes, Dataset, DIGIT_NAMES};
+use crate::validate::check_batch;
+pub mod kernels;
+
 use crate::error::{LabError, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use std::collections::HashMap;
@@ -85,7 +88,7 @@ impl Classifier {
 
     /// Loads weights from `root/rel`, checked against `root/SHA256SUMS`.
     pub fn load_from(root: &Path, rel: &str) -> Result<Self> {
-        crate::kernel::init();
+        crate::notebook::init();
         let bytes = verified_bytes(root, rel)?;
         let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
             .map_err(|e| LabError::BadFile { path: root.join(rel), reason: LabError::Candle(e).message() })?;
@@ -98,12 +101,18 @@ impl Classifier {
     pub fn from_tensors(mut tensors: HashMap<String, Tensor>) -> Result<Self> {
         let mut params = HashMap::new();
         for (name, shape) in PARAMETERS {
-            let t = tensors.remove(name).ok_or_else(|| LabError::Other(format!(
-                "the weights have no tensor `{name}`; they are not the lab CNN's. Restore data/models/ \
+            let t = tensors.remove(name).ok_or_else(|| {
+                LabError::Other(format!(
+                    "the weights have no tensor `{name}`; they are not the lab CNN's. Restore data/models/ \
                  with `git checkout -- data/models` or regenerate it with `cargo lab train`"
-            )))?;
+                ))
+            })?;
             if t.dims() != shape {
-                return Err(LabError::Shape { what: format!("weight `{name}`"), expected: format!("{shape:?}"), got: t.dims().to_vec() });
+                return Err(LabError::Shape {
+                    what: format!("weight `{name}`"),
+                    expected: format!("{shape:?}"),
+                    got: t.dims().to_vec(),
+                });
             }
             params.insert(name.to_string(), t.to_dtype(DType::F32)?);
         }
@@ -120,7 +129,8 @@ impl Classifier {
     /// The network with every parameter a `Var`, ready to train, and those `Var`s sorted by name
     /// (a fixed order for an optimiser's state).
     pub fn trainable(tensors: &HashMap<String, Tensor>) -> Result<(Self, Vec<(String, Var)>)> {
-        let mut vars = tensors.iter().map(|(k, t)| Ok((k.clone(), Var::from_tensor(t)?))).collect::<Result<Vec<_>>>()?;
+        let mut vars =
+            tensors.iter().map(|(k, t)| Ok((k.clone(), Var::from_tensor(t)?))).collect::<Result<Vec<_>>>()?;
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let model = Self::from_tensors(vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect())?;
         Ok((model, vars))
@@ -184,14 +194,14 @@ impl Classifier {
 
     /// The forward pass without input checks: for inner loops that already checked their input.
     ///
-    /// On the CPU the layers run as [`crate::kernels::conv_relu_pool`] and [`crate::kernels::linear`],
+    /// On the CPU the layers run as [`kernels::conv_relu_pool`] and [`kernels::linear`],
     /// whose backward passes compute only the gradients that are needed; elsewhere, as
     /// [`Self::forward_reference`].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) {
             return self.forward_reference(x);
         }
-        self.forward_with(x, &|x, w, b| Ok(crate::kernels::conv_relu_pool(x, w, b)?), &|x, w, b| Ok(crate::kernels::linear(x, w, b)?))
+        self.forward_with(x, &|x, w, b| Ok(kernels::conv_relu_pool(x, w, b)?), &|x, w, b| Ok(kernels::linear(x, w, b)?))
     }
 
     /// The same network on plain candle ops (`conv2d`, relu, [`max_pool_2x2`], `matmul`): slower, and the
@@ -199,7 +209,9 @@ impl Classifier {
     pub fn forward_reference(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_with(
             x,
-            &|x, w, b| max_pool_2x2(&x.conv2d(w, 0, 1, 1, 1)?.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?.relu()?),
+            &|x, w, b| {
+                max_pool_2x2(&x.conv2d(w, 0, 1, 1, 1)?.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?.relu()?)
+            },
             &|x, w, b| Ok(x.matmul(&w.t()?)?.broadcast_add(b)?),
         )
     }
@@ -214,8 +226,10 @@ impl Classifier {
             None => fresh_id(x)?,
         };
         let p = |name: String| fresh_id(self.p(&name));
-        let conv = |x: &Tensor, layer: &str| conv_block(x, &p(format!("{layer}.weight"))?, &p(format!("{layer}.bias"))?);
-        let linear = |x: &Tensor, layer: &str| linear_layer(x, &p(format!("{layer}.weight"))?, &p(format!("{layer}.bias"))?);
+        let conv =
+            |x: &Tensor, layer: &str| conv_block(x, &p(format!("{layer}.weight"))?, &p(format!("{layer}.bias"))?);
+        let linear =
+            |x: &Tensor, layer: &str| linear_layer(x, &p(format!("{layer}.weight"))?, &p(format!("{layer}.bias"))?);
         let h = conv(&conv(&x, "conv1")?, "conv2")?.flatten_from(1)?;
         linear(&linear(&h, "fc1")?.relu()?, "fc2")
     }
@@ -225,10 +239,19 @@ impl Classifier {
     /// say what to do).
     fn check_input(&self, x: &Tensor) -> Result<()> {
         let dims = x.dims();
-        if dims.len() != 4 || dims[1] != 1 || dims[2] != crate::data::SIDE || dims[3] != crate::data::SIDE || dims[0] == 0 {
-            return Err(LabError::Shape { what: "the model's input".into(), expected: "[N, 1, 28, 28] with N >= 1".into(), got: dims.to_vec() });
+        if dims.len() != 4
+            || dims[1] != 1
+            || dims[2] != crate::data::SIDE
+            || dims[3] != crate::data::SIDE
+            || dims[0] == 0
+        {
+            return Err(LabError::Shape {
+                what: "the model's input".into(),
+                expected: "[N, 1, 28, 28] with N >= 1".into(),
+                got: dims.to_vec(),
+            });
         }
-        crate::data::check_float(x, "the model's input")?;
+        crate::validate::check_float(x, "the model's input")?;
         let want = self.p("fc2.bias").dtype();
         if x.dtype() != want {
             return Err(LabError::DType {
@@ -289,7 +312,11 @@ impl Classifier {
         check_batch(images, "the image batch")?;
         let labels = labels.flatten_all()?.to_dtype(DType::U32)?;
         if labels.dim(0)? != images.dim(0)? {
-            return Err(LabError::invalid("labels", format!("{} label(s)", labels.dim(0)?), format!("one per image: the batch holds {}", images.dim(0)?)));
+            return Err(LabError::invalid(
+                "labels",
+                format!("{} label(s)", labels.dim(0)?),
+                format!("one per image: the batch holds {}", images.dim(0)?),
+            ));
         }
         self.accuracy(&Dataset { images: images.clone(), labels, class_names: self.class_names })
     }
@@ -370,18 +397,43 @@ pub fn fresh_id(t: &Tensor) -> Result<Tensor> {
 pub fn max_pool_2x2(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let (h2, w2) = (h / 2, w / 2);
-    let even = if h % 2 == 0 && w % 2 == 0 { x.clone() } else { x.narrow(2, 0, 2 * h2)?.narrow(3, 0, 2 * w2)?.contiguous()? };
+    let even = if h % 2 == 0 && w % 2 == 0 {
+        x.clone()
+    } else {
+        x.narrow(2, 0, 2 * h2)?.narrow(3, 0, 2 * w2)?.contiguous()?
+    };
     let tie = if x.dtype() == DType::F64 { 1e-13 } else { 1e-6 };
-    let ties = Tensor::new(&[0.0, -tie, -2.0 * tie, -3.0 * tie], x.device())?.to_dtype(x.dtype())?.reshape((1, 1, 1, 2, 1, 2))?;
+    let ties = Tensor::new(&[0.0, -tie, -2.0 * tie, -3.0 * tie], x.device())?
+        .to_dtype(x.dtype())?
+        .reshape((1, 1, 1, 2, 1, 2))?;
     Ok(even.reshape((n, c, h2, 2, w2, 2))?.broadcast_add(&ties)?.max(5)?.max(3)?)
 }
 
 /// The index and value of the largest entry of `row`.
 pub fn top1(row: &[f32]) -> Prediction {
-    let (class, confidence) = row
-        .iter()
-        .copied()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, p)| if p > best.1 { (i, p) } else { best });
+    let (class, confidence) =
+        row.iter()
+            .copied()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |best, (i, p)| if p > best.1 { (i, p) } else { best });
     Prediction { class, confidence }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_changed_after_its_first_load_is_caught_at_the_next() {
+        let weights = std::fs::read(data_dir().join(WEIGHTS_FILE)).unwrap();
+        let dir = crate::data::tests::data_folder("reload", &[(WEIGHTS_FILE, weights.clone())]);
+        Classifier::load_from(&dir, WEIGHTS_FILE).unwrap();
+        let mut corrupted = weights;
+        let mid = corrupted.len() / 2;
+        corrupted[mid] ^= 0x40;
+        std::fs::write(dir.join(WEIGHTS_FILE), &corrupted).unwrap();
+        let err = Classifier::load_from(&dir, WEIGHTS_FILE).unwrap_err();
+        assert!(matches!(err, LabError::HashMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("cargo lab train"), "the weights can be retrained: {err}");
+    }
 }
