@@ -136,7 +136,7 @@ fn section(file: &str, config: &TrainConfig, report: &TrainReport, hash: &str) -
             );
         }
         text +=
-            "\nIts robustness under the lab's strongest attack: `cargo lab eval --model robust` (see the README).\n";
+            "\nIts robustness under the lab's strongest attack: `cargo lab eval --model robust` (see [docs/models.md](../../docs/models.md#measured-robustness-cargo-lab-eval)).\n";
     }
     text
 }

@@ -212,7 +212,7 @@ fn the_shipped_robust_model_is_accurate_and_holds_at_eps_0_3() {
     let test = mnist::test().unwrap();
     let clean = model.accuracy(&test).unwrap();
     assert!(clean >= 0.985, "clean accuracy {clean}");
-    // A quick guard (the README's numbers come from `cargo lab eval`, PGD-100 with restarts and
+    // A quick guard (docs/models.md's numbers come from `cargo lab eval`, PGD-100 with restarts and
     // two losses on all 10,000 digits): PGD-20 with both losses on 300 digits.
     let set = test.take(300).unwrap();
     let evaluation = Evaluation { steps: 20, restarts: 1, ..Evaluation::strongest() };

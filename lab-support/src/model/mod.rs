@@ -81,7 +81,7 @@ impl Classifier {
     }
 
     /// The shipped robust model: the same network, adversarially trained against L-inf PGD at
-    /// eps 0.3 (see `data/models/README.md`), frozen and hash-checked.
+    /// eps 0.3 (see `docs/models.md`), frozen and hash-checked.
     pub fn robust() -> Result<Self> {
         Self::load_from(&data_dir(), ROBUST_WEIGHTS_FILE)
     }
