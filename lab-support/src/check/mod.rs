@@ -27,7 +27,7 @@ pub use nb03::{
     challenge, craft, descent_step, input_grad, judge_challenge, reference_craft, reference_untargeted_l2,
     untargeted_l2, within_budget, Challenge, CHALLENGE_CALLS, CHALLENGE_EPS, CHALLENGE_INDEX, CHALLENGE_TARGET,
 };
-pub use nb04::{adversarial_step, check_trainable, reference_adversarial_step};
+pub use nb04::{adversarial_step, check_trainable, reference_adversarial_step, Trainable};
 pub use nb05::{bpda_attack, quantized_model, simba_attack, BpdaTerms, BPDA_CHECK, SIMBA_CHECK};
 
 use crate::error::{LabError, Result};

@@ -7,9 +7,12 @@ use crate::model::Classifier;
 use candle_core::Var;
 use std::collections::HashMap;
 
+/// A trainable model, its weights as named `Var`s, and an optimiser over them.
+pub type Trainable = (Classifier, Vec<(String, Var)>, candle_nn::AdamW);
+
 /// A trainable copy of `params` with its `Var`s and a fresh optimiser, as [`adversarial_step`]'s
 /// check hands them out: Adam at 1e-3, no weight decay.
-pub fn check_trainable(params: &HashMap<String, Tensor>) -> Result<(Classifier, Vec<(String, Var)>, candle_nn::AdamW)> {
+pub fn check_trainable(params: &HashMap<String, Tensor>) -> Result<Trainable> {
     use candle_nn::Optimizer;
     let (model, vars) = Classifier::trainable(params)?;
     let opt = candle_nn::AdamW::new(

@@ -160,7 +160,7 @@ where
         let set = mnist::test()?.take(terms.digits)?;
         let (counted, calls) = defended.counting_calls();
         let adv = run_student(TODO, || f(&counted, &set.images, &set.labels, terms.eps))?;
-        let used = calls.load(std::sync::atomic::Ordering::Relaxed);
+        let used = calls.count();
         if let Some(v) =
             mismatch(TODO, &adv, &set.images, "the attacked batch", "return one attacked digit per digit of `x`")
         {

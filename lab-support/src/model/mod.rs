@@ -60,7 +60,7 @@ pub struct Classifier {
     params: HashMap<String, Tensor>,
     class_names: &'static [&'static str],
     /// Counts forward passes when set (see [`Classifier::counting_calls`]); shared by clones.
-    calls: Option<Arc<AtomicUsize>>,
+    calls: Option<CallCounter>,
     /// A preprocessing step every input goes through first (see [`Classifier::with_defense`]).
     defense: Option<Defense>,
 }
@@ -72,6 +72,17 @@ pub struct Prediction {
     pub class: usize,
     /// Its softmax probability, in `[0, 1]`.
     pub confidence: f32,
+}
+
+/// How many forward passes a [`Classifier::counting_calls`] copy (and its clones) has made.
+#[derive(Clone, Debug, Default)]
+pub struct CallCounter(Arc<AtomicUsize>);
+
+impl CallCounter {
+    /// The forward passes so far.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl Classifier {
@@ -121,8 +132,8 @@ impl Classifier {
 
     /// The same network, counting its forward passes (each gradient step of an attack makes one):
     /// for a challenge with a budget of model calls.
-    pub fn counting_calls(&self) -> (Self, Arc<AtomicUsize>) {
-        let counter = Arc::new(AtomicUsize::new(0));
+    pub fn counting_calls(&self) -> (Self, CallCounter) {
+        let counter = CallCounter::default();
         (Classifier { calls: Some(counter.clone()), ..self.clone() }, counter)
     }
 
@@ -192,7 +203,9 @@ impl Classifier {
         &self.params[name]
     }
 
-    /// The forward pass without input checks: for inner loops that already checked their input.
+    /// The forward pass: logits `(N, 10)` for a batch `(N, 1, 28, 28)`. It checks the batch's shape
+    /// and element type, not its pixel values: inner loops that already checked them call it
+    /// directly, and [`Classifier::logits`] checks them too.
     ///
     /// On the CPU the layers run as [`kernels::conv_relu_pool`] and [`kernels::linear`],
     /// whose backward passes compute only the gradients that are needed; elsewhere, as
@@ -219,7 +232,7 @@ impl Classifier {
     fn forward_with(&self, x: &Tensor, conv_block: &Layer, linear_layer: &Layer) -> Result<Tensor> {
         self.check_input(x)?;
         if let Some(calls) = &self.calls {
-            calls.fetch_add(1, Ordering::Relaxed);
+            calls.0.fetch_add(1, Ordering::Relaxed);
         }
         let x = match &self.defense {
             Some(defense) => defense.apply_unchecked(x)?,
@@ -376,7 +389,7 @@ impl Defense {
 /// one candle through lab-support's dylib (measured: ids go on from one cell to the next), and
 /// this stays as the guard for any build that links a copy per cell again. It costs nothing: the
 /// storage is shared.
-pub fn fresh_id(t: &Tensor) -> Result<Tensor> {
+pub(crate) fn fresh_id(t: &Tensor) -> Result<Tensor> {
     if t.is_variable() || t.track_op() {
         return Ok(t.clone());
     }
