@@ -182,7 +182,11 @@ pub fn train_on(set: &Dataset, config: &TrainConfig, progress: bool) -> Result<(
     if let Some(adv) = &config.adversarial {
         crate::validate::check_eps(adv.eps)?;
         crate::validate::check_steps(adv.steps)?;
-        if adv.steps == 0 || !(adv.step_ratio.is_finite() && adv.step_ratio > 0.0) || adv.ramp_epochs.is_nan() || adv.ramp_epochs < 0.0 {
+        if adv.steps == 0
+            || !(adv.step_ratio.is_finite() && adv.step_ratio > 0.0)
+            || adv.ramp_epochs.is_nan()
+            || adv.ramp_epochs < 0.0
+        {
             return Err(LabError::invalid(
                 "adversarial",
                 format!("{adv:?}"),

@@ -59,11 +59,11 @@ fn restarts_only_ever_add_successes_and_need_a_random_start() {
     let moved =
         (&result.adversarial - &set.images).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(moved <= 0.12 + 1e-6, "restarts broke the budget: {moved}");
-    let err =
-        pgd(&model, &set.images, &objective, &PgdConfig { random_start: None, ..four_starts }).unwrap_err().to_string();
-    assert!(err.contains("random_start"), "{err}");
-    let err = pgd(&model, &set.images, &objective, &PgdConfig { restarts: 0, ..once }).unwrap_err().to_string();
-    assert!(err.contains("restarts"), "{err}");
+    let err = pgd(&model, &set.images, &objective, &PgdConfig { random_start: None, ..four_starts }).unwrap_err();
+    assert!(matches!(err, LabError::InvalidArgument { name: "restarts", .. }), "{err}");
+    assert!(err.to_string().contains("random_start"), "the fix is named: {err}");
+    let err = pgd(&model, &set.images, &objective, &PgdConfig { restarts: 0, ..once }).unwrap_err();
+    assert!(matches!(err, LabError::InvalidArgument { name: "restarts", .. }), "{err}");
 }
 
 #[test]
