@@ -32,7 +32,7 @@ Without LAB_SPARE_KERNEL=1 (the test runner's `jupyter execute`, nbgrader, the h
 unless the instructor asks) this is jupyter_client's own LocalProvisioner, unchanged, and the
 extension does nothing.
 
-The price: one more kernel per Jupyter server, idle, holding its memory (measured in the README),
+The price: one more kernel per Jupyter server, idle, holding its memory (measured in docs/instructors.md),
 and a warm-up in the background after every kernel launch.
 
 The extension also gives every server the lab's kernel manager, `LabKernelManager` (in

@@ -9,7 +9,7 @@
 //!   `.lab/hub/home/<name>/`, holding their copy of the student notebooks (written once, never
 //!   overwritten) and a `lab-support` link (the notebooks load `../lab-support`).
 //! - All servers run as the instructor's Unix user (JupyterHub's `SimpleLocalProcessSpawner`): one
-//!   server for a room trusts the room, as the README says.
+//!   server for a room trusts the room, as docs/instructors.md says.
 
 use crate::notebooks::{check_outputs, source_text};
 use crate::setup::{random_token, Paths};

@@ -7,7 +7,7 @@
 //! - `cargo lab student` writes the student notebooks from the solutions.
 //! - `cargo lab train` regenerates `data/models/lab-cnn.safetensors`, `cargo lab eval` judges a
 //!   model, and `cargo lab bench` times the CNN's steps against PyTorch on the same weights: these
-//!   three need candle, and run lab-support's `lab-model` binary (see `model`).
+//!   three need candle, and run the `lab-model` crate's binary (see `model`).
 //!
 //! This tool does not depend on lab-support, so that it builds in seconds on a fresh machine and
 //! `cargo lab up` says what it is doing before anything heavy compiles.
@@ -121,7 +121,7 @@ enum Command {
     /// (`cargo lab train --help` for its options).
     #[command(disable_help_flag = true)]
     Train {
-        /// Passed on to lab-model (lab-support's binary).
+        /// Passed on to lab-model (the lab-model crate's binary).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -129,7 +129,7 @@ enum Command {
     /// options).
     #[command(disable_help_flag = true)]
     Eval {
-        /// Passed on to lab-model (lab-support's binary).
+        /// Passed on to lab-model (the lab-model crate's binary).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },

@@ -1,12 +1,12 @@
 //! `cargo lab train`, `eval` and `bench`: the commands that need the model, and so candle. They live
-//! in lab-support's `lab-model` binary; this module builds and runs it, so that the `lab` tool
+//! in the `lab-model` crate; this module builds and runs it, so that the `lab` tool
 //! itself never compiles candle.
 
 use crate::setup::{ensure_venv, run, Paths};
 use crate::CliResult;
 use std::process::{Command, Stdio};
 
-const REQUIREMENTS: &str = "lab-support/bench/requirements-bench.txt";
+const REQUIREMENTS: &str = "lab-model/bench/requirements-bench.txt";
 
 /// `cargo run --release` of lab-model with `args`: its output goes straight to the terminal.
 pub fn forward(command: &str, args: &[String]) -> CliResult<()> {
@@ -14,7 +14,7 @@ pub fn forward(command: &str, args: &[String]) -> CliResult<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(
         Command::new(cargo)
-            .args(["run", "--release", "--quiet", "-p", "lab-support", "--features", "cli", "--bin", "lab-model", "--", command])
+            .args(["run", "--release", "--quiet", "-p", "lab-model", "--bin", "lab-model", "--", command])
             .args(args)
             .current_dir(&paths.root),
         &format!("cargo lab {command}"),

@@ -60,6 +60,9 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
         if f > 0 {
             tally.failures.push(format!("{f} lab-support test(s)"));
         }
+        let start = Instant::now();
+        let problems = format_check(&paths)?;
+        tally.record("format check".into(), start.elapsed().as_secs_f64(), "", &problems);
     }
     // With the kernel's seed built: the kernels of the tests below copy it.
     ensure(&paths, true)?;
@@ -114,7 +117,7 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
 fn cargo_tests(paths: &Paths) -> CliResult<(usize, usize)> {
     eprintln!("==> cargo test (lab-support and the lab tool)");
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["test", "--release", "--workspace", "--features", "lab-support/cli"])
+        .args(["test", "--release", "--workspace"])
         .current_dir(&paths.root)
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -133,6 +136,27 @@ fn cargo_tests(paths: &Paths) -> CliResult<(usize, usize)> {
         return Err("cargo test failed before running the tests (a build error?); see above".into());
     }
     Ok((passed, failed))
+}
+
+/// `cargo fmt --check` on the crates that follow the house format (rustfmt.toml): lab-support and
+/// lab-model. The `lab` tool is not formatted yet.
+fn format_check(paths: &Paths) -> CliResult<Vec<String>> {
+    eprintln!("==> format check: cargo fmt --check on lab-support and lab-model");
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["fmt", "--check", "-p", "lab-support", "-p", "lab-model"])
+        .current_dir(&paths.root)
+        .output()
+        .map_err(|e| format!("could not run cargo fmt: {e}"))?;
+    if out.status.success() {
+        return Ok(vec![]);
+    }
+    let diff = String::from_utf8_lossy(&out.stdout);
+    let files: Vec<&str> = diff.lines().filter_map(|l| l.strip_prefix("Diff in ")).collect();
+    Ok(vec![format!(
+        "not formatted (run `cargo fmt -p lab-support -p lab-model`): {}{}",
+        files.join(", "),
+        last_lines(&String::from_utf8_lossy(&out.stderr), 3)
+    )])
 }
 
 /// Every `.ipynb` in `dir` and its `solutions/` folder, sorted.
