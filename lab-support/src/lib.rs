@@ -1,7 +1,7 @@
 //! Support crate for the adversarial-examples lab.
 //!
 //! One module per concept, in layers: a module uses only modules of the layers above it in this
-//! list (a test in the lab tool, `lab/tests/layers.rs`, checks it).
+//! list (a test in the lab tool, `lab-support/tests/layers.rs`, checks it).
 //!
 //! - Leaves: [`error`] (the one error type), [`notebook`] (how the crate behaves in the evcxr
 //!   kernel: short panic reports, progress lines, calling a student's function), [`rng`] (a seeded

@@ -8,7 +8,9 @@
 //! children see their parent); any other use is an edge between two siblings: the children of the
 //! deepest folder holding both, on the way to each. Each folder's sibling graph must be acyclic.
 //!
-//! Run alone with `cargo test -p lab --test layers`.
+//! Run alone with `cargo test -p lab-support --test layers`. It lives in lab-support, not in the
+//! lab tool: an integration test of a binary crate makes `cargo test` relink that binary, and
+//! `cargo lab test` is that binary, running.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
