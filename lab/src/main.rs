@@ -11,29 +11,33 @@
 //!
 //! This tool does not depend on lab-support, so that it builds in seconds on a fresh machine and
 //! `cargo lab up` says what it is doing before anything heavy compiles.
+//!
+//! Its modules form layers; each uses only those listed before it (CONTRIBUTING.md,
+//! "Architecture"): `sys` (processes, HTTP, /proc), `paths`, `ipynb` (notebook files), `jupyter`
+//! (running notebooks and kernels), `cmd` (the commands), `selftest` (`cargo lab test`) and
+//! `bench` (`cargo lab bench --kernel`). This file is the command line only.
 
-mod browser;
-mod course;
-mod hub;
-mod kernel_bench;
-mod kernel_test;
-mod launcher;
-mod model;
-mod notebooks;
-mod server;
-mod setup;
-mod spare;
-mod student;
+mod bench;
+mod cmd;
+mod ipynb;
+mod jupyter;
+mod paths;
+mod selftest;
+mod sys;
 
 use clap::{Parser, Subcommand};
+use cmd::{course, hub, launcher, model, setup, student};
+use paths::{repo_root, Paths};
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-/// Errors of the command-line tool are plain sentences.
-pub type CliResult<T> = Result<T, String>;
+use sys::At;
 
 #[derive(Parser)]
-#[command(name = "cargo lab", bin_name = "cargo lab", about = "Set up, open, test and retrain the adversarial-examples lab")]
+#[command(
+    name = "cargo lab",
+    bin_name = "cargo lab",
+    about = "Set up, open, test and retrain the adversarial-examples lab"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -135,12 +139,6 @@ enum Command {
     },
 }
 
-/// The repository root (this crate's parent folder).
-pub fn repo_root() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    root.canonicalize().unwrap_or(root)
-}
-
 /// A path given on the command line, relative to the repository root (where `cargo lab` runs).
 fn in_root(path: &std::path::Path) -> PathBuf {
     repo_root().join(path)
@@ -151,20 +149,28 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Up { no_browser, port, setup_only } => setup::up(no_browser, port, setup_only),
         Command::Kernel { evcxr, connection_file } => launcher::launch(&evcxr, &connection_file),
-        Command::Test { notebook } => notebooks::test(notebook.as_deref()),
+        Command::Test { notebook } => selftest::test(notebook.as_deref()),
         Command::Student { force } => student::run(force),
         Command::Hub { mut users, users_file, ip, port } => (|| {
             if let Some(file) = users_file {
-                let text = std::fs::read_to_string(in_root(&file)).map_err(|e| format!("{}: {e}", file.display()))?;
-                users.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
+                let text = std::fs::read_to_string(in_root(&file)).at(&file)?;
+                users.extend(
+                    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from),
+                );
             }
             hub::serve(users, ip, port)
         })(),
-        Command::Course { dir } => course::course(&setup::Paths::new(), &in_root(&dir)),
-        Command::Grade { assignment, dir } => course::grade(&setup::Paths::new(), &in_root(&dir), &assignment).map(|_| ()),
+        Command::Course { dir } => course::course(&Paths::new(), &in_root(&dir)),
+        Command::Grade { assignment, dir } => course::grade(&Paths::new(), &in_root(&dir), &assignment).map(|_| ()),
         Command::Train { args } => model::forward("train", &args),
         Command::Eval { args } => model::forward("eval", &args),
-        Command::Bench { sweep, kernel } => if kernel { kernel_bench::bench() } else { model::bench(sweep) },
+        Command::Bench { sweep, kernel } => {
+            if kernel {
+                bench::bench()
+            } else {
+                model::bench(sweep)
+            }
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -173,11 +179,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-
-/// The lowercase hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }

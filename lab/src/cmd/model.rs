@@ -2,8 +2,10 @@
 //! in the `lab-model` crate; this module builds and runs it, so that the `lab` tool
 //! itself never compiles candle.
 
-use crate::setup::{ensure_venv, run, Paths};
-use crate::CliResult;
+use super::setup::ensure_venv;
+use crate::paths::Paths;
+use crate::sys::process::run;
+use crate::sys::CliResult;
 use std::process::{Command, Stdio};
 
 const REQUIREMENTS: &str = "lab-model/bench/requirements-bench.txt";
@@ -35,11 +37,22 @@ pub fn bench(sweep: bool) -> CliResult<()> {
 /// Installs torch into the project venv unless it is there.
 fn ensure_torch(paths: &Paths) -> CliResult<()> {
     ensure_venv(paths, 1, 2)?;
-    let have = Command::new(paths.venv_bin("python")).args(["-c", "import torch, safetensors"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    let have = Command::new(paths.venv_bin("python"))
+        .args(["-c", "import torch, safetensors"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
     if have {
         eprintln!("==> [2/2] PyTorch in .venv/: ready");
         return Ok(());
     }
-    eprintln!("==> [2/2] Installing PyTorch into .venv/ for the bench only (a few GB with its CUDA libraries, 1-3 min, once)");
-    run(Command::new(paths.venv_bin("pip")).args(["install", "--disable-pip-version-check", "-q", "-r"]).arg(paths.root.join(REQUIREMENTS)), "pip install torch")
+    eprintln!(
+        "==> [2/2] Installing PyTorch into .venv/ for the bench only (a few GB with its CUDA libraries, 1-3 min, once)"
+    );
+    run(
+        Command::new(paths.venv_bin("pip"))
+            .args(["install", "--disable-pip-version-check", "-q", "-r"])
+            .arg(paths.root.join(REQUIREMENTS)),
+        "pip install torch",
+    )
 }

@@ -8,17 +8,17 @@
 //!   after binding, and that file is where the port comes from, so `--port 0` works and a busy
 //!   port gives an error instead of a URL that leads nowhere.
 
-use crate::setup::{random_token, Paths};
-use crate::CliResult;
+use crate::paths::{Paths, SPARE_ENV};
+use crate::sys::hex::random_token;
+use crate::sys::http;
+use crate::sys::process::is_root;
+use crate::sys::{At, CliResult};
 use serde_json::Value;
 use std::io::ErrorKind;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
-
-/// Set to 1 in JupyterLab's environment, the lab's kernel provisioner keeps a warm spare kernel.
-pub const SPARE_ENV: &str = "LAB_SPARE_KERNEL";
 
 /// How long JupyterLab may take to bind its port.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -44,7 +44,7 @@ pub fn serve(paths: &Paths, port: u16, no_browser: bool) -> CliResult<()> {
         cmd.arg("--no-browser");
     }
     // Jupyter refuses to start as root (a container, a CI box) unless told that it is meant.
-    if crate::browser::is_root() {
+    if is_root() {
         cmd.arg("--allow-root");
     }
     paths.jupyter_env(&mut cmd);
@@ -92,11 +92,11 @@ fn check_port_free(port: u16) -> CliResult<()> {
 
 /// Creates `dir` readable by its owner only: JupyterLab's runtime files hold the token.
 fn private_dir(dir: &Path) -> CliResult<std::path::PathBuf> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).at(dir)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).at(dir)?;
     }
     Ok(dir.to_path_buf())
 }
@@ -130,12 +130,15 @@ fn wait_for_port(child: &mut Child, runtime: &Path, token: &str) -> CliResult<u1
                 .filter(|&p| p != 0);
         }
         if let Some(p) = port {
-            if crate::browser::http(p, "GET", "/api/status", token) == Some(200) {
+            if http::status(p, "GET", "/api/status", token) == Some(200) {
                 return Ok(p);
             }
         }
         if start.elapsed() > START_TIMEOUT {
-            return Err(format!("JupyterLab did not start listening within {} s; its output is above", START_TIMEOUT.as_secs()));
+            return Err(format!(
+                "JupyterLab did not start listening within {} s; its output is above",
+                START_TIMEOUT.as_secs()
+            ));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -151,90 +154,3 @@ fn ignore_interrupts() {
 
 #[cfg(not(unix))]
 fn ignore_interrupts() {}
-
-/// The server test of `cargo lab test`: `cargo lab up` on a busy port fails at once with a clear
-/// message and prints no URL; on `--port 0` it prints the port it really bound, JupyterLab answers
-/// there with the token, and no process on the machine has the token on its command line.
-pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
-    let mut problems = Vec::new();
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the lab tool itself: {e}"))?;
-    let token = format!("server-test-{}", random_token()?);
-    let up = |port: u16| {
-        let mut cmd = Command::new(&exe);
-        cmd.args(["up", "--no-browser", "--port", &port.to_string()])
-            .current_dir(&paths.root)
-            .env("LAB_TOKEN", &token)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        #[cfg(unix)]
-        {
-            use std::os::unix::process::CommandExt;
-            cmd.process_group(0);
-        }
-        cmd
-    };
-
-    // A busy port.
-    let busy = TcpListener::bind(("127.0.0.1", 0)).map_err(|e| format!("no free port: {e}"))?;
-    let busy_port = busy.local_addr().map_err(|e| e.to_string())?.port();
-    let out = up(busy_port).output().map_err(|e| format!("could not run the lab tool: {e}"))?;
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    if out.status.success() || !stderr.contains("already in use") || !stderr.contains("--port") {
-        problems.push(format!("on a busy port `cargo lab up` should fail, naming the port and --port; it said: {}", stderr.trim()));
-    }
-    if stdout.contains("http://") {
-        problems.push(format!("on a busy port `cargo lab up` printed a URL that leads nowhere: {}", stdout.trim()));
-    }
-    drop(busy);
-
-    // Any free port: the printed URL must work.
-    let mut child = up(0).spawn().map_err(|e| format!("could not run the lab tool: {e}"))?;
-    let stdout = child.stdout.take();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout.into_iter().next().expect("piped")).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let url = rx.iter().find(|l| l.contains("http://127.0.0.1:"));
-    match url.as_deref().and_then(|u| u.split("http://127.0.0.1:").nth(1)?.split('/').next()?.parse::<u16>().ok()) {
-        None => problems.push(format!("`cargo lab up --port 0` printed no URL with a port: {url:?}")),
-        Some(0) => problems.push("`cargo lab up --port 0` printed port 0".into()),
-        Some(port) => {
-            if crate::browser::http(port, "GET", "/api/status", &token) != Some(200) {
-                problems.push(format!("JupyterLab does not answer with the token at the printed port {port}"));
-            }
-            if crate::browser::http(port, "GET", "/api/status", "wrong-token") == Some(200) {
-                problems.push("JupyterLab answered without the right token".into());
-            }
-            problems.extend(command_lines_with(&token).into_iter().map(|p| format!("the token is on the command line of process {p}")));
-            let _ = crate::browser::http(port, "POST", "/api/shutdown", &token);
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    if let Ok(None) = child.try_wait() {
-        problems.push("JupyterLab did not stop after /api/shutdown".into());
-        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).status();
-    }
-    let _ = child.wait();
-    Ok(problems)
-}
-
-/// The processes whose command line contains `secret`, as "pid (program)".
-fn command_lines_with(secret: &str) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
-    entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
-        .filter_map(|e| {
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            text.contains(secret).then(|| format!("{} ({})", e.file_name().to_string_lossy(), text.split(' ').next().unwrap_or("")))
-        })
-        .collect()
-}

@@ -7,10 +7,13 @@
 //! as one JSON line; times are the kernel's own, from the executed notebook's timing metadata
 //! (from the cell's start to its end, as Jupyter saw them).
 
-use crate::notebooks::{check_outputs, execute_cells};
-use crate::spare::{DEP, LOAD};
-use crate::setup::{ensure, Paths};
-use crate::CliResult;
+pub mod restarts;
+
+use crate::cmd::setup::ensure;
+use crate::jupyter::{check_outputs, execute_cells};
+use crate::paths::Paths;
+use crate::selftest::spare::{DEP, LOAD};
+use crate::sys::CliResult;
 use serde_json::{json, Value};
 
 /// Pairs of kernels started together.
@@ -40,10 +43,16 @@ pub fn bench() -> CliResult<()> {
         small.sort_by(f64::total_cmp);
         println!("{}", json!({"figure": "dep_cell_s", "run": run, "seconds": round(times[0]), "goal": 3.0}));
         println!("{}", json!({"figure": "load_cell_s", "run": run, "seconds": round(times[1]), "goal": 1.5}));
-        println!("{}", json!({"figure": "small_cell_median_s", "run": run, "seconds": round(median(&small)), "goal": 0.5}));
-        println!("{}", json!({"figure": "small_cell_max_s", "run": run, "seconds": round(small[small.len() - 1]), "goal": 1.5}));
+        println!(
+            "{}",
+            json!({"figure": "small_cell_median_s", "run": run, "seconds": round(median(&small)), "goal": 0.5})
+        );
+        println!(
+            "{}",
+            json!({"figure": "small_cell_max_s", "run": run, "seconds": round(small[small.len() - 1]), "goal": 1.5})
+        );
     }
-    crate::spare::bench(&cells, 2)?;
+    restarts::bench(&cells, 2)?;
     for pair in 1..=PAIRS {
         eprintln!("==> two kernels started at the same moment, {pair} of {PAIRS}");
         let both: Vec<CliResult<(Value, bool)>> = std::thread::scope(|s| {
@@ -54,14 +63,21 @@ pub fn bench() -> CliResult<()> {
                     s.spawn(move || execute_cells(paths, name, &cells[..3]))
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a benchmark thread panicked".into()))).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err("a benchmark thread panicked".into())))
+                .collect()
         });
         for (k, outcome) in both.into_iter().enumerate() {
             let (executed, ok) = outcome?;
             // The first line of each problem: a failed build's message is pages of cargo's JSON.
-            let problems: Vec<String> = check_outputs(&executed, false).iter().map(|p| p.chars().take(160).collect()).collect();
+            let problems: Vec<String> =
+                check_outputs(&executed, false).iter().map(|p| p.chars().take(160).collect()).collect();
             let dep = cell_seconds(&executed).ok().and_then(|t| t.first().copied()).map(round);
-            println!("{}", json!({"figure": "concurrent_start", "pair": pair, "kernel": k + 1, "ok": ok && problems.is_empty(), "dep_cell_s": dep, "problems": problems}));
+            println!(
+                "{}",
+                json!({"figure": "concurrent_start", "pair": pair, "kernel": k + 1, "ok": ok && problems.is_empty(), "dep_cell_s": dep, "problems": problems})
+            );
         }
     }
     Ok(())
@@ -87,7 +103,12 @@ fn cell_seconds(nb: &Value) -> CliResult<Vec<f64>> {
         .filter(|c| c["cell_type"] == "code")
         .map(|c| {
             let e = &c["metadata"]["execution"];
-            let at = |key: &str| e[key].as_str().and_then(seconds_of_day).ok_or_else(|| format!("a cell has no `{key}` time: was it run?"));
+            let at = |key: &str| {
+                e[key]
+                    .as_str()
+                    .and_then(seconds_of_day)
+                    .ok_or_else(|| format!("a cell has no `{key}` time: was it run?"))
+            };
             let (busy, idle) = (at("iopub.status.busy")?, at("iopub.status.idle")?);
             Ok(if idle >= busy { idle - busy } else { idle + 86_400.0 - busy })
         })
@@ -99,7 +120,8 @@ fn seconds_of_day(stamp: &str) -> Option<f64> {
     let time = stamp.split('T').nth(1)?.trim_end_matches('Z');
     let time = time.split('+').next()?;
     let mut parts = time.split(':');
-    let (h, m, s): (f64, f64, f64) = (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
+    let (h, m, s): (f64, f64, f64) =
+        (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
     Some(h * 3600.0 + m * 60.0 + s)
 }
 

@@ -3,9 +3,11 @@
 //! whose last line moves a variable, a cell's variables lost after an error) meets lab-support's
 //! answers to it (`lab_support::kernel`, the figures' Debug).
 
-use crate::notebooks::{check_outputs, execute_cells, output_text};
-use crate::setup::Paths;
-use crate::CliResult;
+use crate::ipynb::{join_text, output_text};
+use crate::jupyter::{check_outputs, execute_cells};
+use crate::paths::Paths;
+use crate::sys::text::tail;
+use crate::sys::{At, CliResult};
 use serde_json::Value;
 
 const CELLS: [&str; 8] = [
@@ -31,43 +33,70 @@ pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
     let (nb, _) = execute_cells(paths, "kernel-test", &CELLS)?;
     let cells = nb["cells"].as_array().cloned().unwrap_or_default();
     let stderr = |i: usize| -> String {
-        cells.get(i).and_then(|c| c["outputs"].as_array()).into_iter().flatten().filter(|o| o["name"] == "stderr").map(output_text).collect()
+        cells
+            .get(i)
+            .and_then(|c| c["outputs"].as_array())
+            .into_iter()
+            .flatten()
+            .filter(|o| o["name"] == "stderr")
+            .map(output_text)
+            .collect()
     };
     let html = |i: usize| -> String {
         let outputs = cells.get(i).and_then(|c| c["outputs"].as_array()).cloned().unwrap_or_default();
-        outputs.iter().map(|o| crate::notebooks::join_text(&o["data"]["text/html"])).collect()
+        outputs.iter().map(|o| join_text(&o["data"]["text/html"])).collect()
     };
     let mut problems = Vec::new();
     let everything: String = (0..CELLS.len()).map(stderr).collect();
     if everything.contains("stack backtrace") || everything.contains("evcxr::") || everything.contains("   0: ") {
-        problems.push(format!("a backtrace reached the notebook: {}", everything.lines().take(8).collect::<Vec<_>>().join(" | ")));
+        problems.push(format!(
+            "a backtrace reached the notebook: {}",
+            everything.lines().take(8).collect::<Vec<_>>().join(" | ")
+        ));
     }
     let todo = stderr(3);
     if !todo.contains("not yet implemented: double x") || !todo.contains("in your code: todo!(\"double x\")") {
         problems.push(format!("a todo!() panic should show its message and the student's line, it showed: {todo:?}"));
     }
     if !html(4).contains("<svg") {
-        let shown: String = cells.get(4).map(|c| c["outputs"].to_string()).unwrap_or_default().chars().take(300).collect();
+        let shown: String =
+            cells.get(4).map(|c| c["outputs"].to_string()).unwrap_or_default().chars().take(300).collect();
         problems.push(format!("a figure whose cell moved a variable was not drawn; the cell showed {shown}"));
     }
-    let candle: String = cells.get(5).and_then(|c| c["outputs"].as_array()).into_iter().flatten().map(output_text).collect();
+    let candle: String =
+        cells.get(5).and_then(|c| c["outputs"].as_array()).into_iter().flatten().map(output_text).collect();
     if !candle.contains("tensor error: shape mismatch") || candle.contains("backtrace") || candle.lines().count() > 2 {
         problems.push(format!("a candle error inside a check should be one plain verdict line, it was: {candle:?}"));
     }
     let note = "variables it was creating do not exist";
     if everything.matches(note).count() != 1 {
-        problems.push(format!("the note on lost variables should appear exactly once, it appeared {} time(s)", everything.matches(note).count()));
+        problems.push(format!(
+            "the note on lost variables should appear exactly once, it appeared {} time(s)",
+            everything.matches(note).count()
+        ));
     }
-    let photo_error: String = cells.get(6).and_then(|c| c["outputs"].as_array()).into_iter().flatten().map(output_text).collect();
+    let photo_error: String =
+        cells.get(6).and_then(|c| c["outputs"].as_array()).into_iter().flatten().map(output_text).collect();
     if !photo_error.contains("rocket.jpg") {
         problems.push(format!("an unknown photo should list the photos, it said: {photo_error:?}"));
     }
-    let stdout: String = cells.get(7).and_then(|c| c["outputs"].as_array()).into_iter().flatten().filter(|o| o["name"] == "stdout").map(output_text).collect();
+    let stdout: String = cells
+        .get(7)
+        .and_then(|c| c["outputs"].as_array())
+        .into_iter()
+        .flatten()
+        .filter(|o| o["name"] == "stdout")
+        .map(output_text)
+        .collect();
     let lines = stdout.lines().filter(|l| l.contains("% after")).count();
     if lines == 0 || lines > 10 || !stdout.contains("done in") {
-        problems.push(format!("a sweep of several seconds should show a few progress lines and a closing one, it showed: {stdout:?}"));
+        problems.push(format!(
+            "a sweep of several seconds should show a few progress lines and a closing one, it showed: {stdout:?}"
+        ));
     }
-    if nb["cells"][0]["outputs"].as_array().is_some_and(|o| o.iter().any(|o| o["output_type"] == "error")) || !matches!(nb["cells"][1]["execution_count"], Value::Number(_)) {
+    if nb["cells"][0]["outputs"].as_array().is_some_and(|o| o.iter().any(|o| o["output_type"] == "error"))
+        || !matches!(nb["cells"][1]["execution_count"], Value::Number(_))
+    {
         problems.push("the kernel did not load lab-support".into());
     }
     Ok(problems)
@@ -77,11 +106,15 @@ pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
 /// a cell that uses it. (With evcxr's shared `:cache`, one kernel in two failed here.)
 pub fn concurrent(paths: &Paths) -> CliResult<Vec<String>> {
     const ROUNDS: usize = 3;
-    let cells = [CELLS[0], "let model = Classifier::pretrained()?;\nmodel.predict(&mnist::test()?.get(0)?.0)?[0].class"];
+    let cells =
+        [CELLS[0], "let model = Classifier::pretrained()?;\nmodel.predict(&mnist::test()?.get(0)?.0)?[0].class"];
     let mut problems = Vec::new();
     for round in 1..=ROUNDS {
         let both: Vec<CliResult<(Value, bool)>> = std::thread::scope(|s| {
-            let handles: Vec<_> = ["kernel-pair-a", "kernel-pair-b"].iter().map(|name| s.spawn(move || execute_cells(paths, name, &cells))).collect();
+            let handles: Vec<_> = ["kernel-pair-a", "kernel-pair-b"]
+                .iter()
+                .map(|name| s.spawn(move || execute_cells(paths, name, &cells)))
+                .collect();
             handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a test thread panicked".into()))).collect()
         });
         for (k, outcome) in both.into_iter().enumerate() {
@@ -89,7 +122,11 @@ pub fn concurrent(paths: &Paths) -> CliResult<Vec<String>> {
             let shown: String = nb["cells"][1]["outputs"].as_array().into_iter().flatten().map(output_text).collect();
             let found: Vec<String> = check_outputs(&nb, false).iter().map(|p| p.chars().take(200).collect()).collect();
             if !ok || !found.is_empty() || shown.trim() != "7" {
-                problems.push(format!("round {round}, kernel {}: expected the first test digit's class, 7; it showed {shown:?}; {}", k + 1, found.join("; ")));
+                problems.push(format!(
+                    "round {round}, kernel {}: expected the first test digit's class, 7; it showed {shown:?}; {}",
+                    k + 1,
+                    found.join("; ")
+                ));
             }
         }
     }
@@ -103,15 +140,15 @@ pub fn concurrent(paths: &Paths) -> CliResult<Vec<String>> {
 /// lab-support, it is also a dylib, so the second kernel must load the new shared library.
 pub fn pickup(paths: &Paths) -> CliResult<Vec<String>> {
     let dir = paths.root.join("target/kernel-test/pickup");
-    std::fs::create_dir_all(dir.join("src")).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir.join("src")).at(&dir)?;
     std::fs::write(dir.join("Cargo.toml"), "[package]\nname = \"pickup\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[lib]\ncrate-type = [\"rlib\", \"dylib\"]\n\n[workspace]\n")
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
+        .at(&dir)?;
     let dep = format!(":dep pickup = {{ path = {:?} }}", dir.display().to_string());
     let mut problems = Vec::new();
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     for version in [format!("first {stamp}"), format!("second {stamp}")] {
         std::fs::write(dir.join("src/lib.rs"), format!("pub fn version() -> &'static str {{ {version:?} }}\n"))
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
+            .at(&dir)?;
         let cells = [CELLS[0], &dep, "pickup::version()"];
         let (nb, ok) = execute_cells(paths, "kernel-pickup", &cells)?;
         let shown: String = nb["cells"][2]["outputs"].as_array().into_iter().flatten().map(output_text).collect();
@@ -129,12 +166,13 @@ pub fn control(paths: &Paths) -> CliResult<Vec<String>> {
     const LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
     let script = paths.root.join("lab/kernel-pool/check_control.py");
     let log = paths.root.join("target/kernel-control-test.log");
-    let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let out = std::fs::File::create(&log).at(&log)?;
     let mut cmd = std::process::Command::new(paths.venv_bin("python"));
     cmd.arg(&script).arg(paths.root.join("notebooks")).current_dir(&paths.root);
     paths.jupyter_env(&mut cmd);
     let err = out.try_clone().map_err(|e| e.to_string())?;
-    let mut child = cmd.stdout(out).stderr(err).spawn().map_err(|e| format!("could not run {}: {e}", script.display()))?;
+    let mut child =
+        cmd.stdout(out).stderr(err).spawn().map_err(|e| format!("could not run {}: {e}", script.display()))?;
     let start = std::time::Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
@@ -150,8 +188,15 @@ pub fn control(paths: &Paths) -> CliResult<Vec<String>> {
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let mut problems: Vec<String> = text.lines().filter(|l| l.starts_with("round ")).map(String::from).collect();
     match status {
-        None => problems.push(format!("{} had not finished after {} s (log: {})", script.display(), LIMIT.as_secs(), log.display())),
-        Some(s) if !s.success() && problems.is_empty() => problems.push(format!("{} failed ({s}); its last lines:\n{}", script.display(), crate::hub::tail(&log, 15))),
+        None => problems.push(format!(
+            "{} had not finished after {} s (log: {})",
+            script.display(),
+            LIMIT.as_secs(),
+            log.display()
+        )),
+        Some(s) if !s.success() && problems.is_empty() => {
+            problems.push(format!("{} failed ({s}); its last lines:\n{}", script.display(), tail(&log, 15)))
+        }
         _ => {}
     }
     Ok(problems)

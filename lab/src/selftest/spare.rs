@@ -3,13 +3,17 @@
 //! a restart through the server's API, then the websocket again (JupyterLab reconnects after a
 //! restart, since the kernel's ports may change).
 
-use crate::hub::{pss_kb, processes_with, request, RemoteKernel};
-use crate::notebooks::output_text;
-use crate::setup::{random_token, Paths};
-use crate::CliResult;
-use serde_json::json;
+use super::{CELL_LIMIT, LAB_KERNEL_MANAGER_LINE};
+use crate::ipynb::output_text;
+use crate::jupyter::RemoteKernel;
+use crate::paths::{Paths, SPARE_ENV};
+use crate::sys::child::ChildServer;
+use crate::sys::hex::random_token;
+use crate::sys::http::request;
+use crate::sys::procfs::{kill_processes_with, processes_with, pss_kb};
+use crate::sys::{At, CliResult};
 use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
@@ -25,7 +29,7 @@ const WARM_LIMIT: Duration = Duration::from_secs(600);
 /// JupyterLab as `cargo lab up` starts it, with every process it starts marked in its
 /// environment, so that the test can find whatever is left after it stops.
 pub struct Lab {
-    child: Child,
+    server: ChildServer,
     port: u16,
     token: String,
     marker: String,
@@ -46,15 +50,17 @@ impl Lab {
             .current_dir(&paths.root)
             .env("LAB_TOKEN", &token)
             .env(key, value)
-            .env_remove(crate::server::SPARE_ENV)
+            .env_remove(SPARE_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        use std::os::unix::process::CommandExt;
-        cmd.process_group(0);
-        let mut child = cmd.spawn().map_err(|e| format!("could not run `cargo lab up`: {e}"))?;
+        let mut server = ChildServer::spawn(&mut cmd).map_err(|e| format!("could not run `cargo lab up`: {e}"))?;
         let (tx, log) = channel();
-        for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|s| Box::new(s) as _)].into_iter().flatten() {
+        let (stdout, stderr) = server.take_output();
+        for stream in [stdout.map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), stderr.map(|s| Box::new(s) as _)]
+            .into_iter()
+            .flatten()
+        {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
@@ -62,11 +68,12 @@ impl Lab {
                 }
             });
         }
-        let mut lab = Lab { child, port: 0, token, marker, log, lines: Vec::new() };
+        let mut lab = Lab { server, port: 0, token, marker, log, lines: Vec::new() };
         // `cargo lab up` prints this line once JupyterLab listens, with the port it bound (the
         // server's own log line may come earlier).
         let url = lab.wait_for("JupyterLab: http://127.0.0.1:", Duration::from_secs(900));
-        let port = url.as_deref().and_then(|u| u.split("http://127.0.0.1:").nth(1)?.split('/').next()?.parse::<u16>().ok());
+        let port =
+            url.as_deref().and_then(|u| u.split("http://127.0.0.1:").nth(1)?.split('/').next()?.parse::<u16>().ok());
         match port {
             Some(p) if p != 0 => lab.port = p,
             _ => {
@@ -90,7 +97,7 @@ impl Lab {
                     }
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    if self.server.exited().is_some() {
                         return None;
                     }
                 }
@@ -105,9 +112,9 @@ impl Lab {
         while let Ok(line) = self.log.try_recv() {
             self.lines.push(line);
         }
-        let state = match self.child.try_wait() {
-            Ok(Some(status)) => format!("`cargo lab up` has stopped ({status})"),
-            _ => "`cargo lab up` is running".to_string(),
+        let state = match self.server.exited() {
+            Some(status) => format!("`cargo lab up` has stopped ({status})"),
+            None => "`cargo lab up` is running".to_string(),
         };
         let lines = self.lines.iter().rev().take(n).rev().cloned().collect::<Vec<_>>().join("\n");
         format!("{lines}\n({state})")
@@ -118,7 +125,10 @@ impl Lab {
         let start = Instant::now();
         if self.wait_for(WARM_LINE, WARM_LIMIT).is_none() {
             let tail = self.tail(15);
-            return Err(format!("no spare kernel got warm within {} s; the server's last lines:\n{tail}", WARM_LIMIT.as_secs()));
+            return Err(format!(
+                "no spare kernel got warm within {} s; the server's last lines:\n{tail}",
+                WARM_LIMIT.as_secs()
+            ));
         }
         Ok(start.elapsed().as_secs_f64())
     }
@@ -129,7 +139,8 @@ impl Lab {
         let id = kernel.id.clone();
         kernel.close();
         let start = Instant::now();
-        let (status, answer) = request(self.port, "POST", &format!("/api/kernels/{id}/restart"), Some(&self.token), None)?;
+        let (status, answer) =
+            request(self.port, "POST", &format!("/api/kernels/{id}/restart"), Some(&self.token), None)?;
         let seconds = start.elapsed().as_secs_f64();
         if status != 200 {
             return Err(format!("restarting the kernel answered {status}: {answer}"));
@@ -154,31 +165,20 @@ impl Lab {
     /// Stops JupyterLab through its API; returns what was still running afterwards (killed).
     pub fn stop(&mut self) -> Vec<String> {
         let _ = request(self.port, "POST", "/api/shutdown", Some(&self.token), None);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(200));
+        self.server.wait_exit(Duration::from_secs(30));
+        if self.server.running() {
+            self.server.signal_group("KILL");
         }
-        if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.child.id())]).status();
-        }
-        let _ = self.child.wait();
+        self.server.wait();
         // Kernels and spares run in sessions of their own: give them a moment, then look.
         std::thread::sleep(Duration::from_secs(2));
-        let mut left = Vec::new();
-        for (pid, _) in processes_with(&self.marker) {
-            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            left.push(format!("{} (pid {pid})", name.trim()));
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
-        left
+        kill_processes_with(&self.marker).into_iter().map(|(pid, name)| format!("{name} (pid {pid})")).collect()
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
+        if self.server.running() {
             self.stop();
         }
     }
@@ -198,7 +198,7 @@ pub fn run(kernel: &mut RemoteKernel, cells: &[&str]) -> CliResult<Vec<Ran>> {
         .iter()
         .map(|code| {
             let start = Instant::now();
-            let (outputs, _) = kernel.execute(code, crate::hub::CELL_LIMIT)?;
+            let (outputs, _) = kernel.execute(code, CELL_LIMIT)?;
             let mut ran = Ran { text: String::new(), failed: false, seconds: start.elapsed().as_secs_f64() };
             for out in &outputs {
                 if out["output_type"] == "error" || out["name"] == "stderr" {
@@ -206,7 +206,11 @@ pub fn run(kernel: &mut RemoteKernel, cells: &[&str]) -> CliResult<Vec<Ran>> {
                 }
                 ran.text.push_str(&output_text(out));
                 if out["output_type"] == "error" {
-                    ran.text.push_str(&format!("{}: {}", out["ename"].as_str().unwrap_or(""), out["evalue"].as_str().unwrap_or("")));
+                    ran.text.push_str(&format!(
+                        "{}: {}",
+                        out["ename"].as_str().unwrap_or(""),
+                        out["evalue"].as_str().unwrap_or("")
+                    ));
                 }
             }
             Ok(ran)
@@ -247,15 +251,24 @@ pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
         expect(&mut problems, "the restarted kernel being the warm spare", &after[0], |t| t.trim() == "true");
         // These must fail: the old kernel's and the warm-up's variables are gone, and so is the
         // warm-up's use of the prelude (a notebook needs its own first cell, as in a cold kernel).
-        for (cell, name, why) in [(&after[1], "x", "the old kernel's variable"), (&after[2], "lab_spare_model", "the warm-up's variable"), (&after[3], "Classifier", "the prelude, before the notebook's `use`")] {
+        for (cell, name, why) in [
+            (&after[1], "x", "the old kernel's variable"),
+            (&after[2], "lab_spare_model", "the warm-up's variable"),
+            (&after[3], "Classifier", "the prelude, before the notebook's `use`"),
+        ] {
             if !cell.failed || !cell.text.contains(name) {
-                problems.push(format!("`{name}` after the restart should not be known ({why}); the cell said {:?}", cell.text.chars().take(300).collect::<String>()));
+                problems.push(format!(
+                    "`{name}` after the restart should not be known ({why}); the cell said {:?}",
+                    cell.text.chars().take(300).collect::<String>()
+                ));
             }
         }
         expect(&mut problems, "the `:dep` cell after the restart", &after[4], |t| t.trim().is_empty());
         expect(&mut problems, "the load cell after the restart", &after[5], |t| t.trim().is_empty());
         expect(&mut problems, "`test.len()` after the restart", &after[6], |t| t.trim() == "10000");
-        expect(&mut problems, "the first test digit's prediction and label", &after[7], |t| t.trim().trim_matches('"') == "7 7");
+        expect(&mut problems, "the first test digit's prediction and label", &after[7], |t| {
+            t.trim().trim_matches('"') == "7 7"
+        });
         eprintln!(
             "    first spare warm {first_warm:.0} s after the server started; the next {warm:.0} s after the first kernel's cells; restart {restart:.1} s; then `:dep` {:.1} s, load {:.1} s",
             after[4].seconds, after[5].seconds
@@ -268,11 +281,16 @@ pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
         let lib = paths.root.join("lab-support/src/lib.rs");
         let (mut kernel, _) = with_newer_time(&lib, || lab.restart(kernel))?;
         let cold = run(&mut kernel, &["std::env::var(\"LAB_KERNEL_SPARE\").is_ok()", DEP, "let y = 1 + 1;\ny"])?;
-        expect(&mut problems, "the kernel after lab-support changed being a cold one, not the spare", &cold[0], |t| t.trim() == "false");
+        expect(&mut problems, "the kernel after lab-support changed being a cold one, not the spare", &cold[0], |t| {
+            t.trim() == "false"
+        });
         expect(&mut problems, "the cold kernel's `:dep` cell", &cold[1], |t| t.trim().is_empty());
         expect(&mut problems, "the cold kernel's `let y = 1 + 1; y`", &cold[2], |t| t.trim() == "2");
-        if !lab.tail(usize::MAX).contains(crate::hub::LAB_KERNEL_MANAGER_LINE) {
-            problems.push(format!("the server did not say \"{}\": its kernels may die when a notebook connects (lab/kernel-pool/)", crate::hub::LAB_KERNEL_MANAGER_LINE));
+        if !lab.tail(usize::MAX).contains(LAB_KERNEL_MANAGER_LINE) {
+            problems.push(format!(
+                "the server did not say \"{}\": its kernels may die when a notebook connects (lab/kernel-pool/)",
+                LAB_KERNEL_MANAGER_LINE
+            ));
         }
         if !lab.tail(400).contains("lab-support changed since the spare read it") {
             problems.push("the server did not say why it started the kernel cold (\"lab-support changed since the spare read it\")".into());
@@ -295,10 +313,10 @@ pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
 
 /// Runs `f` while `file` carries a newer modification time, then puts its own time back.
 fn with_newer_time<T>(file: &std::path::Path, f: impl FnOnce() -> CliResult<T>) -> CliResult<T> {
-    let open = || std::fs::OpenOptions::new().write(true).open(file).map_err(|e| format!("{}: {e}", file.display()));
+    let open = || std::fs::OpenOptions::new().write(true).open(file).at(file);
     let handle = open()?;
-    let before = handle.metadata().and_then(|m| m.modified()).map_err(|e| format!("{}: {e}", file.display()))?;
-    handle.set_modified(std::time::SystemTime::now()).map_err(|e| format!("{}: {e}", file.display()))?;
+    let before = handle.metadata().and_then(|m| m.modified()).at(file)?;
+    handle.set_modified(std::time::SystemTime::now()).at(file)?;
     let result = f();
     handle.set_modified(before).map_err(|e| format!("{}: cannot put its time back: {e}", file.display()))?;
     result
@@ -310,54 +328,4 @@ fn expect(problems: &mut Vec<String>, what: &str, cell: &Ran, ok: impl Fn(&str) 
         let shown: String = cell.text.chars().take(300).collect();
         problems.push(format!("{what}: unexpected output {shown:?}"));
     }
-}
-
-/// The restart part of `cargo lab bench --kernel`: a kernel, then `restarts` restarts with a warm
-/// spare, the same cells each time. Prints one JSON line per figure.
-pub fn bench(cells: &[&str], restarts: usize) -> CliResult<()> {
-    use crate::kernel_bench::{median, round};
-    let mut lab = Lab::start()?;
-    let check = |outputs: &[Ran], run: usize| -> CliResult<()> {
-        match outputs.iter().find(|c| c.failed) {
-            Some(c) => Err(format!("a benchmark cell failed (restart {run}): {}", c.text.chars().take(300).collect::<String>())),
-            None => Ok(()),
-        }
-    };
-    eprintln!("==> `cargo lab up`'s JupyterLab: its first spare, then the first kernel");
-    let warm = lab.wait_warm()?;
-    println!("{}", json!({"figure": "spare_warm_up_s", "seconds": round(warm), "note": "from the server's start"}));
-    println!("{}", json!({"figure": "spare_idle_memory_gb", "gb": round(lab.spare_memory_gb())}));
-    let mut kernel = lab.open()?;
-    let first = run(&mut kernel, cells)?;
-    check(&first, 0)?;
-    println!("{}", json!({"figure": "dep_cell_first_kernel_s", "seconds": round(first[0].seconds), "goal": 3.0, "note": "the next spare starts 10 s after the kernel"}));
-    println!("{}", json!({"figure": "load_cell_first_kernel_s", "seconds": round(first[1].seconds), "goal": 1.5, "note": "the next spare starts 10 s after the kernel"}));
-    let mut small: Vec<f64> = first[2..].iter().map(|t| t.seconds).collect();
-    small.sort_by(f64::total_cmp);
-    println!("{}", json!({"figure": "small_cell_median_first_kernel_s", "seconds": round(median(&small)), "goal": 0.5}));
-    println!("{}", json!({"figure": "small_cell_max_first_kernel_s", "seconds": round(small[small.len() - 1]), "goal": 1.5}));
-    lab.wait_warm()?;
-    for r in 1..=restarts {
-        eprintln!("==> restart {r} of {restarts}, with a warm spare");
-        let (k, restart) = lab.restart(kernel)?;
-        kernel = k;
-        let times = run(&mut kernel, cells)?;
-        check(&times, r)?;
-        let mut small: Vec<f64> = times[2..].iter().map(|t| t.seconds).collect();
-        small.sort_by(f64::total_cmp);
-        println!("{}", json!({"figure": "restart_s", "restart": r, "seconds": round(restart)}));
-        println!("{}", json!({"figure": "dep_cell_after_restart_s", "restart": r, "seconds": round(times[0].seconds), "goal": 3.0}));
-        println!("{}", json!({"figure": "load_cell_after_restart_s", "restart": r, "seconds": round(times[1].seconds), "goal": 1.5}));
-        println!("{}", json!({"figure": "small_cell_median_after_restart_s", "restart": r, "seconds": round(median(&small)), "goal": 0.5}));
-        println!("{}", json!({"figure": "small_cell_max_after_restart_s", "restart": r, "seconds": round(small[small.len() - 1]), "goal": 1.5}));
-        if r < restarts {
-            lab.wait_warm()?;
-        }
-    }
-    kernel.close();
-    let left = lab.stop();
-    if !left.is_empty() {
-        return Err(format!("still running after JupyterLab stopped (killed now): {}", left.join(", ")));
-    }
-    Ok(())
 }

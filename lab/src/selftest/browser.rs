@@ -9,13 +9,18 @@
 //! It installs what it needs: Chromium, and Node.js with npm, with apt-get when they are missing
 //! (as root, as in CI), and Playwright with `npm ci` from the committed lockfile.
 
-use crate::setup::{output_of, run, Paths};
-use crate::CliResult;
+use crate::cmd::setup::{apt_install, npm_ci};
+use crate::ipynb::{self, source_text};
+use crate::jupyter::FIGURES;
+use crate::paths::Paths;
+use crate::sys::child::{ChildServer, NotReady};
+use crate::sys::http;
+use crate::sys::process::is_root;
+use crate::sys::{At, CliResult};
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TEST_DIR: &str = "lab/browser-test";
@@ -34,23 +39,6 @@ pub struct BrowserReport {
 
 fn chromium() -> PathBuf {
     std::env::var_os("LAB_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| "/usr/bin/chromium".into())
-}
-
-pub fn is_root() -> bool {
-    output_of(Command::new("id").arg("-u")).is_some_and(|uid| uid.trim() == "0")
-}
-
-/// Installs Debian packages for the browser test; only as root (as in CI), never through sudo.
-fn apt_install(packages: &[&str], what: &str) -> CliResult<()> {
-    eprintln!("==> Installing {what} for the browser test (apt-get install {}, once)", packages.join(" "));
-    let apt = |args: &[&str]| {
-        let mut cmd = Command::new("apt-get");
-        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive").stdout(Stdio::null());
-        cmd
-    };
-    run(&mut apt(&["update", "-q"]), "apt-get update")?;
-    let install: Vec<&str> = ["install", "-y", "-q", "--no-install-recommends"].iter().chain(packages).copied().collect();
-    run(&mut apt(&install), &format!("apt-get install {}", packages.join(" ")))
 }
 
 fn ensure_chromium() -> CliResult<()> {
@@ -73,40 +61,6 @@ fn ensure_playwright(root: &Path) -> CliResult<()> {
     npm_ci(root, TEST_DIR, "Playwright for the browser test")
 }
 
-/// `npm ci` in `rel_dir` (with its committed lockfile), again only when the lockfile changed;
-/// Node.js and npm from Debian first when they are missing (as root only).
-pub fn npm_ci(root: &Path, rel_dir: &str, what: &str) -> CliResult<()> {
-    let dir = root.join(rel_dir);
-    let lock = std::fs::read_to_string(dir.join("package-lock.json")).map_err(|e| format!("{rel_dir}/package-lock.json: {e}"))?;
-    let stamp = dir.join("node_modules/.lab-lock");
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(lock.as_str()) {
-        return Ok(());
-    }
-    let has = |tool: &str| output_of(Command::new(tool).arg("--version")).is_some();
-    if !has("node") || !has("npm") {
-        if !is_root() {
-            return Err(format!(
-                "Node.js and npm were not found; {what} needs them. Install them \
-                 (Debian/Ubuntu: `sudo apt-get install nodejs npm`), then try again"
-            ));
-        }
-        apt_install(&["nodejs", "npm"], "Node.js and npm")?;
-    }
-    // playwright-core 1.64 declares `"engines": {"node": ">=20"}`; Debian 12's own nodejs is 18.
-    let version = output_of(Command::new("node").arg("--version")).unwrap_or_default();
-    let major: u32 = version.trim().trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
-    if major < 20 {
-        return Err(format!(
-            "Node.js {} is too old for {what}: it needs Node.js 20 or newer. Install a newer \
-             Node.js (for example from your distribution's backports or NodeSource), then try again",
-            version.trim()
-        ));
-    }
-    eprintln!("==> Installing {what} (npm ci in {rel_dir})");
-    run(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(&dir), "npm ci")?;
-    std::fs::write(&stamp, lock).map_err(|e| format!("{}: {e}", stamp.display()))
-}
-
 /// What the copied notebook should show once it has run.
 struct Expected {
     /// Check cells, each printing a PASS line.
@@ -125,23 +79,20 @@ fn shows_figure(source: &str) -> bool {
         return false;
     }
     let last = source.rsplit(';').next().unwrap_or(source);
-    crate::notebooks::FIGURES.iter().filter(|f| !matches!(**f, "Table" | "Verdict")).any(|f| last.contains(&format!("{f}::")))
+    FIGURES.iter().filter(|f| !matches!(**f, "Table" | "Verdict")).any(|f| last.contains(&format!("{f}::")))
 }
 
 /// A copy of `notebook` with its outputs cleared, under [`COPY_DIR`]; returns what it should show.
 fn copy_notebook(root: &Path, notebook: &str) -> CliResult<Expected> {
     let src = root.join(notebook);
-    let text = std::fs::read_to_string(&src).map_err(|e| format!("{}: {e}", src.display()))?;
-    let mut nb: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", src.display()))?;
+    let text = std::fs::read_to_string(&src).at(&src)?;
+    let mut nb: Value = serde_json::from_str(&text).at(&src)?;
     let mut expected = Expected { checks: 0, code_cells: 0, figure_cells: vec![] };
     for cell in nb["cells"].as_array_mut().into_iter().flatten() {
         if cell["cell_type"] == "code" {
             cell["outputs"] = Value::Array(vec![]);
             cell["execution_count"] = Value::Null;
-            let source = match &cell["source"] {
-                Value::Array(lines) => lines.iter().filter_map(Value::as_str).collect::<String>(),
-                other => other.as_str().unwrap_or_default().to_string(),
-            };
+            let source = source_text(cell);
             // A check cell is a call such as `check::craft(craft)`, which shows one PASS line; a
             // helper like `check::within_budget` inside other code shows none.
             expected.checks += usize::from(source.trim_start().starts_with("check::"));
@@ -152,26 +103,16 @@ fn copy_notebook(root: &Path, notebook: &str) -> CliResult<Expected> {
         }
     }
     let dir = root.join(COPY_DIR);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).at(&dir)?;
     let dst = dir.join(src.file_name().unwrap_or_default());
-    std::fs::write(&dst, serde_json::to_string_pretty(&nb).unwrap_or(text)).map_err(|e| format!("{}: {e}", dst.display()))?;
+    ipynb::write(&dst, &nb)?;
     Ok(expected)
-}
-
-/// One HTTP request to JupyterLab on 127.0.0.1; returns the status code.
-pub fn http(port: u16, method: &str, path: &str, token: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: token {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").ok()?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
 
 /// JupyterLab started by `cargo lab up`, stopped on drop: politely through its API, then by signal
 /// to its whole process group.
 struct Jupyter {
-    child: Child,
+    server: ChildServer,
     port: u16,
     token: String,
     copy_dir: PathBuf,
@@ -179,9 +120,12 @@ struct Jupyter {
 
 impl Jupyter {
     fn start(paths: &Paths, log: &Path) -> CliResult<Self> {
-        let port = TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr()).map_err(|e| format!("no free port on 127.0.0.1: {e}"))?.port();
+        let port = TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port on 127.0.0.1: {e}"))?
+            .port();
         let token = format!("browser-test-{}-{port}", std::process::id());
-        let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let log_file = std::fs::File::create(log).at(log)?;
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cmd.args(["lab", "up", "--no-browser", "--port", &port.to_string()])
             .current_dir(&paths.root)
@@ -189,25 +133,19 @@ impl Jupyter {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().map_err(|e| e.to_string())?)
             .stderr(log_file);
-        #[cfg(unix)]
-        {
-            use std::os::unix::process::CommandExt;
-            cmd.process_group(0);
-        }
-        let child = cmd.spawn().map_err(|e| format!("could not start `cargo lab up`: {e}"))?;
-        let mut jupyter = Jupyter { child, port, token, copy_dir: paths.root.join(COPY_DIR) };
+        let server = ChildServer::spawn(&mut cmd).map_err(|e| format!("could not start `cargo lab up`: {e}"))?;
+        let mut jupyter = Jupyter { server, port, token, copy_dir: paths.root.join(COPY_DIR) };
         // On a fresh machine `cargo lab up` first warms evcxr's build cache (a few minutes).
-        let start = Instant::now();
-        while http(port, "GET", "/api/status", &jupyter.token) != Some(200) {
-            if let Ok(Some(status)) = jupyter.child.try_wait() {
-                return Err(format!("`cargo lab up` stopped ({status}) before JupyterLab answered; its log: {}", log.display()));
+        let answers = || http::status(port, "GET", "/api/status", &jupyter.token) == Some(200);
+        match jupyter.server.wait_ready(Duration::from_secs(900), Duration::from_millis(500), answers) {
+            Ok(()) => Ok(jupyter),
+            Err(NotReady::Exited(status)) => {
+                Err(format!("`cargo lab up` stopped ({status}) before JupyterLab answered; its log: {}", log.display()))
             }
-            if start.elapsed() > Duration::from_secs(900) {
-                return Err(format!("JupyterLab did not answer on port {port} within 900 s; its log: {}", log.display()));
+            Err(NotReady::TimedOut) => {
+                Err(format!("JupyterLab did not answer on port {port} within 900 s; its log: {}", log.display()))
             }
-            std::thread::sleep(Duration::from_millis(500));
         }
-        Ok(jupyter)
     }
 
     /// The notebook in a workspace of its own, reset: one notebook per page, so the checks of the
@@ -220,20 +158,13 @@ impl Jupyter {
 impl Drop for Jupyter {
     fn drop(&mut self) {
         // JupyterLab's own shutdown stops its kernels too.
-        let _ = http(self.port, "POST", "/api/shutdown", &self.token);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        if let Ok(None) = self.child.try_wait() {
-            let group = format!("-{}", self.child.id());
-            let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+        let _ = http::status(self.port, "POST", "/api/shutdown", &self.token);
+        self.server.wait_exit(Duration::from_secs(20));
+        if self.server.running() {
+            self.server.signal_group("TERM");
             std::thread::sleep(Duration::from_secs(2));
-            let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-            let _ = self.child.wait();
+            self.server.signal_group("KILL");
+            self.server.wait();
         }
         let _ = std::fs::remove_dir_all(&self.copy_dir);
     }
@@ -244,7 +175,7 @@ pub fn test(paths: &Paths) -> CliResult<BrowserReport> {
     ensure_chromium()?;
     ensure_playwright(&paths.root)?;
     let out = paths.root.join("target/browser-test");
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::create_dir_all(&out).at(&out)?;
     let start = Instant::now();
     let jupyter = Jupyter::start(paths, &out.join("jupyter.log"))?;
     let (mut problems, mut screenshots) = (Vec::new(), Vec::new());
@@ -268,9 +199,15 @@ pub fn test(paths: &Paths) -> CliResult<BrowserReport> {
             .map_err(|e| format!("could not run node: {e}"))?;
         let stdout = String::from_utf8_lossy(&result.stdout);
         let seen: Value = stdout.lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap_or(Value::Null);
-        let found: Vec<String> = seen["problems"].as_array().map(|a| a.iter().filter_map(|p| p.as_str().map(|p| format!("{name}: {p}"))).collect()).unwrap_or_default();
+        let found: Vec<String> = seen["problems"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|p| p.as_str().map(|p| format!("{name}: {p}"))).collect())
+            .unwrap_or_default();
         if found.is_empty() && !result.status.success() {
-            problems.push(format!("{name}: the browser test failed ({}) without a report; its output: {stdout}", result.status));
+            problems.push(format!(
+                "{name}: the browser test failed ({}) without a report; its output: {stdout}",
+                result.status
+            ));
         } else if found.is_empty() {
             eprintln!(
                 "    {name}: saw {} PNG image(s), {} SVG plot(s), a figure in each of the {} figure cells, {} PASS line(s); Run All took {} s{}; screenshot {}",

@@ -15,9 +15,10 @@
 //! a notebook in its own folder (`source/<assignment>/`, `autograded/<student>/<assignment>/`), so
 //! the course gets a `lab-support` link beside each of those folders.
 
-use crate::notebooks::source_text;
-use crate::setup::{run, Paths};
-use crate::CliResult;
+use crate::ipynb::{self, source_text};
+use crate::paths::Paths;
+use crate::sys::process::run;
+use crate::sys::{At, CliResult};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -43,14 +44,15 @@ c.ClearSolutions.end_solution_delimeter = "END SOLUTION"
 c.Execute.timeout = 1200
 c.Execute.startup_timeout = 300
 "#,
-        stub = crate::student::CODE_STUB
+        stub = super::student::CODE_STUB
     )
 }
 
 /// Installs JupyterHub and nbgrader into the project venv unless they are there.
 pub fn ensure_classroom(paths: &Paths) -> CliResult<()> {
-    crate::setup::ensure_venv(paths, 1, 2)?;
-    let requirements = std::fs::read_to_string(paths.root.join(REQUIREMENTS)).map_err(|e| format!("{REQUIREMENTS}: {e}"))?;
+    super::setup::ensure_venv(paths, 1, 2)?;
+    let requirements =
+        std::fs::read_to_string(paths.root.join(REQUIREMENTS)).map_err(|e| format!("{REQUIREMENTS}: {e}"))?;
     let stamp = paths.venv.join(".lab-classroom");
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(requirements.as_str()) {
         eprintln!("==> [2/2] JupyterHub and nbgrader in .venv/: ready");
@@ -58,15 +60,17 @@ pub fn ensure_classroom(paths: &Paths) -> CliResult<()> {
     }
     eprintln!("==> [2/2] Installing JupyterHub and nbgrader into .venv/ (about 20 s, once)");
     run(
-        Command::new(paths.venv_bin("pip")).args(["install", "--disable-pip-version-check", "-q", "-r"]).arg(paths.root.join(REQUIREMENTS)),
+        Command::new(paths.venv_bin("pip"))
+            .args(["install", "--disable-pip-version-check", "-q", "-r"])
+            .arg(paths.root.join(REQUIREMENTS)),
         "pip install jupyterhub nbgrader",
     )?;
-    std::fs::write(&stamp, requirements).map_err(|e| format!("{}: {e}", stamp.display()))
+    std::fs::write(&stamp, requirements).at(&stamp)
 }
 
 /// The assignments: one per solution notebook, named after it (`03-adversarial`).
 pub fn assignments(paths: &Paths) -> CliResult<Vec<(String, PathBuf)>> {
-    Ok(crate::student::pairs(&paths.root)?
+    Ok(super::student::pairs(&paths.root)?
         .into_iter()
         .map(|(solution, _)| (solution.file_stem().unwrap_or_default().to_string_lossy().into_owned(), solution))
         .collect())
@@ -74,14 +78,15 @@ pub fn assignments(paths: &Paths) -> CliResult<Vec<(String, PathBuf)>> {
 
 /// Links `dir/lab-support` to the lab's crate (a notebook in `dir/<x>/` loads `../lab-support`).
 fn link_lab_support(paths: &Paths, dir: &Path) -> CliResult<()> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).at(dir)?;
     let link = dir.join("lab-support");
     let target = paths.root.join("lab-support");
     if std::fs::read_link(&link).ok().as_deref() == Some(target.as_path()) {
         return Ok(());
     }
     let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&target, &link).map_err(|e| format!("cannot link {} to {}: {e}", link.display(), target.display()))
+    std::os::unix::fs::symlink(&target, &link)
+        .map_err(|e| format!("cannot link {} to {}: {e}", link.display(), target.display()))
 }
 
 /// Runs one nbgrader command in the course folder; its output goes to the terminal.
@@ -96,19 +101,18 @@ fn nbgrader(paths: &Paths, course: &Path, args: &[&str]) -> CliResult<()> {
 /// generates every assignment's student version into `release/`.
 pub fn course(paths: &Paths, course: &Path) -> CliResult<()> {
     ensure_classroom(paths)?;
-    std::fs::create_dir_all(course).map_err(|e| format!("{}: {e}", course.display()))?;
+    std::fs::create_dir_all(course).at(course)?;
     let config = course.join("nbgrader_config.py");
     if !config.exists() {
-        std::fs::write(&config, nbgrader_config()).map_err(|e| format!("{}: {e}", config.display()))?;
+        std::fs::write(&config, nbgrader_config()).at(&config)?;
     }
     for dir in ["source", "release"] {
         link_lab_support(paths, &course.join(dir))?;
     }
     for (name, solution) in assignments(paths)? {
         let dir = course.join("source").join(&name);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let mut nb: Value = serde_json::from_str(&std::fs::read_to_string(&solution).map_err(|e| format!("{}: {e}", solution.display()))?)
-            .map_err(|e| format!("{}: {e}", solution.display()))?;
+        std::fs::create_dir_all(&dir).at(&dir)?;
+        let mut nb: Value = serde_json::from_str(&std::fs::read_to_string(&solution).at(&solution)?).at(&solution)?;
         // The source is the solution one folder up, as the student notebooks are.
         for cell in nb["cells"].as_array_mut().into_iter().flatten() {
             let src = source_text(cell);
@@ -117,11 +121,14 @@ pub fn course(paths: &Paths, course: &Path) -> CliResult<()> {
             }
         }
         let file = dir.join(format!("{name}.ipynb"));
-        std::fs::write(&file, crate::student::to_json(&nb)?).map_err(|e| format!("{}: {e}", file.display()))?;
+        ipynb::write(&file, &nb)?;
         eprintln!("==> nbgrader generate_assignment {name}");
         nbgrader(paths, course, &["generate_assignment", &name, "--force", "--log-level=WARN"])?;
     }
-    eprintln!("Student versions are in {}/release/; grade submissions with `cargo lab grade <assignment>`.", course.display());
+    eprintln!(
+        "Student versions are in {}/release/; grade submissions with `cargo lab grade <assignment>`.",
+        course.display()
+    );
     Ok(())
 }
 
@@ -142,7 +149,9 @@ pub fn grade(paths: &Paths, course: &Path, assignment: &str) -> CliResult<Vec<Sc
     }
     let submitted = course.join("submitted");
     let mut students: Vec<String> = std::fs::read_dir(&submitted)
-        .map_err(|e| format!("{}: {e} (put each student's notebook in submitted/<student>/{assignment}/)", submitted.display()))?
+        .map_err(|e| {
+            format!("{}: {e} (put each student's notebook in submitted/<student>/{assignment}/)", submitted.display())
+        })?
         .flatten()
         .filter(|e| e.path().join(assignment).is_dir())
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -158,7 +167,7 @@ pub fn grade(paths: &Paths, course: &Path, assignment: &str) -> CliResult<Vec<Sc
     nbgrader(paths, course, &["autograde", assignment, "--force", "--log-level=ERROR"])?;
     let csv = course.join("grades.csv");
     nbgrader(paths, course, &["export", "--log-level=WARN", &format!("--to={}", csv.display())])?;
-    let text = std::fs::read_to_string(&csv).map_err(|e| format!("{}: {e}", csv.display()))?;
+    let text = std::fs::read_to_string(&csv).at(&csv)?;
     let scores = parse_grades(&text, assignment)?;
     println!("| student | score | of |\n| --- | --- | --- |");
     for s in &scores {
@@ -171,7 +180,9 @@ pub fn grade(paths: &Paths, course: &Path, assignment: &str) -> CliResult<Vec<Sc
 fn parse_grades(text: &str, assignment: &str) -> CliResult<Vec<Score>> {
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().ok_or("nbgrader export wrote an empty grades.csv")?.split(',').collect();
-    let col = |name: &str| header.iter().position(|h| *h == name).ok_or_else(|| format!("grades.csv has no `{name}` column: {header:?}"));
+    let col = |name: &str| {
+        header.iter().position(|h| *h == name).ok_or_else(|| format!("grades.csv has no `{name}` column: {header:?}"))
+    };
     let (a, s, score, max) = (col("assignment")?, col("student_id")?, col("score")?, col("max_score")?);
     let mut out = Vec::new();
     for line in lines.filter(|l| !l.trim().is_empty()) {
@@ -180,84 +191,14 @@ fn parse_grades(text: &str, assignment: &str) -> CliResult<Vec<Score>> {
         if f.get(a) != Some(&assignment) {
             continue;
         }
-        let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).ok_or_else(|| format!("grades.csv: no number in column {i} of {line:?}"));
+        let num = |i: usize| {
+            f.get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .ok_or_else(|| format!("grades.csv: no number in column {i} of {line:?}"))
+        };
         out.push(Score { student: f.get(s).unwrap_or(&"").to_string(), score: num(score)?, max_score: num(max)? });
     }
     Ok(out)
-}
-
-/// A student's notebook with every exercise cell (nbgrader `solution` cell) filled in with the
-/// solution's code for the same `grade_id`: what a student who solved everything hands in.
-pub fn filled_in(student: &Value, solution: &Value) -> CliResult<Value> {
-    let id = |c: &Value| c["metadata"]["nbgrader"]["grade_id"].as_str().map(String::from);
-    let is_exercise = |c: &Value| c["metadata"]["nbgrader"]["solution"] == true;
-    let mut nb = student.clone();
-    let mut filled = 0;
-    for cell in nb["cells"].as_array_mut().into_iter().flatten().filter(|c| is_exercise(c)) {
-        let want = id(cell);
-        let answer = solution["cells"].as_array().into_iter().flatten().find(|c| is_exercise(c) && id(c) == want);
-        let answer = answer.ok_or_else(|| format!("the solution has no exercise cell {want:?}"))?;
-        cell["source"] = answer["source"].clone();
-        filled += 1;
-    }
-    if filled == 0 {
-        return Err("the notebook has no exercise cells (nbgrader `solution` cells) to fill in".into());
-    }
-    Ok(nb)
-}
-
-pub fn write_notebook(path: &Path, nb: &Value) -> CliResult<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    std::fs::write(path, crate::student::to_json(nb)?).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// The assignment `cargo lab test` grades for real.
-pub const TEST_ASSIGNMENT: &str = "03-adversarial";
-
-/// The nbgrader round trip, in a fresh course under `target/grading-test/`: generate every
-/// assignment (each must hold the same cells as `cargo lab student` writes), then autograde two
-/// submissions of 03: the student notebook with every exercise solved (full marks) and the released
-/// one untouched (zero).
-pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
-    let course_dir = paths.root.join("target/grading-test/course");
-    let _ = std::fs::remove_dir_all(&course_dir);
-    course(paths, &course_dir)?;
-    let mut problems = Vec::new();
-    let cells = |nb: &Value| -> Vec<(String, String)> {
-        nb["cells"].as_array().into_iter().flatten().map(|c| (c["cell_type"].as_str().unwrap_or("").to_string(), source_text(c))).collect()
-    };
-    for (name, solution) in assignments(paths)? {
-        let released = crate::notebooks::read_json(&course_dir.join("release").join(&name).join(format!("{name}.ipynb")))?;
-        let ours: Value = serde_json::from_str(&crate::student::expected_text(&solution)?).map_err(|e| e.to_string())?;
-        let (theirs, ours) = (cells(&released), cells(&ours));
-        if theirs != ours {
-            let first = theirs.iter().zip(&ours).position(|(a, b)| a != b).unwrap_or(theirs.len().min(ours.len()));
-            problems.push(format!("{name}: nbgrader's student version differs from `cargo lab student`'s at cell {}", first + 1));
-        }
-    }
-    let a = TEST_ASSIGNMENT;
-    let solution = crate::notebooks::read_json(&paths.root.join("notebooks/solutions").join(format!("{a}.ipynb")))?;
-    let student: Value = serde_json::from_str(&crate::student::expected_text(&paths.root.join("notebooks/solutions").join(format!("{a}.ipynb")))?)
-        .map_err(|e| e.to_string())?;
-    let released = crate::notebooks::read_json(&course_dir.join("release").join(a).join(format!("{a}.ipynb")))?;
-    write_notebook(&course_dir.join("submitted/solved").join(a).join(format!("{a}.ipynb")), &filled_in(&student, &solution)?)?;
-    write_notebook(&course_dir.join("submitted/untouched").join(a).join(format!("{a}.ipynb")), &released)?;
-    let scores = grade(paths, &course_dir, a)?;
-    let of = |who: &str| scores.iter().find(|s| s.student == who).cloned();
-    match (of("solved"), of("untouched")) {
-        (Some(good), Some(empty)) => {
-            if !(good.max_score > 0.0 && good.score == good.max_score) {
-                problems.push(format!("the solved submission scored {} of {}, not full marks", good.score, good.max_score));
-            }
-            if empty.score != 0.0 {
-                problems.push(format!("the untouched submission scored {} of {}, not zero", empty.score, empty.max_score));
-            }
-        }
-        _ => problems.push(format!("nbgrader's grades lack a submission: {scores:?}")),
-    }
-    Ok(problems)
 }
 
 #[cfg(test)]

@@ -8,9 +8,11 @@
 //! 5. the kernels' build seed (see `launcher`), built by running the first cell of a notebook,
 //!    so that a student's first `:dep lab-support` takes seconds.
 
-use crate::{repo_root, CliResult};
+use crate::paths::Paths;
+use crate::sys::process::{is_root, output_of, run};
+use crate::sys::{At, CliResult};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 pub const EVCXR_VERSION: &str = "0.22.0";
@@ -18,66 +20,10 @@ const REQUIREMENTS: &str = "lab/requirements-jupyter.txt";
 /// The lab's kernel provisioner (a warm spare kernel), a small Python package of its own.
 const KERNEL_POOL: &str = "lab/kernel-pool";
 
-/// Where the lab keeps its local state.
-pub struct Paths {
-    pub root: PathBuf,
-    pub venv: PathBuf,
-    /// Project-local state: evcxr's config, stamps, logs.
-    pub state: PathBuf,
-}
-
-impl Paths {
-    pub fn new() -> Self {
-        let root = repo_root();
-        Paths { venv: root.join(".venv"), state: root.join(".lab"), root }
-    }
-
-    pub fn venv_bin(&self, name: &str) -> PathBuf {
-        self.venv.join("bin").join(name)
-    }
-
-    pub fn kernel_dir(&self) -> PathBuf {
-        self.venv.join("share/jupyter/kernels/rust")
-    }
-
-    pub fn evcxr_config(&self) -> PathBuf {
-        self.state.join("evcxr")
-    }
-
-    /// The environment every Jupyter process of the lab runs with.
-    pub fn jupyter_env(&self, cmd: &mut Command) {
-        // The venv's kernels come before a user's own `rust` kernel, if they have one.
-        cmd.env("JUPYTER_PREFER_ENV_PATH", "1").env("VIRTUAL_ENV", &self.venv);
-        // Spare kernels only where a command asks for them (`cargo lab up`; see `server`), never
-        // in `jupyter execute` or nbgrader because a shell happened to export the variable.
-        cmd.env_remove(crate::server::SPARE_ENV);
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let mut dirs = vec![self.venv.join("bin")];
-        dirs.extend(std::env::split_paths(&path));
-        if let Ok(joined) = std::env::join_paths(dirs) {
-            cmd.env("PATH", joined);
-        }
-    }
-}
-
 fn step(n: usize, total: usize, what: &str) {
     eprintln!("==> [{n}/{total}] {what}");
 }
 
-pub fn run(cmd: &mut Command, what: &str) -> CliResult<()> {
-    let status = cmd.status().map_err(|e| format!("{what}: could not start {:?}: {e}", cmd.get_program()))?;
-    if !status.success() {
-        return Err(format!("{what} failed ({status}); see the output above"));
-    }
-    Ok(())
-}
-
-pub fn output_of(cmd: &mut Command) -> Option<String> {
-    let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
-}
-
-/// Makes sure everything is installed. `warm` also warms evcxr's cache.
 pub fn ensure(paths: &Paths, warm: bool) -> CliResult<()> {
     let total = if warm { 5 } else { 4 };
     let start = Instant::now();
@@ -98,9 +44,12 @@ fn python() -> String {
 }
 
 pub fn ensure_venv(paths: &Paths, n: usize, total: usize) -> CliResult<()> {
-    let mut requirements = std::fs::read_to_string(paths.root.join(REQUIREMENTS)).map_err(|e| format!("{REQUIREMENTS}: {e}"))?;
+    let mut requirements =
+        std::fs::read_to_string(paths.root.join(REQUIREMENTS)).map_err(|e| format!("{REQUIREMENTS}: {e}"))?;
     // The provisioner's own files are part of what the stamp stands for: a change reinstalls it.
-    for file in ["pyproject.toml", "lab_kernel_pool.py", "lab_kernel_manager.py"].map(|f| paths.root.join(KERNEL_POOL).join(f)) {
+    for file in
+        ["pyproject.toml", "lab_kernel_pool.py", "lab_kernel_manager.py"].map(|f| paths.root.join(KERNEL_POOL).join(f))
+    {
         requirements.push_str(&format!("\n# {}\n", file.display()));
         requirements.push_str(&String::from_utf8_lossy(&std::fs::read(&file).unwrap_or_default()));
     }
@@ -134,7 +83,9 @@ pub fn ensure_venv(paths: &Paths, n: usize, total: usize) -> CliResult<()> {
     }
     step(n, total, "Installing JupyterLab, nbclient and the lab's kernel provisioner into .venv/ (about 30 s, once)");
     run(
-        Command::new(paths.venv_bin("pip")).args(["install", "--disable-pip-version-check", "-q", "-r"]).arg(paths.root.join(REQUIREMENTS)),
+        Command::new(paths.venv_bin("pip"))
+            .args(["install", "--disable-pip-version-check", "-q", "-r"])
+            .arg(paths.root.join(REQUIREMENTS)),
         "pip install",
     )?;
     run(
@@ -143,7 +94,7 @@ pub fn ensure_venv(paths: &Paths, n: usize, total: usize) -> CliResult<()> {
             .arg(paths.root.join(KERNEL_POOL)),
         "pip install lab/kernel-pool",
     )?;
-    std::fs::write(&stamp, requirements).map_err(|e| format!("{}: {e}", stamp.display()))
+    std::fs::write(&stamp, requirements).at(&stamp)
 }
 
 /// Finds evcxr_jupyter of the right version, installing it with cargo if needed.
@@ -160,7 +111,11 @@ fn ensure_evcxr(n: usize, total: usize) -> CliResult<PathBuf> {
         step(n, total, &format!("Rust kernel evcxr_jupyter {EVCXR_VERSION}: ready"));
         return Ok(binary);
     }
-    step(n, total, &format!("Installing the Rust kernel, evcxr_jupyter {EVCXR_VERSION} (about 7 minutes, once per machine)"));
+    step(
+        n,
+        total,
+        &format!("Installing the Rust kernel, evcxr_jupyter {EVCXR_VERSION} (about 7 minutes, once per machine)"),
+    );
     run(
         Command::new(&cargo).args(["install", "evcxr_jupyter", "--locked", "--force", "--version", EVCXR_VERSION]),
         "cargo install evcxr_jupyter",
@@ -184,7 +139,9 @@ fn ensure_rust_src(n: usize, total: usize) {
         Some(list) if list.lines().any(|l| l.starts_with("rust-src")) => step(n, total, "rust-src: ready"),
         Some(_) => {
             step(n, total, "Adding rust-src (for code completion in notebooks)");
-            if run(Command::new("rustup").args(["component", "add", "rust-src"]), "rustup component add rust-src").is_err() {
+            if run(Command::new("rustup").args(["component", "add", "rust-src"]), "rustup component add rust-src")
+                .is_err()
+            {
                 eprintln!("    warning: rust-src could not be added; notebooks run, but without completions");
             }
         }
@@ -205,21 +162,21 @@ const KERNEL_CARGO_CONFIG: &str = "# Written by `cargo lab up`: the notebook ker
 fn write_kernel(paths: &Paths, evcxr: &Path, n: usize, total: usize) -> CliResult<()> {
     step(n, total, "Registering the `rust` kernel in .venv/ (not in your global Jupyter)");
     let dir = paths.kernel_dir();
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).at(&dir)?;
     let config = paths.evcxr_config();
-    std::fs::create_dir_all(&config).map_err(|e| format!("{}: {e}", config.display()))?;
+    std::fs::create_dir_all(&config).at(&config)?;
     // Nothing at kernel start: builds are kept in the launcher's slots (see `launcher`), not in
     // evcxr's `:cache`, which races between kernels and rebuilt lab-support every time.
-    std::fs::write(config.join("init.evcxr"), "").map_err(|e| format!("{}: {e}", config.display()))?;
+    std::fs::write(config.join("init.evcxr"), "").at(&config)?;
     let launcher = install_launcher(paths)?;
     // Cargo reads this for every build in a slot (it looks in the folders above a crate): the
     // crate evcxr makes of each cell, `ctx`, compiles without optimization. Measured on the
     // kernel benchmark's small cells, a cell's rustc took 0.43 s at evcxr's level 2 and 0.25 s at
     // 0; lab-support, candle and every other dependency stay optimized, which is where a
     // notebook's heavy work runs (notebook 05 ran in 68 s with this and the launcher, 91 s before).
-    let cargo_config = crate::launcher::slots_dir(paths).join(".cargo");
-    std::fs::create_dir_all(&cargo_config).map_err(|e| format!("{}: {e}", cargo_config.display()))?;
-    std::fs::write(cargo_config.join("config.toml"), KERNEL_CARGO_CONFIG).map_err(|e| format!("{}: {e}", cargo_config.display()))?;
+    let cargo_config = super::launcher::slots_dir(paths).join(".cargo");
+    std::fs::create_dir_all(&cargo_config).at(&cargo_config)?;
+    std::fs::write(cargo_config.join("config.toml"), KERNEL_CARGO_CONFIG).at(&cargo_config)?;
     let kernel = serde_json::json!({
         "argv": [launcher, "kernel", "--evcxr", evcxr, "{connection_file}"],
         "display_name": "Rust (lab)",
@@ -238,21 +195,21 @@ fn write_kernel(paths: &Paths, evcxr: &Path, n: usize, total: usize) -> CliResul
         kernel["env"][name] = serde_json::json!(value);
     }
     let text = serde_json::to_string_pretty(&kernel).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("kernel.json"), text).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::write(dir.join("kernel.json"), text).at(&dir)?;
     // The provisioner's server extension, which makes the first spare as a server starts (it does
     // nothing unless spares are on; see lab/kernel-pool/).
     let server_config = paths.venv.join("etc/jupyter/jupyter_server_config.d");
-    std::fs::create_dir_all(&server_config).map_err(|e| format!("{}: {e}", server_config.display()))?;
+    std::fs::create_dir_all(&server_config).at(&server_config)?;
     let extension = serde_json::json!({ "ServerApp": { "jpserver_extensions": { "lab_kernel_pool": true } } });
-    std::fs::write(server_config.join("lab_kernel_pool.json"), extension.to_string()).map_err(|e| format!("{}: {e}", server_config.display()))?;
+    std::fs::write(server_config.join("lab_kernel_pool.json"), extension.to_string()).at(&server_config)?;
     // JupyterLab defaults for this venv only: a lab room is often offline, so no news prompt and
     // no update check.
     let settings = paths.venv.join("share/jupyter/lab/settings");
-    std::fs::create_dir_all(&settings).map_err(|e| format!("{}: {e}", settings.display()))?;
+    std::fs::create_dir_all(&settings).at(&settings)?;
     let overrides = serde_json::json!({
         "@jupyterlab/apputils-extension:notification": { "fetchNews": "false", "checkForUpdates": false },
     });
-    std::fs::write(settings.join("overrides.json"), overrides.to_string()).map_err(|e| format!("{}: {e}", settings.display()))
+    std::fs::write(settings.join("overrides.json"), overrides.to_string()).at(&settings)
 }
 
 /// A copy of this tool for the kernel spec to start, out of cargo's reach: a rebuild or a `cargo
@@ -263,37 +220,46 @@ fn install_launcher(paths: &Paths) -> CliResult<PathBuf> {
     let bin = paths.state.join("bin");
     std::fs::create_dir_all(&bin).map_err(|e| format!("cannot create {}: {e}", bin.display()))?;
     let (target, partial) = (bin.join("lab"), bin.join("lab.partial"));
-    std::fs::copy(&exe, &partial).map_err(|e| format!("cannot copy {} to {}: {e}", exe.display(), partial.display()))?;
+    std::fs::copy(&exe, &partial)
+        .map_err(|e| format!("cannot copy {} to {}: {e}", exe.display(), partial.display()))?;
     std::fs::rename(&partial, &target).map_err(|e| format!("cannot rename {}: {e}", partial.display()))?;
     Ok(target)
 }
 
 fn warm_cache(paths: &Paths, n: usize, total: usize) -> CliResult<()> {
     let stamp = paths.state.join("warm.stamp");
-    let seed = crate::launcher::seed_dir(paths);
+    let seed = super::launcher::seed_dir(paths);
     // What the seed's build depends on: evcxr, the kernel's cargo settings, the locked versions,
     // lab-support's manifest and sources.
-    let mut key = format!("{EVCXR_VERSION}\n{KERNEL_CARGO_ENV:?}\n{}", std::fs::read_to_string(paths.root.join("Cargo.lock")).unwrap_or_default());
+    let mut key = format!(
+        "{EVCXR_VERSION}\n{KERNEL_CARGO_ENV:?}\n{}",
+        std::fs::read_to_string(paths.root.join("Cargo.lock")).unwrap_or_default()
+    );
     let crate_dir = paths.root.join("lab-support");
     for file in std::iter::once(crate_dir.join("Cargo.toml")).chain(files_under(&crate_dir.join("src"))) {
         key.push_str(&format!("\n{}\n", file.display()));
         key.push_str(&String::from_utf8_lossy(&std::fs::read(&file).unwrap_or_default()));
     }
-    let key = crate::sha256_hex(key.as_bytes());
+    let key = crate::sys::hex::sha256_hex(key.as_bytes());
     if seed.join("target").exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&key) {
         step(n, total, "kernel build seed: ready");
         return Ok(());
     }
-    let what = if seed.join("target").exists() { "lab-support changed: rebuilding it for notebooks (about 20 s)" } else { "Compiling candle and lab-support for notebooks (about 3 minutes, once)" };
+    let what = if seed.join("target").exists() {
+        "lab-support changed: rebuilding it for notebooks (about 20 s)"
+    } else {
+        "Compiling candle and lab-support for notebooks (about 3 minutes, once)"
+    };
     step(n, total, what);
     let start = Instant::now();
-    let cells = [":dep lab-support = { path = \"../lab-support\" }\nuse lab_support::prelude::*;\nprintln!(\"ready\");"];
-    let report = crate::notebooks::run_cells(paths, &cells, &[(crate::launcher::SLOT_ENV, "seed")])?;
+    let cells =
+        [":dep lab-support = { path = \"../lab-support\" }\nuse lab_support::prelude::*;\nprintln!(\"ready\");"];
+    let report = crate::jupyter::run_cells(paths, &cells, &[(super::launcher::SLOT_ENV, "seed")])?;
     if !report.problems.is_empty() {
         return Err(format!("building the kernel's seed failed:\n{}", report.problems.join("\n")));
     }
     eprintln!("    built in {:.0} s", start.elapsed().as_secs_f64());
-    std::fs::write(&stamp, key).map_err(|e| format!("{}: {e}", stamp.display()))
+    std::fs::write(&stamp, key).at(&stamp)
 }
 
 /// Every file under `dir`, sorted.
@@ -319,14 +285,54 @@ pub fn up(no_browser: bool, port: u16, setup_only: bool) -> CliResult<()> {
     if setup_only {
         return Ok(());
     }
-    crate::server::serve(&paths, port, no_browser)
+    super::server::serve(&paths, port, no_browser)
 }
 
-pub fn random_token() -> CliResult<String> {
-    let mut bytes = [0u8; 24];
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| format!("cannot read /dev/urandom for a token: {e}"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+/// Installs Debian packages for the browser test; only as root (as in CI), never through sudo.
+pub fn apt_install(packages: &[&str], what: &str) -> CliResult<()> {
+    eprintln!("==> Installing {what} for the browser test (apt-get install {}, once)", packages.join(" "));
+    let apt = |args: &[&str]| {
+        let mut cmd = Command::new("apt-get");
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive").stdout(Stdio::null());
+        cmd
+    };
+    run(&mut apt(&["update", "-q"]), "apt-get update")?;
+    let install: Vec<&str> =
+        ["install", "-y", "-q", "--no-install-recommends"].iter().chain(packages).copied().collect();
+    run(&mut apt(&install), &format!("apt-get install {}", packages.join(" ")))
+}
+
+/// `npm ci` in `rel_dir` (with its committed lockfile), again only when the lockfile changed;
+/// Node.js and npm from Debian first when they are missing (as root only).
+pub fn npm_ci(root: &Path, rel_dir: &str, what: &str) -> CliResult<()> {
+    let dir = root.join(rel_dir);
+    let lock = std::fs::read_to_string(dir.join("package-lock.json"))
+        .map_err(|e| format!("{rel_dir}/package-lock.json: {e}"))?;
+    let stamp = dir.join("node_modules/.lab-lock");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(lock.as_str()) {
+        return Ok(());
+    }
+    let has = |tool: &str| output_of(Command::new(tool).arg("--version")).is_some();
+    if !has("node") || !has("npm") {
+        if !is_root() {
+            return Err(format!(
+                "Node.js and npm were not found; {what} needs them. Install them \
+                 (Debian/Ubuntu: `sudo apt-get install nodejs npm`), then try again"
+            ));
+        }
+        apt_install(&["nodejs", "npm"], "Node.js and npm")?;
+    }
+    // playwright-core 1.64 declares `"engines": {"node": ">=20"}`; Debian 12's own nodejs is 18.
+    let version = output_of(Command::new("node").arg("--version")).unwrap_or_default();
+    let major: u32 = version.trim().trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    if major < 20 {
+        return Err(format!(
+            "Node.js {} is too old for {what}: it needs Node.js 20 or newer. Install a newer \
+             Node.js (for example from your distribution's backports or NodeSource), then try again",
+            version.trim()
+        ));
+    }
+    eprintln!("==> Installing {what} (npm ci in {rel_dir})");
+    run(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(&dir), "npm ci")?;
+    std::fs::write(&stamp, lock).at(&stamp)
 }

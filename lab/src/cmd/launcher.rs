@@ -18,8 +18,8 @@
 //! launcher replaces itself with it (`exec`): the kernel holds it until its process ends, however
 //! it ends, and the system lets it go then.
 
-use crate::setup::Paths;
-use crate::CliResult;
+use crate::paths::Paths;
+use crate::sys::CliResult;
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -96,10 +96,17 @@ fn library_path(slot: &Path, inherited: Option<std::ffi::OsString>, targets: &[P
     let mut dirs: Vec<PathBuf> = Vec::new();
     // evcxr builds into `target/<host triple>/debug`; a slot copied from the seed already has it.
     if let Ok(entries) = std::fs::read_dir(slot.join("target")) {
-        dirs.extend(entries.flatten().map(|e| e.path().join("debug").join("deps")).filter(|d| d.join(LAB_SUPPORT_DYLIB).exists()));
+        dirs.extend(
+            entries
+                .flatten()
+                .map(|e| e.path().join("debug").join("deps"))
+                .filter(|d| d.join(LAB_SUPPORT_DYLIB).exists()),
+        );
     }
     let inherited = inherited.unwrap_or_default();
-    let keep = |d: &PathBuf| !d.as_os_str().is_empty() && !d.join(LAB_SUPPORT_DYLIB).exists() && !targets.iter().any(|t| d.starts_with(t));
+    let keep = |d: &PathBuf| {
+        !d.as_os_str().is_empty() && !d.join(LAB_SUPPORT_DYLIB).exists() && !targets.iter().any(|t| d.starts_with(t))
+    };
     dirs.extend(std::env::split_paths(&inherited).filter(keep));
     if dirs.is_empty() {
         return None;
@@ -148,7 +155,9 @@ fn prepare(paths: &Paths, slot: &Path) -> CliResult<()> {
     if !slot.join("target").exists() && slot != seed && seed.join("target").exists() {
         // Not while `cargo lab up` is building the seed (it holds the lock for that).
         let Some(_seed_lock) = try_lock(&slots_dir(paths).join("seed.lock"), libc::LOCK_SH | libc::LOCK_NB)? else {
-            eprintln!("lab kernel: the seed is being built by `cargo lab up`; this kernel builds its slot from the start");
+            eprintln!(
+                "lab kernel: the seed is being built by `cargo lab up`; this kernel builds its slot from the start"
+            );
             return finish(paths, slot);
         };
         // Into a temporary folder, renamed when whole: a copy cut short is never taken for a slot.
@@ -159,7 +168,8 @@ fn prepare(paths: &Paths, slot: &Path) -> CliResult<()> {
         let copied = Command::new("cp").arg("-a").arg(&seed).arg(&partial).status();
         match copied {
             Ok(status) if status.success() => {
-                std::fs::rename(&partial, slot).map_err(|e| format!("cannot rename {} to {}: {e}", partial.display(), slot.display()))?;
+                std::fs::rename(&partial, slot)
+                    .map_err(|e| format!("cannot rename {} to {}: {e}", partial.display(), slot.display()))?;
             }
             // A slot can still be built from nothing; it takes minutes instead of seconds.
             _ => {
@@ -175,7 +185,8 @@ fn finish(paths: &Paths, slot: &Path) -> CliResult<()> {
     std::fs::create_dir_all(slot).map_err(|e| format!("cannot create {}: {e}", slot.display()))?;
     // The lab's own versions (candle, image, ...), the ones its tests use, resolved without asking
     // the registry. Copied at every start, so a `git pull` that changes them is followed.
-    std::fs::copy(paths.root.join("Cargo.lock"), slot.join("Cargo.lock")).map_err(|e| format!("cannot copy Cargo.lock into {}: {e}", slot.display()))?;
+    std::fs::copy(paths.root.join("Cargo.lock"), slot.join("Cargo.lock"))
+        .map_err(|e| format!("cannot copy Cargo.lock into {}: {e}", slot.display()))?;
     Ok(())
 }
 

@@ -1,0 +1,338 @@
+//! `cargo lab hub`: one server for a room. A real JupyterHub (from PyPI, in the project venv) with
+//! JupyterHub's configurable-http-proxy (from npm, `lab/hub/`), on 127.0.0.1 unless told otherwise.
+//!
+//! - Students log in with their name (from the list the instructor gives) and the room's password,
+//!   JupyterHub's own `SharedPasswordAuthenticator`. The password is generated once into
+//!   `.lab/hub/password` (mode 0600); it reaches the hub through its environment, never a command
+//!   line. So does the token of the `lab` service, which this tool uses to manage the hub.
+//! - Each student's server is JupyterLab with the lab's `rust` kernel, in a home of their own,
+//!   `.lab/hub/home/<name>/`, holding their copy of the student notebooks (written once, never
+//!   overwritten) and a `lab-support` link (the notebooks load `../lab-support`).
+//! - All servers run as the instructor's Unix user (JupyterHub's `SimpleLocalProcessSpawner`): one
+//!   server for a room trusts the room, as docs/instructors.md says.
+
+use crate::paths::{Paths, SPARE_ENV};
+use crate::sys::child::{ChildServer, NotReady};
+use crate::sys::hex::random_token;
+use crate::sys::http::request;
+use crate::sys::process::is_root;
+use crate::sys::procfs::kill_processes_with;
+use crate::sys::{At, CliResult};
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const PROXY_DIR: &str = "lab/hub";
+
+/// `npm ci` for the proxy, once per lockfile.
+fn ensure_proxy(paths: &Paths) -> CliResult<PathBuf> {
+    super::setup::npm_ci(&paths.root, PROXY_DIR, "JupyterHub's proxy")?;
+    Ok(paths.root.join(PROXY_DIR).join("node_modules/.bin/configurable-http-proxy"))
+}
+
+/// A user name JupyterHub and a folder name both accept.
+fn check_name(name: &str) -> CliResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok && !name.starts_with('-') {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a usable user name: use 1-32 lowercase letters, digits, '-' or '_'"))
+    }
+}
+
+/// What a hub needs: where it keeps its state, who may log in, where it listens.
+pub struct HubSetup {
+    pub dir: PathBuf,
+    pub users: Vec<String>,
+    pub ip: String,
+    pub port: u16,
+}
+
+/// A running hub, stopped on drop (the hub stops its users' servers; whatever is left of this hub
+/// is killed).
+pub struct Hub {
+    server: ChildServer,
+    pub port: u16,
+    token: String,
+    /// Marks every process of this hub (`LAB_HUB_ID=<id>` in its environment).
+    pub id: String,
+    pub password: String,
+}
+
+fn write_private(path: &Path, text: &str) -> CliResult<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).at(path)?;
+    f.write_all(text.as_bytes()).at(path)
+}
+
+/// The room's password: `dir/password`, made once.
+fn password(dir: &Path) -> CliResult<String> {
+    let file = dir.join("password");
+    if let Ok(p) = std::fs::read_to_string(&file) {
+        if p.trim().len() >= 8 {
+            return Ok(p.trim().to_string());
+        }
+    }
+    let p = random_token()?[..12].to_string();
+    write_private(&file, &format!("{p}\n"))?;
+    Ok(p)
+}
+
+/// A user's home: the student notebooks (only those not there yet) and the lab-support link.
+fn prepare_home(paths: &Paths, home: &Path) -> CliResult<()> {
+    let nbs = home.join("notebooks");
+    std::fs::create_dir_all(&nbs).at(&nbs)?;
+    for (_, student) in super::student::pairs(&paths.root)? {
+        let to = nbs.join(student.file_name().unwrap_or_default());
+        if !to.exists() {
+            std::fs::copy(&student, &to).map_err(|e| format!("{} to {}: {e}", student.display(), to.display()))?;
+        }
+    }
+    let link = home.join("lab-support");
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink(paths.root.join("lab-support"), &link).at(&link)?;
+    }
+    Ok(())
+}
+
+/// jupyterhub_config.py: secrets come from the environment, everything else is written here.
+fn config(paths: &Paths, setup: &HubSetup, proxy: &Path) -> String {
+    let py = |s: &str| format!("{s:?}");
+    let list = |v: &[String]| format!("[{}]", v.iter().map(|s| py(s)).collect::<Vec<_>>().join(", "));
+    let home = |v: &str| std::env::var(v).ok();
+    let cargo_home = home("CARGO_HOME").unwrap_or_else(|| format!("{}/.cargo", home("HOME").unwrap_or_default()));
+    let rustup_home = home("RUSTUP_HOME").unwrap_or_else(|| format!("{}/.rustup", home("HOME").unwrap_or_default()));
+    let root_args = if is_root() { "[\"--allow-root\"]" } else { "[]" };
+    format!(
+        r#"# Written by `cargo lab hub` at every start; edit lab/src/cmd/hub.rs instead.
+import os
+c = get_config()
+c.JupyterHub.bind_url = "http://{ip}:{port}"
+c.JupyterHub.hub_bind_url = "http://127.0.0.1:{hub_port}"
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_port}"
+c.ConfigurableHTTPProxy.command = [{proxy}]
+c.JupyterHub.db_url = "sqlite:///" + {db}
+c.JupyterHub.cookie_secret_file = {cookie}
+c.JupyterHub.pid_file = {pid}
+
+c.JupyterHub.authenticator_class = "shared-password"
+c.SharedPasswordAuthenticator.user_password = os.environ["LAB_HUB_PASSWORD"]
+c.Authenticator.allowed_users = set({users})
+
+# The lab tool's own service: creates users and starts and stops servers for `cargo lab hub`.
+c.JupyterHub.services = [{{"name": "lab", "api_token": os.environ["LAB_HUB_TOKEN"]}}]
+c.JupyterHub.load_roles = [{{
+    "name": "lab-service",
+    "scopes": ["admin:users", "admin:servers", "access:servers", "tokens"],
+    "services": ["lab"],
+}}]
+
+c.JupyterHub.spawner_class = "simple"
+c.SimpleLocalProcessSpawner.home_dir_template = {homes} + "/{{username}}"
+c.Spawner.cmd = [{singleuser}]
+c.Spawner.args = {root_args}
+c.Spawner.default_url = "/lab/tree/notebooks"
+c.Spawner.start_timeout = 120
+c.Spawner.http_timeout = 120
+# The user's servers find the venv's `rust` kernel first, and cargo and rustup where the
+# instructor has them (HOME is the student's home).
+c.Spawner.environment = {{
+    "JUPYTER_PREFER_ENV_PATH": "1",
+    "VIRTUAL_ENV": {venv},
+    "CARGO_HOME": {cargo_home},
+    "RUSTUP_HOME": {rustup_home},
+    "LAB_HUB_ID": os.environ["LAB_HUB_ID"],
+    # A warm spare kernel per server (lab/kernel-pool/) only when the instructor asks for one
+    # (LAB_SPARE_KERNEL=1 cargo lab hub): it holds about one more kernel's memory per student.
+    "LAB_SPARE_KERNEL": "{spare}",
+}}
+"#,
+        ip = setup.ip,
+        port = setup.port,
+        hub_port = setup.port + 1,
+        proxy_port = setup.port + 2,
+        proxy = py(&proxy.display().to_string()),
+        db = py(&setup.dir.join("jupyterhub.sqlite").display().to_string()),
+        cookie = py(&setup.dir.join("jupyterhub_cookie_secret").display().to_string()),
+        pid = py(&setup.dir.join("jupyterhub.pid").display().to_string()),
+        users = list(&setup.users),
+        homes = py(&setup.dir.join("home").display().to_string()),
+        singleuser = py(&paths.venv_bin("jupyterhub-singleuser").display().to_string()),
+        venv = py(&paths.venv.display().to_string()),
+        cargo_home = py(&cargo_home),
+        rustup_home = py(&rustup_home),
+        spare = if std::env::var(SPARE_ENV).as_deref() == Ok("1") { "1" } else { "0" },
+    )
+}
+
+impl Hub {
+    /// Starts JupyterHub for `setup.users` and waits until its API answers. Its output goes to `log`.
+    pub fn start(paths: &Paths, setup: &HubSetup, log: &Path) -> CliResult<Hub> {
+        super::course::ensure_classroom(paths)?;
+        let proxy = ensure_proxy(paths)?;
+        super::setup::ensure(paths, true)?;
+        if setup.users.is_empty() {
+            return Err("no users: give their names with --users alice,bob,carol".into());
+        }
+        for u in &setup.users {
+            check_name(u)?;
+        }
+        std::fs::create_dir_all(setup.dir.join("home")).at(&setup.dir)?;
+        for u in &setup.users {
+            prepare_home(paths, &setup.dir.join("home").join(u))?;
+        }
+        for port in [setup.port, setup.port + 1, setup.port + 2] {
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+                return Err(format!("port {port} on 127.0.0.1 is busy (the hub needs {0}, {1} and {2}): stop what uses it, or choose another with --port", setup.port, setup.port + 1, setup.port + 2));
+            }
+        }
+        let config_file = setup.dir.join("jupyterhub_config.py");
+        std::fs::write(&config_file, config(paths, setup, &proxy)).at(&config_file)?;
+        let password = password(&setup.dir)?;
+        let token = random_token()?;
+        let id = random_token()?[..16].to_string();
+        let log_file = std::fs::File::create(log).at(log)?;
+        let mut cmd = Command::new(paths.venv_bin("jupyterhub"));
+        cmd.arg("-f").arg(&config_file).current_dir(&setup.dir);
+        paths.jupyter_env(&mut cmd);
+        cmd.env("LAB_HUB_PASSWORD", &password)
+            .env("LAB_HUB_TOKEN", &token)
+            .env("LAB_HUB_ID", &id)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log_file);
+        // Its own process group: a Ctrl-C on the terminal is for `cargo lab hub` to handle.
+        let server = ChildServer::spawn(&mut cmd).map_err(|e| format!("could not start jupyterhub: {e}"))?;
+        let mut hub = Hub { server, port: setup.port, token, id, password };
+        let answers = || matches!(request(hub.port, "GET", "/hub/api/", Some(&hub.token), None), Ok((200, _)));
+        match hub.server.wait_ready(Duration::from_secs(60), Duration::from_millis(300), answers) {
+            Ok(()) => Ok(hub),
+            Err(NotReady::Exited(status)) => {
+                Err(format!("jupyterhub stopped ({status}) before it answered; see {}", log.display()))
+            }
+            Err(NotReady::TimedOut) => Err(format!("jupyterhub did not answer within 60 s; see {}", log.display())),
+        }
+    }
+
+    /// A request to the hub's REST API as the lab service.
+    pub fn api(&self, method: &str, path: &str, body: Option<&Value>) -> CliResult<(u16, Value)> {
+        request(self.port, method, path, Some(&self.token), body)
+    }
+
+    /// Waits until `user`'s server is ready.
+    pub fn wait_ready(&self, user: &str, limit: Duration) -> CliResult<()> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let (_, info) = self.api("GET", &format!("/hub/api/users/{user}"), None)?;
+            if info["servers"][""]["ready"] == true {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Err(format!("{user}'s server was not ready within {} s", limit.as_secs()))
+    }
+}
+
+impl Hub {
+    /// Stops every user's server through the API (each server shuts its kernels down), then the
+    /// hub, and kills whatever of it is still running; returns what had to be killed.
+    pub fn stop(&mut self) -> Vec<String> {
+        if let Ok((_, users)) = self.api("GET", "/hub/api/users", None) {
+            for u in users.as_array().into_iter().flatten().filter_map(|u| u["name"].as_str()) {
+                // Each kernel first, the way JupyterLab shuts one down: a single-user server stopped
+                // by the hub exits without shutting its kernels down, and evcxr does not notice
+                // (measured: every kernel was left running).
+                if let Ok((200, kernels)) = self.api("GET", &format!("/user/{u}/api/kernels"), None) {
+                    for k in kernels.as_array().into_iter().flatten().filter_map(|k| k["id"].as_str()) {
+                        let _ = self.api("DELETE", &format!("/user/{u}/api/kernels/{k}"), None);
+                    }
+                }
+                let _ = self.api("DELETE", &format!("/hub/api/users/{u}/server"), None);
+            }
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(30) {
+                let running = self
+                    .api("GET", "/hub/api/users", None)
+                    .map(|(_, v)| {
+                        v.as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|u| !u["servers"].as_object().is_none_or(|m| m.is_empty()))
+                    })
+                    .unwrap_or(false);
+                if !running {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+        // The hub stops every user server when it gets SIGTERM (JupyterHub's cleanup_servers).
+        self.server.signal(libc::SIGTERM);
+        self.server.wait_exit(Duration::from_secs(30));
+        self.server.kill();
+        self.server.wait();
+        // Anything of this hub still running (a server or kernel the hub lost track of).
+        kill_processes_with(&format!("LAB_HUB_ID={}", self.id))
+            .into_iter()
+            .map(|(pid, name)| format!("{name} ({pid})"))
+            .collect()
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `cargo lab hub`: starts the hub for a room and keeps it running until Ctrl-C.
+pub fn serve(users: Vec<String>, ip: String, port: u16) -> CliResult<()> {
+    let paths = Paths::new();
+    if ip != "127.0.0.1" {
+        eprintln!("warning: the hub listens on {ip}: anyone who can reach this machine and knows the room's password gets a server. Put it behind HTTPS (a reverse proxy) before a real class.");
+    }
+    let setup = HubSetup { dir: paths.state.join("hub"), users, ip, port };
+    let log = setup.dir.join("jupyterhub.log");
+    std::fs::create_dir_all(&setup.dir).at(&setup.dir)?;
+    let mut hub = Hub::start(&paths, &setup, &log)?;
+    println!("JupyterHub for {} students: http://{}:{port}/", setup.users.len(), setup.ip);
+    println!(
+        "They log in with their name ({}) and the room's password, which is in {} (not printed here).",
+        setup.users.join(", "),
+        setup.dir.join("password").display()
+    );
+    println!(
+        "Their notebooks: {}/home/<name>/notebooks/. The hub's log: {}. Ctrl-C stops the hub and every server.",
+        setup.dir.display(),
+        log.display()
+    );
+    // Ctrl-C is ours alone (the hub runs in a process group of its own): `stop` then shuts every
+    // kernel and server down in order, which JupyterHub's own SIGINT handling would not.
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_interrupt as *const () as libc::sighandler_t);
+    }
+    while !INTERRUPTED.load(Ordering::SeqCst) {
+        if let Some(status) = hub.server.exited() {
+            return Err(format!("jupyterhub stopped ({status}); see {}", log.display()));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    eprintln!("\nstopping every kernel, every server and the hub ...");
+    let killed = hub.stop();
+    if !killed.is_empty() {
+        eprintln!("(killed what was still running: {})", killed.join(", "));
+    }
+    Ok(())
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}

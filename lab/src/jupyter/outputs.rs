@@ -1,0 +1,170 @@
+//! What an executed notebook's outputs say went wrong.
+//!
+//! evcxr reports a panic or a `?` error as a cell that ran fine, so passing through nbclient
+//! proves little: `check_outputs` reads the executed notebook and finds any error output, any
+//! panic or compiler-error text and any failed check line.
+
+use crate::ipynb::{output_text, source_text};
+use crate::sys::text::last_lines;
+use serde_json::Value;
+
+/// Text that means something went wrong even though the kernel called the cell a success.
+/// (Anything on stderr counts too: evcxr prints a `?` error there as its bare message.)
+const BAD_TEXT: [&str; 5] = ["panicked at", "error[E", "FAIL", "NOT DONE", "thread '"];
+
+/// lab-support's displayable types.
+pub const FIGURES: [&str; 8] =
+    ["LinePlot", "BarChart", "ImageGrid", "Figure", "Stack", "Table", "Verdict", "Challenge"];
+
+/// Every problem in an executed notebook's outputs.
+///
+/// A `student` notebook still holds `todo!()`s: there a cell may panic with "not yet
+/// implemented", and checks may answer FAIL or NOT DONE. Compile errors are never allowed.
+pub fn check_outputs(nb: &Value, student: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    let cells = nb["cells"].as_array().cloned().unwrap_or_default();
+    for (i, cell) in cells.iter().enumerate().filter(|(_, c)| c["cell_type"] == "code") {
+        let first_line = source_text(cell).lines().next().unwrap_or("").chars().take(60).collect::<String>();
+        let label = format!("cell {} (`{first_line}`)", i + 1);
+        if cell["execution_count"].is_null() && !source_text(cell).trim().is_empty() {
+            problems.push(format!("{label}: was not executed"));
+        }
+        let outputs = cell["outputs"].as_array().cloned().unwrap_or_default();
+        for out in outputs.iter().filter(|o| o["output_type"] == "error") {
+            let text = format!("{}: {}", out["ename"].as_str().unwrap_or(""), out["evalue"].as_str().unwrap_or(""));
+            problems.push(format!("{label}: error output: {}", last_lines(&text, 6)));
+        }
+        // evcxr sends a panic in several stderr pieces, and the last pieces (the backtrace) can
+        // land in the next cell's outputs. In a student notebook, drop the panic's frame lines;
+        // what remains must be a todo!() message.
+        let stderr: String = outputs.iter().filter(|o| o["name"] == "stderr").map(output_text).collect();
+        // A check that did not pass names itself on stderr too (for nbgrader); a student notebook
+        // may have those.
+        let stderr = if student {
+            stderr
+                .lines()
+                .filter(|l| !is_panic_frame(l) && !l.starts_with("FAIL ·") && !l.starts_with("NOT DONE ·"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        } else {
+            stderr
+        };
+        let todo_panic = student && stderr.contains("not yet implemented");
+        if !stderr.trim().is_empty() && !todo_panic {
+            let line = stderr.lines().find(|l| !l.trim().is_empty() && !l.contains("panicked at")).unwrap_or("");
+            problems.push(format!("{label}: stderr: {}", line.trim()));
+        }
+        let text: String = outputs.iter().filter(|o| o["name"] != "stderr").map(output_text).collect();
+        // When evcxr cannot compile a call to `evcxr_display` for a cell's final value, it prints
+        // the value's Debug text instead of the figure, silently.
+        if let Some(kind) = FIGURES.iter().find(|f| text.trim_start().starts_with(&format!("{f} {{"))) {
+            problems.push(format!("{label}: shows a {kind} as Debug text instead of drawing it (evcxr fell back from evcxr_display; define the cell's new variables in an earlier cell)"));
+        }
+        // evcxr merges everything a cell displays into one output; a notebook shows only the
+        // richest of its kinds, so a second figure in the same cell silently disappears.
+        for out in &outputs {
+            let kinds: Vec<&str> = ["text/html", "image/svg+xml", "image/png"]
+                .into_iter()
+                .filter(|k| !out["data"][*k].is_null())
+                .collect();
+            if kinds.len() > 1 {
+                problems.push(format!("{label}: shows {} in one output, and a notebook draws only the first: give each figure its own cell", kinds.join(" and ")));
+            }
+        }
+        let allowed: &[&str] = if student { &["FAIL ·", "NOT DONE ·"] } else { &[] };
+        for line in text.lines() {
+            let bad = BAD_TEXT.iter().any(|b| line.contains(b)) && !allowed.iter().any(|a| line.contains(a));
+            if bad {
+                problems.push(format!("{label}: {}", line.trim()));
+                break;
+            }
+        }
+    }
+    problems
+}
+
+/// A line of a panic report other than its message: the header, the backtrace, its footnote.
+fn is_panic_frame(line: &str) -> bool {
+    let t = line.trim();
+    t.is_empty()
+        || (t.starts_with("thread '") && t.contains("panicked at"))
+        || t == "stack backtrace:"
+        || t.starts_with("at ")
+        || t.starts_with("note: Some details are omitted")
+        || t.split_once(": ").is_some_and(|(n, _)| n.chars().all(|c| c.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn nb(outputs: Value) -> Value {
+        json!({"cells": [{"cell_type": "code", "execution_count": 1, "source": "x", "outputs": outputs}]})
+    }
+
+    fn stream(name: &str, text: &str) -> Value {
+        json!({"output_type": "stream", "name": name, "text": text})
+    }
+
+    fn result(text: &str) -> Value {
+        json!({"output_type": "execute_result", "data": {"text/plain": text}})
+    }
+
+    #[test]
+    fn a_question_mark_error_on_stderr_fails_the_cell() {
+        // What evcxr prints for `Err(e)?`: the bare message on stderr, nothing else.
+        assert_eq!(check_outputs(&nb(json!([stream("stderr", "cannot read `x.png`\n")])), false).len(), 1);
+        assert!(check_outputs(&nb(json!([stream("stdout", "fine\n")])), false).is_empty());
+    }
+
+    #[test]
+    fn todo_panics_and_verdicts_pass_only_in_student_notebooks() {
+        let todo = json!([
+            stream("stderr", "\n"),
+            stream("stderr", "thread '<unnamed>' panicked at src/lib.rs:3:5:\n"),
+            stream("stderr", "not yet implemented: write it\n")
+        ]);
+        assert!(check_outputs(&nb(todo.clone()), true).is_empty());
+        assert!(!check_outputs(&nb(todo), false).is_empty());
+        // The tail of a todo!() panic's backtrace, delivered into the next cell.
+        let tail = json!([
+            stream("stderr", "   3: evcxr::runtime::Runtime::run_loop\n"),
+            stream(
+                "stderr",
+                "note: Some details are omitted, run with `RUST_BACKTRACE=full` for a verbose backtrace.\n"
+            )
+        ]);
+        assert!(check_outputs(&nb(tail.clone()), true).is_empty());
+        assert!(!check_outputs(&nb(tail), false).is_empty());
+        let other_panic =
+            json!([stream("stderr", "thread '<unnamed>' panicked at src/lib.rs:3:5:\nindex out of bounds\n")]);
+        assert!(!check_outputs(&nb(other_panic), true).is_empty());
+        for verdict in ["FAIL · TODO 1 (x): expected a, got b", "NOT DONE · TODO 1 (x): replace the todo!()"] {
+            assert!(check_outputs(&nb(json!([result(verdict)])), true).is_empty());
+            assert!(!check_outputs(&nb(json!([result(verdict)])), false).is_empty());
+        }
+        assert!(check_outputs(&nb(json!([result("PASS · TODO 1 (x): ok")])), false).is_empty());
+    }
+
+    #[test]
+    fn compile_errors_and_figures_shown_as_debug_text_always_fail() {
+        let error =
+            json!([{"output_type": "error", "ename": "Error", "evalue": "cannot find value `x`", "traceback": []}]);
+        assert!(!check_outputs(&nb(error), true).is_empty());
+        let debug = json!([result("LinePlot { title: \"t\", x_label: \"x\" }")]);
+        assert!(check_outputs(&nb(debug), true)[0].contains("Debug text"));
+        let unexecuted =
+            json!({"cells": [{"cell_type": "code", "execution_count": null, "source": "let x = 1;", "outputs": []}]});
+        assert!(check_outputs(&unexecuted, true)[0].contains("not executed"));
+    }
+
+    #[test]
+    fn two_figures_in_one_output_fail() {
+        let both = json!([{"output_type": "execute_result", "data": {"image/png": "iVBOR", "text/html": "<svg></svg>", "text/plain": ""}}]);
+        assert!(check_outputs(&nb(both), true)[0].contains("its own cell"));
+        let verdict =
+            json!([{"output_type": "execute_result", "data": {"text/html": "<b>PASS</b>", "text/plain": "PASS"}}]);
+        assert!(check_outputs(&nb(verdict), false).is_empty());
+    }
+}

@@ -1,0 +1,218 @@
+//! The hub test of `cargo lab test`: a real JupyterHub (`cmd::hub`) for a room of students who
+//! log in, start their servers and run a notebook at once, with memory, time and CPU measured.
+
+use super::grading::filled_in;
+use super::{CELL_LIMIT, LAB_KERNEL_MANAGER_LINE};
+use crate::cmd::hub::{Hub, HubSetup};
+use crate::ipynb::{self, source_text};
+use crate::jupyter::{check_outputs, RemoteKernel};
+use crate::paths::Paths;
+use crate::sys::http::request;
+use crate::sys::procfs::{comm, cpu_jiffies, processes_with, pss_kb};
+use crate::sys::text::tail;
+use crate::sys::{At, CliResult};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Users in the hub test.
+pub const TEST_USERS: usize = 4;
+/// The notebook every test user runs.
+const TEST_NOTEBOOK: &str = "03-adversarial";
+
+/// The hub test: a hub for four students; each logs in through the hub's API with the room's
+/// password, starts their server and runs notebook 03 (the student version, filled in from the
+/// solution) there, all at once. Every check must pass. Memory per kernel, time per notebook and
+/// CPU go to the log (`target/hub-test.log`) and the summary.
+pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
+    let log = paths.root.join("target/hub-test.log");
+    // CI shows only what the test prints: the hub's log goes with any error.
+    run_test(paths, &log).map_err(|e| format!("{e}\nthe hub's last lines ({}):\n{}", log.display(), tail(&log, 40)))
+}
+
+fn run_test(paths: &Paths, log: &Path) -> CliResult<Vec<String>> {
+    let dir = paths.root.join("target/hub-test");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).at(&dir)?;
+    let users: Vec<String> = (1..=TEST_USERS).map(|i| format!("student{i}")).collect();
+    // Three free ports in a row.
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let port = (0..50)
+        .filter_map(|_| {
+            std::net::TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr()).ok().map(|a| a.port())
+        })
+        .find(|&p| p < 65000 && free(p + 1) && free(p + 2))
+        .ok_or("no three free ports in a row on 127.0.0.1")?;
+    let hub =
+        Hub::start(paths, &HubSetup { dir: dir.clone(), users: users.clone(), ip: "127.0.0.1".into(), port }, log)?;
+    let mut problems = Vec::new();
+    let solution = ipynb::read(&paths.root.join(format!("notebooks/solutions/{TEST_NOTEBOOK}.ipynb")))?;
+    let student = ipynb::read(&paths.root.join(format!("notebooks/{TEST_NOTEBOOK}.ipynb")))?;
+    let filled = filled_in(&student, &solution)?;
+    // Log in (the hub's token API with name and password, as a script of a student would) and start.
+    let mut tokens = HashMap::new();
+    for u in &users {
+        let body = json!({"auth": {"username": u, "password": hub.password}, "note": "cargo lab test (hub)", "expires_in": 3600});
+        let (status, answer) = request(hub.port, "POST", &format!("/hub/api/users/{u}/tokens"), None, Some(&body))?;
+        let token =
+            answer["token"].as_str().ok_or_else(|| format!("{u} could not log in ({status}): {answer}"))?.to_string();
+        let (wrong, _) = request(
+            hub.port,
+            "POST",
+            &format!("/hub/api/users/{u}/tokens"),
+            None,
+            Some(&json!({"auth": {"username": u, "password": "not-the-password"}})),
+        )?;
+        if wrong / 100 == 2 {
+            problems.push(format!("{u} logged in with a wrong password ({wrong})"));
+        }
+        let (status, answer) = request(hub.port, "POST", &format!("/hub/api/users/{u}/server"), Some(&token), None)?;
+        if status / 100 != 2 {
+            return Err(format!("{u}'s server did not start ({status}): {answer}"));
+        }
+        ipynb::write(&dir.join("home").join(u).join(format!("notebooks/{TEST_NOTEBOOK}.ipynb")), &filled)?;
+        tokens.insert(u.clone(), token);
+    }
+    let (outsider, _) = request(
+        hub.port,
+        "POST",
+        "/hub/api/users/mallory/tokens",
+        None,
+        Some(&json!({"auth": {"username": "mallory", "password": hub.password}})),
+    )?;
+    if outsider / 100 == 2 {
+        problems.push(format!("a user not on the list logged in ({outsider})"));
+    }
+    for u in &users {
+        hub.wait_ready(u, Duration::from_secs(120))?;
+    }
+    // Sample memory while the notebooks run: per user, the kernel's processes (evcxr and what it
+    // runs: cargo, rustc, the process that runs the cells) and the user's server apart.
+    let done = Arc::new(AtomicBool::new(false));
+    let peaks: Arc<Mutex<HashMap<String, (u64, u64)>>> = Arc::default();
+    let sampler = {
+        let (done, peaks, id) = (done.clone(), peaks.clone(), hub.id.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                let mut now: HashMap<String, (u64, u64)> = HashMap::new();
+                for (pid, env) in processes_with(&format!("LAB_HUB_ID={id}")) {
+                    let Some(user) = env.iter().find_map(|v| v.strip_prefix("JUPYTERHUB_USER=")) else { continue };
+                    let comm = comm(pid);
+                    let entry = now.entry(user.to_string()).or_default();
+                    if comm.starts_with("python") || comm.starts_with("jupyterhub-sing") {
+                        entry.1 += pss_kb(pid);
+                    } else {
+                        entry.0 += pss_kb(pid);
+                    }
+                }
+                let mut p = peaks.lock().unwrap_or_else(|e| e.into_inner());
+                for (u, (k, s)) in now {
+                    let e = p.entry(u).or_default();
+                    *e = (e.0.max(k), e.1.max(s));
+                }
+                drop(p);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+    let cpu_before = cpu_jiffies();
+    let wall = Instant::now();
+    let runs: Vec<_> = users
+        .iter()
+        .map(|u| {
+            let (u, token, port, filled) = (u.clone(), tokens[u].clone(), hub.port, filled.clone());
+            std::thread::spawn(move || {
+                (u.clone(), run_through_hub(port, &u, &token, &format!("notebooks/{TEST_NOTEBOOK}.ipynb"), &filled))
+            })
+        })
+        .collect();
+    let mut seconds = Vec::new();
+    for r in runs {
+        let (u, outcome) = r.join().map_err(|_| "a notebook thread panicked".to_string())?;
+        match outcome {
+            Ok((executed, s)) => {
+                let out = dir.join(format!("{u}-{TEST_NOTEBOOK}.ipynb"));
+                ipynb::write(&out, &executed)?;
+                let passes = executed["cells"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c["metadata"]["nbgrader"]["grade"] == true)
+                    .count();
+                let shown: usize = executed["cells"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| {
+                        c["metadata"]["nbgrader"]["grade"] == true && c["outputs"].to_string().contains("PASS ·")
+                    })
+                    .count();
+                if passes == 0 || shown != passes {
+                    problems.push(format!("{u}: {shown} of {passes} checks passed"));
+                }
+                problems.extend(check_outputs(&executed, false).into_iter().map(|p| format!("{u}: {p}")));
+                seconds.push((u, s));
+            }
+            Err(e) => problems.push(format!("{u}: {e}")),
+        }
+    }
+    let managed = std::fs::read_to_string(log).unwrap_or_default().matches(LAB_KERNEL_MANAGER_LINE).count();
+    if managed < users.len() {
+        problems.push(format!("{managed} of {} servers said \"{LAB_KERNEL_MANAGER_LINE}\": their kernels may die when a notebook connects (lab/kernel-pool/)", users.len()));
+    }
+    if !problems.is_empty() {
+        problems.push(format!("the hub's last lines ({}):\n{}", log.display(), tail(log, 40)));
+    }
+    let wall = wall.elapsed().as_secs_f64();
+    let cpu_after = cpu_jiffies();
+    done.store(true, Ordering::SeqCst);
+    let _ = sampler.join();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let busy = (cpu_after.0 - cpu_before.0) as f64 / ticks;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let peaks = peaks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut report = format!("hub test: {} students ran {TEST_NOTEBOOK} at once on {cores} cores, {wall:.0} s wall, {busy:.0} core-seconds busy ({:.0} per student)\n", users.len(), busy / users.len() as f64);
+    for (u, s) in &seconds {
+        let (k, srv) = peaks.get(u).copied().unwrap_or_default();
+        report.push_str(&format!(
+            "  {u}: notebook {s:.0} s; peak memory: kernel {} MB, server {} MB\n",
+            k / 1024,
+            srv / 1024
+        ));
+    }
+    eprint!("{report}");
+    let mut hub = hub;
+    let stopping = Instant::now();
+    let left = hub.stop();
+    eprintln!("  the hub and every server stopped in {:.0} s", stopping.elapsed().as_secs_f64());
+    if !left.is_empty() {
+        problems.push(format!("still running after the hub stopped, killed: {}", left.join(", ")));
+    }
+    // After the hub has exited: it writes the same file.
+    let mut log_file = std::fs::OpenOptions::new().append(true).open(log).map_err(|e| e.to_string())?;
+    let _ = writeln!(log_file, "\n==== cargo lab test (hub) ====\n{report}");
+    let _ = writeln!(
+        log_file,
+        "{}",
+        json!({"users": users.len(), "cores": cores, "wall_s": wall, "busy_core_s": busy, "notebook_s": seconds.iter().map(|(_, s)| *s).collect::<Vec<_>>(), "kernel_peak_mb": peaks.values().map(|p| p.0 / 1024).collect::<Vec<_>>(), "server_peak_mb": peaks.values().map(|p| p.1 / 1024).collect::<Vec<_>>()})
+    );
+    Ok(problems)
+}
+
+/// One user's run of a notebook through the hub: the executed notebook and its wall time.
+fn run_through_hub(port: u16, user: &str, token: &str, notebook_rel: &str, nb: &Value) -> CliResult<(Value, f64)> {
+    let start = Instant::now();
+    let mut kernel = RemoteKernel::open(port, &format!("/user/{user}"), token, notebook_rel)?;
+    let mut executed = nb.clone();
+    for cell in executed["cells"].as_array_mut().into_iter().flatten().filter(|c| c["cell_type"] == "code") {
+        let (outputs, count) = kernel.execute(&source_text(cell), CELL_LIMIT)?;
+        cell["outputs"] = Value::Array(outputs);
+        cell["execution_count"] = count;
+    }
+    kernel.close();
+    Ok((executed, start.elapsed().as_secs_f64()))
+}
