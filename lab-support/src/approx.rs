@@ -7,9 +7,20 @@
 //!
 //! ```
 //! use lab_support::approx::{log2_points, Mlp};
+//! use lab_support::candle_core::Tensor;
 //! let (xs, ys) = log2_points()?;
 //! let mlp = Mlp::new(32, 0)?;
-//! let losses = mlp.train(&xs, &ys, 300, 0.01, Mlp::reference_step)?;
+//! // One step of gradient descent on the mean squared error: notebook 01's TODO.
+//! let step = |mlp: &Mlp, xs: &Tensor, ys: &Tensor, lr: f64| -> lab_support::Result<f32> {
+//!     let loss = mlp.loss(xs, ys)?;
+//!     let grads = loss.backward()?;
+//!     for var in mlp.vars() {
+//!         let g = grads.get(var.as_tensor()).expect("every weight has a gradient");
+//!         var.set(&(var.as_tensor() - (g * lr)?)?)?;
+//!     }
+//!     Ok(loss.to_scalar::<f32>()?)
+//! };
+//! let losses = mlp.train(&xs, &ys, 300, 0.01, step)?;
 //! assert!(losses.last() < losses.first());
 //! # Ok::<(), lab_support::LabError>(())
 //! ```
@@ -137,7 +148,7 @@ impl Mlp {
 
     /// One step of plain gradient descent: `w <- w - lr * dE/dw` for every weight. Returns E
     /// before the step.
-    pub fn reference_step(&self, xs: &Tensor, ys: &Tensor, lr: f64) -> Result<f32> {
+    pub(crate) fn reference_step(&self, xs: &Tensor, ys: &Tensor, lr: f64) -> Result<f32> {
         let loss = self.loss(xs, ys)?;
         let grads = loss.backward()?;
         for var in self.vars() {
@@ -148,7 +159,7 @@ impl Mlp {
         Ok(loss.to_scalar::<f32>()?)
     }
 
-    /// Runs `epochs` training steps with `step` (yours or [`Mlp::reference_step`]) and returns
+    /// Runs `epochs` training steps with `step` (yours, notebook 01's TODO) and returns
     /// the loss of each.
     ///
     /// If `step` is still a `todo!()`, this says so and trains with the reference step instead,
@@ -157,6 +168,7 @@ impl Mlp {
     where
         F: FnMut(&Mlp, &Tensor, &Tensor, f64) -> Result<f32>,
     {
+        crate::notebook::library_call("Mlp::train");
         if !(lr.is_finite() && lr > 0.0) {
             return Err(LabError::invalid("lr", lr, "a finite learning rate > 0, such as 0.01"));
         }

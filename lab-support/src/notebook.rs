@@ -259,6 +259,38 @@ pub fn call_student<T>(f: impl FnOnce() -> T) -> StudentCall<T> {
     }
 }
 
+thread_local! {
+    /// The library functions called while a check watches a student's function (see
+    /// [`watch_library_calls`]); `None` when no check is watching.
+    static LIBRARY_CALLS: std::cell::RefCell<Option<Vec<&'static str>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Notes that the lab's function `name` ran, for a check that is watching a student's function:
+/// the lab's functions that do a TODO's whole job call it first thing. Costs a thread-local read
+/// when nothing watches.
+pub(crate) fn library_call(name: &'static str) {
+    LIBRARY_CALLS.with(|calls| {
+        if let Some(calls) = calls.borrow_mut().as_mut() {
+            if !calls.contains(&name) {
+                calls.push(name);
+            }
+        }
+    });
+}
+
+/// Runs `f` and returns, with its value, the names of the lab's functions it called (those that
+/// note themselves with [`library_call`]), in the order of their first call. A student's function
+/// runs on the check's thread, so a thread-local sees exactly its calls, also while tests run
+/// side by side.
+pub(crate) fn watch_library_calls<T>(f: impl FnOnce() -> T) -> (T, Vec<&'static str>) {
+    let outer = LIBRARY_CALLS.with(|calls| calls.borrow_mut().replace(Vec::new()));
+    // A panic inside `f` is caught by the caller's `call_student`, inside this call: `f` itself
+    // does not unwind past here.
+    let value = f();
+    let seen = LIBRARY_CALLS.with(|calls| std::mem::replace(&mut *calls.borrow_mut(), outer)).unwrap_or_default();
+    (value, seen)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,5 +322,25 @@ mod tests {
         assert_eq!(p.line_due(t0 + Duration::from_millis(3500), 45), None, "less than a second later");
         assert!(p.line_due(t0 + Duration::from_secs(5), 40).is_some());
         assert_eq!(p.line_due(t0 + Duration::from_secs(9), 100), None, "the end is finish()'s line");
+    }
+
+    #[test]
+    fn a_watch_sees_the_library_calls_made_inside_it_and_only_those() {
+        library_call("before");
+        let ((), seen) = watch_library_calls(|| {
+            library_call("simba");
+            library_call("pgd");
+            library_call("simba");
+        });
+        assert_eq!(seen, ["simba", "pgd"]);
+        let (_, seen) = watch_library_calls(|| call_student(|| -> () { todo!() }));
+        assert!(seen.is_empty());
+        library_call("after");
+        let ((), seen) = watch_library_calls(|| {
+            let ((), inner) = watch_library_calls(|| library_call("inner"));
+            assert_eq!(inner, ["inner"]);
+            library_call("outer");
+        });
+        assert_eq!(seen, ["outer"], "an inner watch keeps its calls and gives the outer one back");
     }
 }

@@ -331,3 +331,25 @@ fn a_substitute_trained_on_the_black_box_answers_learns_the_task() {
     let bad = Dataset { labels: own.labels.narrow(0, 0, 10).unwrap(), ..own.clone() };
     assert!(train_on(&bad, &TrainConfig::default(), false).unwrap_err().to_string().contains("labels"));
 }
+
+#[test]
+fn a_todo_done_by_the_lab_attack_it_asks_for_is_a_fail_that_names_it() {
+    let named = |v: Verdict, name: &str| {
+        assert_eq!(v.outcome, Outcome::Fail, "{v}");
+        assert!(v.message.contains("write it yourself") && v.message.contains(&format!("`{name}`")), "{v}");
+    };
+    let via_simba = |b: &BlackBox, x: &Tensor, label: u32, eps: f32, max_queries: usize| -> Result<Tensor> {
+        let labels = Tensor::new(&[label], x.device())?;
+        Ok(simba(b, x, &labels, &SimbaConfig { eps, max_queries, seed: 0 })?.adversarial)
+    };
+    named(check::simba_attack(via_simba), "simba");
+    let via_square = |b: &BlackBox, x: &Tensor, label: u32, eps: f32, max_queries: usize| -> Result<Tensor> {
+        let labels = Tensor::new(&[label], x.device())?;
+        Ok(square_attack(b, x, &labels, &SquareConfig { eps, max_queries, ..SquareConfig::default() })?.adversarial)
+    };
+    named(check::simba_attack(via_square), "square_attack");
+    let via_bpda = |d: &Classifier, x: &Tensor, labels: &Tensor, eps: f32| -> Result<Tensor> {
+        Ok(bpda_pgd(d, x, &Objective::untargeted(labels)?, &PgdConfig::linf(eps))?.adversarial)
+    };
+    named(check::bpda_attack(via_bpda), "bpda_pgd");
+}

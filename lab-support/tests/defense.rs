@@ -1,7 +1,7 @@
 //! Adversarial training, the shipped robust model, and the stronger evaluation that judges it.
 
 use lab_support::attack::{epsilon_sweep, pgd, worst_case_sweep, Evaluation, Norm, PgdConfig};
-use lab_support::check::{self, check_trainable, reference_adversarial_step, Outcome, Verdict};
+use lab_support::check::{self, check_trainable, Outcome, Verdict};
 use lab_support::data::mnist;
 use lab_support::grad::{AttackLoss, Objective};
 use lab_support::model::Classifier;
@@ -134,6 +134,21 @@ fn sign_steps(
 fn assert_fails_with(v: Verdict, cause: &str) {
     assert_eq!(v.outcome, Outcome::Fail, "{v}");
     assert!(v.message.contains(cause), "expected `{cause}` in: {v}");
+}
+
+/// Notebook 04's adversarial training step, written as a student writes it (the library keeps its
+/// own reference private: a notebook must not reach it).
+fn reference_adversarial_step(
+    model: &Classifier,
+    opt: &mut candle_nn::AdamW,
+    x: &Tensor,
+    y: &Tensor,
+    eps: f32,
+) -> Result<Tensor> {
+    let config = PgdConfig { steps: 7, step_size: 0.3 * eps, ..PgdConfig::linf(eps) };
+    let x_adv = pgd(&model.frozen(), x, &Objective::untargeted(y)?, &config)?.adversarial;
+    opt.backward_step(&loss::cross_entropy(&model.forward(&x_adv)?, y)?)?;
+    Ok(x_adv)
 }
 
 #[test]

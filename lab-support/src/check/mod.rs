@@ -24,16 +24,35 @@ mod tests;
 
 pub use nb01::train_step;
 pub use nb03::{
-    challenge, craft, descent_step, input_grad, judge_challenge, reference_craft, reference_untargeted_l2,
-    untargeted_l2, within_budget, Challenge, CHALLENGE_CALLS, CHALLENGE_EPS, CHALLENGE_INDEX, CHALLENGE_TARGET,
+    challenge, craft, descent_step, input_grad, judge_challenge, untargeted_l2, within_budget, Challenge,
+    CHALLENGE_CALLS, CHALLENGE_EPS, CHALLENGE_INDEX, CHALLENGE_TARGET,
 };
-pub use nb04::{adversarial_step, check_trainable, reference_adversarial_step, Trainable};
+pub use nb04::{adversarial_step, check_trainable, Trainable};
 pub use nb05::{bpda_attack, quantized_model, simba_attack, BpdaTerms, BPDA_CHECK, SIMBA_CHECK};
 
 use crate::error::{LabError, Result};
 use crate::notebook::{call_student, StudentCall};
 use candle_core::{DType, Tensor};
 use std::fmt;
+
+/// The reference answers the checks compare with stay inside this crate, so no notebook reaches
+/// them, through `check::`, a method, the prelude or the documentation. Each block below must
+/// fail to compile:
+///
+/// ```compile_fail
+/// let _ = lab_support::check::reference_craft;
+/// ```
+/// ```compile_fail
+/// let _ = lab_support::check::reference_untargeted_l2;
+/// ```
+/// ```compile_fail
+/// let _ = lab_support::check::reference_adversarial_step;
+/// ```
+/// ```compile_fail
+/// let _ = lab_support::approx::Mlp::reference_step;
+/// ```
+#[allow(dead_code)]
+const REFERENCES_STAY_INSIDE: () = ();
 
 /// What a check concluded. In a notebook it shows as one line.
 #[derive(Clone, PartialEq)]
@@ -70,8 +89,23 @@ impl Verdict {
         self.outcome == Outcome::Pass
     }
 
-    /// Shows the verdict in a notebook cell (coloured in HTML, one plain line otherwise).
+    /// Shows the verdict in a notebook cell: coloured in HTML, which JupyterLab shows, and as the
+    /// cell's `text/plain`, which is what an autograder reads.
     pub fn evcxr_display(&self) {
+        let mut out = String::new();
+        for (mime, content) in self.contents() {
+            out.push_str(&format!("EVCXR_BEGIN_CONTENT {mime}\n{content}\nEVCXR_END_CONTENT\n"));
+        }
+        print!("{out}");
+    }
+
+    /// What the verdict shows, by MIME type. The `text/plain` of a check that did not pass is
+    /// `0`: nbgrader scores a grade cell by its first result, and reads a number there as the
+    /// points earned (`nbgrader.utils.determine_grade`), so a FAIL or NOT DONE is 0 points on the
+    /// same output that shows it. A PASS's line is no number, which nbgrader reads as full marks.
+    /// Nothing goes to stderr: evcxr forwards stderr on a thread of its own, where a line can
+    /// arrive after the cell's end, and a grade must not hang on that race.
+    pub fn contents(&self) -> [(&'static str, String); 2] {
         let color = match self.outcome {
             Outcome::Pass => "#1a7f37",
             Outcome::Fail => "#cf222e",
@@ -82,17 +116,8 @@ impl Verdict {
             escape_html(&self.headline()),
             escape_html(&self.message)
         );
-        println!("EVCXR_BEGIN_CONTENT text/html\n{html}\nEVCXR_END_CONTENT");
-        println!("EVCXR_BEGIN_CONTENT text/plain\n{self}\nEVCXR_END_CONTENT");
-        // A check that did not pass also says so on stderr: an autograder (nbgrader) scores a cell
-        // by its errors and stderr, never by what it displays. evcxr forwards stderr on a thread
-        // of its own and may end the cell first, and a line that comes after the cell's end is
-        // not kept: measured, an untouched notebook 03 once scored 1 of 5 in the grading test.
-        // A pause before the cell ends lets the line through (evcxr itself waits 1 ms for stdout).
-        if !self.passed() {
-            eprintln!("{}", self.headline().trim_end_matches(':'));
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        let plain = if self.passed() { self.to_string() } else { "0".to_string() };
+        [("text/html", html), ("text/plain", plain)]
     }
 
     fn headline(&self) -> String {
@@ -158,7 +183,24 @@ fn check(todo: &'static str, body: impl FnOnce() -> Checking<Verdict>) -> Verdic
 
 /// Runs a student's function: its value, or (through `?`) the verdict on its todo, panic or `Err`.
 fn run_student<T>(todo: &'static str, f: impl FnOnce() -> Result<T>) -> Checking<T> {
-    let verdict = match call_student(f) {
+    run_own(todo, &[], f)
+}
+
+/// [`run_student`] for a TODO the student must write themselves: a FAIL if their function called
+/// one of `whole_job`, the lab's functions that do the TODO's whole job (`input_gradient` for a
+/// TODO that asks for the input gradient).
+fn run_own<T>(todo: &'static str, whole_job: &[&'static str], f: impl FnOnce() -> Result<T>) -> Checking<T> {
+    let (call, called) = crate::notebook::watch_library_calls(|| call_student(f));
+    if let Some(name) = called.iter().find(|name| whole_job.contains(name)) {
+        return Err(Stop::Verdict(Verdict {
+            todo,
+            outcome: Outcome::Fail,
+            message: format!(
+                "this TODO asks you to write it yourself; `{name}` is what you are building, and your function called it."
+            ),
+        }));
+    }
+    let verdict = match call {
         StudentCall::Returned(Ok(v)) => return Ok(v),
         StudentCall::Returned(Err(e)) => {
             Verdict::fail(todo, "a value", format!("an error: {}", e.message()), cause_of_error(&e.message()))

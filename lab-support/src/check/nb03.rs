@@ -36,7 +36,7 @@ where
         let model = Classifier::pretrained()?;
         let model64 = model.to_dtype(DType::F64)?;
         for (x, target) in probe_inputs()? {
-            let got = run_student(TODO, || f(&model, &x, target))?;
+            let got = run_own(TODO, &["input_gradient"], || f(&model, &x, target))?;
             if let Some(v) = mismatch(
                 TODO,
                 &got,
@@ -166,7 +166,7 @@ where
         let model = Classifier::pretrained()?;
         let (x, label) = mnist::test()?.get(0)?;
         let (target, eps, steps, step_size) = ((label + 1) % 10, 0.15f32, 30usize, 0.02);
-        let history = run_student(TODO, || f(&model, &x, target, eps, steps, step_size))?;
+        let history = run_own(TODO, &["targeted_descent", "pgd"], || f(&model, &x, target, eps, steps, step_size))?;
         if history.len() != steps && history.len() != steps + 1 {
             return Ok(Verdict::fail(
                 TODO,
@@ -225,7 +225,7 @@ where
 
 /// The reference crafting loop: gradient steps toward `target`, projected onto the eps-ball and
 /// into [0, 1] after each; returns the image after each step.
-pub fn reference_craft(
+pub(crate) fn reference_craft(
     model: &Classifier,
     original: &Tensor,
     target: u32,
@@ -252,7 +252,7 @@ const L2_PROBE: (usize, f32, usize, f64) = (4, 3.0, 20, 0.375);
 /// along the gradient scaled to unit length, projected back onto the L2 ball around the original
 /// and into [0, 1] after each. The loop of [`crate::attack::pgd`] under L2, written out as a
 /// student writes it (it also takes a negative step size, which the tests use as a mistake).
-pub fn reference_untargeted_l2(
+pub(crate) fn reference_untargeted_l2(
     model: &Classifier,
     x: &Tensor,
     label: u32,
@@ -285,7 +285,7 @@ where
         let mut moved_least = f32::MAX;
         for i in 0..n {
             let (x, label) = test.get(i)?;
-            let got = run_student(TODO, || f(&model, &x, label, eps, steps, step_size))?;
+            let got = run_own(TODO, &["pgd"], || f(&model, &x, label, eps, steps, step_size))?;
             if let Some(v) = mismatch(TODO, &got, &x, "an image", "return the attacked image, shaped like x") {
                 return Ok(v);
             }

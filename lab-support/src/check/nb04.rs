@@ -25,7 +25,7 @@ pub fn check_trainable(params: &HashMap<String, Tensor>) -> Result<Trainable> {
 /// Notebook 04, the lab's own adversarial training step: PGD-7 (step 0.3 eps, random start)
 /// against the frozen weights, then one Adam step on the cross-entropy of the attacked batch.
 /// Returns the attacked batch.
-pub fn reference_adversarial_step(
+pub(crate) fn reference_adversarial_step(
     model: &Classifier,
     opt: &mut candle_nn::AdamW,
     x: &Tensor,

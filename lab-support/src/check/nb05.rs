@@ -37,7 +37,7 @@ where
         for (i, &label) in labels.iter().enumerate() {
             let (x, _) = digits.get(i)?;
             let black_box = BlackBox::with_budget(&plain, max_queries);
-            let adv = run_student(TODO, || f(&black_box, &x, label, eps, max_queries))?;
+            let adv = run_own(TODO, &["simba", "square_attack"], || f(&black_box, &x, label, eps, max_queries))?;
             if let Some(v) = mismatch(
                 TODO,
                 &adv,
@@ -159,7 +159,7 @@ where
         let defended = quantized_model()?;
         let set = mnist::test()?.take(terms.digits)?;
         let (counted, calls) = defended.counting_calls();
-        let adv = run_student(TODO, || f(&counted, &set.images, &set.labels, terms.eps))?;
+        let adv = run_own(TODO, &["bpda_pgd"], || f(&counted, &set.images, &set.labels, terms.eps))?;
         let used = calls.count();
         if let Some(v) =
             mismatch(TODO, &adv, &set.images, "the attacked batch", "return one attacked digit per digit of `x`")

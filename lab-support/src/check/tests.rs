@@ -7,8 +7,15 @@ use crate::grad::{clamp_pixels, input_gradient, normalize_l2, per_image_linf, pr
 use crate::model::Classifier;
 use candle_core::{Var, D};
 
+use super::nb03::{reference_craft, reference_untargeted_l2};
+use crate::attack::{pgd, targeted_descent, DescentConfig, PgdConfig};
+
+/// Notebook 03's TODO 1 as a student writes it (the lab's `input_gradient` does the whole job, and
+/// the check refuses a function that calls it).
 fn reference_grad(model: &Classifier, x: &Tensor, target: u32) -> Result<Tensor> {
-    Ok(input_gradient(model, x, &Objective::targeted(target, 1)?)?.grad)
+    let xv = Var::from_tensor(x)?;
+    let loss = candle_nn::loss::cross_entropy(&model.forward(xv.as_tensor())?, &Tensor::new(&[target], x.device())?)?;
+    Ok(loss.backward()?.get(xv.as_tensor()).cloned().expect("a gradient for the input"))
 }
 
 fn assert_fails_with(v: Verdict, cause: &str) {
@@ -176,4 +183,51 @@ fn untargeted_l2_check_passes_the_reference_and_names_typical_mistakes() {
         Ok(adv)
     };
     assert_fails_with(untargeted_l2(unclamped), "not clamped");
+}
+
+#[test]
+fn a_todo_done_by_the_lab_function_it_asks_for_is_a_fail_that_names_it() {
+    let named = |v: Verdict, name: &str| {
+        assert_eq!(v.outcome, Outcome::Fail, "{v}");
+        assert!(v.message.contains("write it yourself") && v.message.contains(&format!("`{name}`")), "{v}");
+        assert_eq!(v.contents()[1].1, "0", "a grade cell scores it 0: {v}");
+    };
+    named(
+        input_grad(|m: &Classifier, x: &Tensor, t: u32| Ok(input_gradient(m, x, &Objective::targeted(t, 1)?)?.grad)),
+        "input_gradient",
+    );
+    let via_descent = |m: &Classifier, x: &Tensor, t: u32, eps: f32, steps: usize, s: f64| -> Result<Vec<Tensor>> {
+        let config = DescentConfig { step_size: s as f32, steps, eps: Some(eps) };
+        Ok(vec![targeted_descent(m, x, t, &config)?.adversarial; steps])
+    };
+    named(craft(via_descent), "targeted_descent");
+    let via_pgd = |m: &Classifier, x: &Tensor, label: u32, eps: f32, steps: usize, s: f64| -> Result<Tensor> {
+        let config = PgdConfig { steps, step_size: s as f32, ..PgdConfig::l2(eps) };
+        Ok(pgd(m, x, &Objective::untargeted(&Tensor::new(&[label], x.device())?)?, &config)?.adversarial)
+    };
+    named(untargeted_l2(via_pgd), "pgd");
+    // Notebook 01: `Mlp::train` with one epoch and an unwritten step trains with the lab's step.
+    let via_train = |mlp: &Mlp, xs: &Tensor, ys: &Tensor, lr: f64| -> Result<f32> {
+        Ok(mlp.train(xs, ys, 1, lr, |_: &Mlp, _: &Tensor, _: &Tensor, _: f64| -> Result<f32> { todo!() })?[0])
+    };
+    named(train_step(via_train), "Mlp::train");
+    // A function that only composes the lab's parts passes: the reference crafting loop calls
+    // `input_gradient`, which TODO 3 may use.
+    assert!(craft(reference_craft).passed());
+}
+
+#[test]
+fn only_a_pass_is_full_marks_in_the_text_an_autograder_reads() {
+    let pass = Verdict::pass("TODO 1 (x)", "fine");
+    let [(html_mime, html), (plain_mime, plain)] = pass.contents();
+    assert_eq!((html_mime, plain_mime), ("text/html", "text/plain"));
+    assert!(html.contains("PASS") && plain.starts_with("PASS ·"), "{html} / {plain}");
+    assert!(plain.parse::<f64>().is_err(), "nbgrader reads a non-number as full marks");
+    let fail = Verdict::fail("TODO 1 (x)", "a", "b", "c");
+    let not_done = Verdict { todo: "TODO 1 (x)", outcome: Outcome::NotDone, message: "later".into() };
+    for v in [fail, not_done] {
+        let [(_, html), (_, plain)] = v.contents();
+        assert_eq!(plain, "0", "{v}");
+        assert!(html.contains(&v.headline()[..4]), "the student still sees the verdict: {html}");
+    }
 }

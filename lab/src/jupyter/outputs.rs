@@ -4,7 +4,7 @@
 //! proves little: `check_outputs` reads the executed notebook and finds any error output, any
 //! panic or compiler-error text and any failed check line.
 
-use crate::ipynb::{output_text, source_text};
+use crate::ipynb::{join_text, output_text, source_text};
 use crate::sys::text::last_lines;
 use serde_json::Value;
 
@@ -38,23 +38,17 @@ pub fn check_outputs(nb: &Value, student: bool) -> Vec<String> {
         // land in the next cell's outputs. In a student notebook, drop the panic's frame lines;
         // what remains must be a todo!() message.
         let stderr: String = outputs.iter().filter(|o| o["name"] == "stderr").map(output_text).collect();
-        // A check that did not pass names itself on stderr too (for nbgrader); a student notebook
-        // may have those.
-        let stderr = if student {
-            stderr
-                .lines()
-                .filter(|l| !is_panic_frame(l) && !l.starts_with("FAIL ·") && !l.starts_with("NOT DONE ·"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        } else {
-            stderr
-        };
+        let stderr =
+            if student { stderr.lines().filter(|l| !is_panic_frame(l)).collect::<Vec<_>>().join("\n") } else { stderr };
         let todo_panic = student && stderr.contains("not yet implemented");
         if !stderr.trim().is_empty() && !todo_panic {
             let line = stderr.lines().find(|l| !l.trim().is_empty() && !l.contains("panicked at")).unwrap_or("");
             problems.push(format!("{label}: stderr: {}", line.trim()));
         }
-        let text: String = outputs.iter().filter(|o| o["name"] != "stderr").map(output_text).collect();
+        let mut text: String = outputs.iter().filter(|o| o["name"] != "stderr").map(output_text).collect();
+        // A check's verdict shows its words in HTML; its `text/plain`, which nbgrader scores, is
+        // `0` when it did not pass (lab_support::check::Verdict).
+        text.extend(outputs.iter().filter_map(verdict_line).map(|l| format!("\n{l}")));
         // When evcxr cannot compile a call to `evcxr_display` for a cell's final value, it prints
         // the value's Debug text instead of the figure, silently.
         if let Some(kind) = FIGURES.iter().find(|f| text.trim_start().starts_with(&format!("{f} {{"))) {
@@ -81,6 +75,26 @@ pub fn check_outputs(nb: &Value, student: bool) -> Vec<String> {
         }
     }
     problems
+}
+
+/// The words of a check's verdict (`FAIL · TODO 1 (...): ...`) when `out` shows one that did not
+/// pass, read from its HTML without the tags.
+fn verdict_line(out: &Value) -> Option<String> {
+    let html = join_text(&out["data"]["text/html"]);
+    if !(html.contains(">FAIL · ") || html.contains(">NOT DONE · ")) {
+        return None;
+    }
+    let mut words = String::new();
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => words.push(c),
+            _ => {}
+        }
+    }
+    Some(words.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").trim().to_string())
 }
 
 /// A line of a panic report other than its message: the header, the backtrace, its footnote.
@@ -140,11 +154,19 @@ mod tests {
         let other_panic =
             json!([stream("stderr", "thread '<unnamed>' panicked at src/lib.rs:3:5:\nindex out of bounds\n")]);
         assert!(!check_outputs(&nb(other_panic), true).is_empty());
-        for verdict in ["FAIL · TODO 1 (x): expected a, got b", "NOT DONE · TODO 1 (x): replace the todo!()"] {
-            assert!(check_outputs(&nb(json!([result(verdict)])), true).is_empty());
-            assert!(!check_outputs(&nb(json!([result(verdict)])), false).is_empty());
+        // A verdict as lab-support shows it: its words in HTML, and `0` as the plain text when it
+        // did not pass.
+        let verdict = |head: &str, plain: &str| {
+            json!([{"output_type": "execute_result", "data": {
+                "text/html": format!("<div style=\"x\"><b style=\"color:#cf222e\">{head}</b> expected a, got b</div>"),
+                "text/plain": plain}}])
+        };
+        for head in ["FAIL · TODO 1 (x):", "NOT DONE · TODO 1 (x):"] {
+            assert!(check_outputs(&nb(verdict(head, "0")), true).is_empty());
+            let problems = check_outputs(&nb(verdict(head, "0")), false);
+            assert!(problems.len() == 1 && problems[0].contains(head), "{problems:?}");
         }
-        assert!(check_outputs(&nb(json!([result("PASS · TODO 1 (x): ok")])), false).is_empty());
+        assert!(check_outputs(&nb(verdict("PASS · TODO 1 (x):", "PASS · TODO 1 (x): ok")), false).is_empty());
     }
 
     #[test]
