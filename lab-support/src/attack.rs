@@ -148,7 +148,7 @@ pub fn targeted_descent(
     target: u32,
     config: &DescentConfig,
 ) -> Result<AttackResult> {
-    crate::notebook::library_call("targeted_descent");
+    let _call = crate::notebook::library_call("targeted_descent");
     check_batch(images, "the image batch")?;
     check_finite_positive("step_size", config.step_size)?;
     check_steps(config.steps)?;
@@ -167,6 +167,7 @@ pub fn targeted_descent(
 
 /// Fast Gradient Sign Method: one L-inf step of size `eps` along the sign of the gradient.
 pub fn fgsm(model: &Classifier, images: &Tensor, objective: &Objective, eps: f32) -> Result<AttackResult> {
+    let _call = crate::notebook::library_call("fgsm");
     pgd(model, images, objective, &PgdConfig { step_size: eps, steps: 1, random_start: None, ..PgdConfig::linf(eps) })
 }
 
@@ -175,7 +176,7 @@ pub fn fgsm(model: &Classifier, images: &Tensor, objective: &Objective, eps: f32
 /// With `restarts > 1`, each further run attacks only the images no earlier run fooled, from
 /// another random start; the trace is the first run's.
 pub fn pgd(model: &Classifier, images: &Tensor, objective: &Objective, config: &PgdConfig) -> Result<AttackResult> {
-    crate::notebook::library_call("pgd");
+    let _call = crate::notebook::library_call("pgd");
     pgd_with(model, images, objective, config, false)
 }
 
@@ -190,7 +191,7 @@ pub fn bpda_pgd(
     objective: &Objective,
     config: &PgdConfig,
 ) -> Result<AttackResult> {
-    crate::notebook::library_call("bpda_pgd");
+    let _call = crate::notebook::library_call("bpda_pgd");
     pgd_with(defended, images, objective, config, true)
 }
 

@@ -276,7 +276,7 @@ fn argmax(row: &[f32]) -> usize {
 /// soon as the black box's answer for it is wrong, or its `max_queries` are spent (its first
 /// query, of the clean image, included).
 pub fn simba(black_box: &BlackBox, images: &Tensor, labels: &Tensor, config: &SimbaConfig) -> Result<QueryAttack> {
-    crate::notebook::library_call("simba");
+    let _call = crate::notebook::library_call("simba");
     let labels = check_query_attack(images, labels, config.eps, config.max_queries)?;
     let n = labels.len();
     let mut rows = Rows::new(images)?;
@@ -348,7 +348,7 @@ pub fn square_attack(
     labels: &Tensor,
     config: &SquareConfig,
 ) -> Result<QueryAttack> {
-    crate::notebook::library_call("square_attack");
+    let _call = crate::notebook::library_call("square_attack");
     let labels = check_query_attack(images, labels, config.eps, config.max_queries)?;
     if !(config.p_init > 0.0 && config.p_init <= 1.0) {
         return Err(LabError::invalid("p_init", config.p_init, "a fraction in (0, 1]"));

@@ -143,7 +143,7 @@ pub struct InputGradient {
 
 /// `dE/dx` for a batch `(N, 1, 28, 28)` under `objective`, weights held fixed.
 pub fn input_gradient(model: &Classifier, images: &Tensor, objective: &Objective) -> Result<InputGradient> {
-    crate::notebook::library_call("input_gradient");
+    let _call = crate::notebook::library_call("input_gradient");
     check_batch(images, "the image batch")?;
     objective.validate(images.dim(0)?)?;
     input_gradient_unchecked(model, images, objective)

@@ -263,19 +263,38 @@ thread_local! {
     /// The library functions called while a check watches a student's function (see
     /// [`watch_library_calls`]); `None` when no check is watching.
     static LIBRARY_CALLS: std::cell::RefCell<Option<Vec<&'static str>>> = const { std::cell::RefCell::new(None) };
+    /// How many marked lab functions the current call is inside.
+    static LIBRARY_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// Notes that the lab's function `name` ran, for a check that is watching a student's function:
-/// the lab's functions that do a TODO's whole job call it first thing. Costs a thread-local read
-/// when nothing watches.
-pub(crate) fn library_call(name: &'static str) {
-    LIBRARY_CALLS.with(|calls| {
-        if let Some(calls) = calls.borrow_mut().as_mut() {
-            if !calls.contains(&name) {
-                calls.push(name);
-            }
+/// A marked lab function's run: while it lasts, the lab functions it calls are not noted.
+pub(crate) struct LibraryCall(());
+
+impl Drop for LibraryCall {
+    fn drop(&mut self) {
+        LIBRARY_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+/// Notes that the lab's function `name` runs, for a check that is watching a student's function:
+/// the lab's functions that can do a TODO's whole job call it first thing and keep the guard for
+/// their whole run (`let _call = library_call("pgd");`). Only the outermost one is noted: `fgsm`
+/// is one step of `pgd` and says `fgsm`, not `pgd`. Costs two thread-local reads when nothing
+/// watches.
+pub(crate) fn library_call(name: &'static str) -> LibraryCall {
+    LIBRARY_DEPTH.with(|d| {
+        if d.get() == 0 {
+            LIBRARY_CALLS.with(|calls| {
+                if let Some(calls) = calls.borrow_mut().as_mut() {
+                    if !calls.contains(&name) {
+                        calls.push(name);
+                    }
+                }
+            });
         }
+        d.set(d.get() + 1);
     });
+    LibraryCall(())
 }
 
 /// Runs `f` and returns, with its value, the names of the lab's functions it called (those that
@@ -284,9 +303,11 @@ pub(crate) fn library_call(name: &'static str) {
 /// side by side.
 pub(crate) fn watch_library_calls<T>(f: impl FnOnce() -> T) -> (T, Vec<&'static str>) {
     let outer = LIBRARY_CALLS.with(|calls| calls.borrow_mut().replace(Vec::new()));
+    let depth = LIBRARY_DEPTH.with(|d| d.replace(0));
     // A panic inside `f` is caught by the caller's `call_student`, inside this call: `f` itself
     // does not unwind past here.
     let value = f();
+    LIBRARY_DEPTH.with(|d| d.set(depth));
     let seen = LIBRARY_CALLS.with(|calls| std::mem::replace(&mut *calls.borrow_mut(), outer)).unwrap_or_default();
     (value, seen)
 }
@@ -326,20 +347,32 @@ mod tests {
 
     #[test]
     fn a_watch_sees_the_library_calls_made_inside_it_and_only_those() {
-        library_call("before");
+        drop(library_call("before"));
         let ((), seen) = watch_library_calls(|| {
-            library_call("simba");
-            library_call("pgd");
-            library_call("simba");
+            drop(library_call("simba"));
+            drop(library_call("pgd"));
+            drop(library_call("simba"));
         });
         assert_eq!(seen, ["simba", "pgd"]);
-        let (_, seen) = watch_library_calls(|| call_student(|| -> () { todo!() }));
-        assert!(seen.is_empty());
-        library_call("after");
         let ((), seen) = watch_library_calls(|| {
-            let ((), inner) = watch_library_calls(|| library_call("inner"));
+            let _fgsm = library_call("fgsm");
+            drop(library_call("pgd"));
+        });
+        assert_eq!(seen, ["fgsm"], "only the outermost lab function is noted");
+        let (_, seen) = watch_library_calls(|| {
+            call_student(|| -> () {
+                let _pgd = library_call("pgd");
+                todo!()
+            })
+        });
+        assert_eq!(seen, ["pgd"]);
+        let ((), seen) = watch_library_calls(|| drop(library_call("after a panic")));
+        assert_eq!(seen, ["after a panic"], "a panic unwinding through a marked function leaves no depth behind");
+        drop(library_call("after"));
+        let ((), seen) = watch_library_calls(|| {
+            let ((), inner) = watch_library_calls(|| drop(library_call("inner")));
             assert_eq!(inner, ["inner"]);
-            library_call("outer");
+            drop(library_call("outer"));
         });
         assert_eq!(seen, ["outer"], "an inner watch keeps its calls and gives the outer one back");
     }

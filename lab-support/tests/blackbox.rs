@@ -348,6 +348,17 @@ fn a_todo_done_by_the_lab_attack_it_asks_for_is_a_fail_that_names_it() {
         Ok(square_attack(b, x, &labels, &SquareConfig { eps, max_queries, ..SquareConfig::default() })?.adversarial)
     };
     named(check::simba_attack(via_square), "square_attack");
+    // White-box PGD on the model behind the black box (a student can load it) is no score-only attack.
+    let white_box = |b: &BlackBox, x: &Tensor, label: u32, eps: f32, _: usize| -> Result<Tensor> {
+        let labels = Tensor::new(&[label], x.device())?;
+        let adv =
+            pgd(&Classifier::pretrained()?, x, &Objective::untargeted(&labels)?, &PgdConfig::linf(eps))?.adversarial;
+        b.probabilities(&adv)?;
+        Ok(adv)
+    };
+    let v = check::simba_attack(white_box);
+    assert_eq!(v.outcome, Outcome::Fail, "{v}");
+    assert!(v.message.contains("score-only") && v.message.contains("`pgd`"), "{v}");
     let via_bpda = |d: &Classifier, x: &Tensor, labels: &Tensor, eps: f32| -> Result<Tensor> {
         Ok(bpda_pgd(d, x, &Objective::untargeted(labels)?, &PgdConfig::linf(eps))?.adversarial)
     };

@@ -54,6 +54,9 @@ use std::fmt;
 #[allow(dead_code)]
 const REFERENCES_STAY_INSIDE: () = ();
 
+/// The MIME type of a verdict's own part of its output (JupyterLab shows the HTML part).
+pub const VERDICT_MIME: &str = "application/vnd.lab.verdict+json";
+
 /// What a check concluded. In a notebook it shows as one line.
 #[derive(Clone, PartialEq)]
 pub struct Verdict {
@@ -104,8 +107,11 @@ impl Verdict {
     /// points earned (`nbgrader.utils.determine_grade`), so a FAIL or NOT DONE is 0 points on the
     /// same output that shows it. A PASS's line is no number, which nbgrader reads as full marks.
     /// Nothing goes to stderr: evcxr forwards stderr on a thread of its own, where a line can
-    /// arrive after the cell's end, and a grade must not hang on that race.
-    pub fn contents(&self) -> [(&'static str, String); 2] {
+    /// arrive after the cell's end, and a grade must not hang on that race. The third part,
+    /// [`VERDICT_MIME`], marks the output as a verdict for the lab's grading, which puts it first
+    /// in its cell (lab/kernel-pool/lab_grading.py): whatever else the cell printed, and in
+    /// whatever order evcxr delivered it, the verdict the student saw is the grade.
+    pub fn contents(&self) -> [(&'static str, String); 3] {
         let color = match self.outcome {
             Outcome::Pass => "#1a7f37",
             Outcome::Fail => "#cf222e",
@@ -117,7 +123,14 @@ impl Verdict {
             escape_html(&self.message)
         );
         let plain = if self.passed() { self.to_string() } else { "0".to_string() };
-        [("text/html", html), ("text/plain", plain)]
+        let outcome = match self.outcome {
+            Outcome::Pass => "pass",
+            Outcome::Fail => "fail",
+            Outcome::NotDone => "not done",
+        };
+        let json =
+            format!("{{\"outcome\": \"{outcome}\", \"todo\": {:?}, \"message\": {:?}}}", self.todo, self.message);
+        [("text/html", html), ("text/plain", plain), (VERDICT_MIME, json)]
     }
 
     fn headline(&self) -> String {
@@ -190,15 +203,31 @@ fn run_student<T>(todo: &'static str, f: impl FnOnce() -> Result<T>) -> Checking
 /// one of `whole_job`, the lab's functions that do the TODO's whole job (`input_gradient` for a
 /// TODO that asks for the input gradient).
 fn run_own<T>(todo: &'static str, whole_job: &[&'static str], f: impl FnOnce() -> Result<T>) -> Checking<T> {
+    run_without(todo, whole_job, &[], f)
+}
+
+/// The lab's functions that read a model's gradient: off limits to a score-only attack.
+const WHITE_BOX: [&str; 5] = ["input_gradient", "fgsm", "pgd", "bpda_pgd", "targeted_descent"];
+
+/// [`run_own`] that also fails a function that called one of `white_box`, the lab's functions a
+/// score-only attack may not use.
+fn run_without<T>(
+    todo: &'static str,
+    whole_job: &[&'static str],
+    white_box: &[&'static str],
+    f: impl FnOnce() -> Result<T>,
+) -> Checking<T> {
     let (call, called) = crate::notebook::watch_library_calls(|| call_student(f));
+    let refuse = |message: String| Err(Stop::Verdict(Verdict { todo, outcome: Outcome::Fail, message }));
     if let Some(name) = called.iter().find(|name| whole_job.contains(name)) {
-        return Err(Stop::Verdict(Verdict {
-            todo,
-            outcome: Outcome::Fail,
-            message: format!(
-                "this TODO asks you to write it yourself; `{name}` is what you are building, and your function called it."
-            ),
-        }));
+        return refuse(format!(
+            "this TODO asks you to write it yourself; `{name}` is what you are building, and your function called it."
+        ));
+    }
+    if let Some(name) = called.iter().find(|name| white_box.contains(name)) {
+        return refuse(format!(
+            "a score-only attack sees nothing but the black box's answers, and your function called `{name}`, which reads the model's gradient: ask `black_box.probabilities` instead."
+        ));
     }
     let verdict = match call {
         StudentCall::Returned(Ok(v)) => return Ok(v),

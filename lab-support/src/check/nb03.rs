@@ -166,7 +166,8 @@ where
         let model = Classifier::pretrained()?;
         let (x, label) = mnist::test()?.get(0)?;
         let (target, eps, steps, step_size) = ((label + 1) % 10, 0.15f32, 30usize, 0.02);
-        let history = run_own(TODO, &["targeted_descent", "pgd"], || f(&model, &x, target, eps, steps, step_size))?;
+        let history =
+            run_own(TODO, &["targeted_descent", "pgd", "bpda_pgd"], || f(&model, &x, target, eps, steps, step_size))?;
         if history.len() != steps && history.len() != steps + 1 {
             return Ok(Verdict::fail(
                 TODO,
@@ -285,7 +286,7 @@ where
         let mut moved_least = f32::MAX;
         for i in 0..n {
             let (x, label) = test.get(i)?;
-            let got = run_own(TODO, &["pgd"], || f(&model, &x, label, eps, steps, step_size))?;
+            let got = run_own(TODO, &["pgd", "bpda_pgd"], || f(&model, &x, label, eps, steps, step_size))?;
             if let Some(v) = mismatch(TODO, &got, &x, "an image", "return the attacked image, shaped like x") {
                 return Ok(v);
             }
@@ -442,7 +443,7 @@ where
         let model = Classifier::pretrained()?;
         let (counted, calls) = model.counting_calls();
         let c = Challenge::new()?;
-        let adv = run_student(TODO, || f(&counted, &c))?;
+        let adv = run_own(TODO, &["targeted_descent"], || f(&counted, &c))?;
         let used = calls.count();
         let verdict = judge_challenge(&model, &c, &adv);
         if used > c.max_calls {

@@ -37,7 +37,9 @@ where
         for (i, &label) in labels.iter().enumerate() {
             let (x, _) = digits.get(i)?;
             let black_box = BlackBox::with_budget(&plain, max_queries);
-            let adv = run_own(TODO, &["simba", "square_attack"], || f(&black_box, &x, label, eps, max_queries))?;
+            let adv = run_without(TODO, &["simba", "square_attack"], &WHITE_BOX, || {
+                f(&black_box, &x, label, eps, max_queries)
+            })?;
             if let Some(v) = mismatch(
                 TODO,
                 &adv,

@@ -8,7 +8,7 @@ use crate::model::Classifier;
 use candle_core::{Var, D};
 
 use super::nb03::{reference_craft, reference_untargeted_l2};
-use crate::attack::{pgd, targeted_descent, DescentConfig, PgdConfig};
+use crate::attack::{bpda_pgd, pgd, targeted_descent, DescentConfig, PgdConfig};
 
 /// Notebook 03's TODO 1 as a student writes it (the lab's `input_gradient` does the whole job, and
 /// the check refuses a function that calls it).
@@ -206,6 +206,18 @@ fn a_todo_done_by_the_lab_function_it_asks_for_is_a_fail_that_names_it() {
         Ok(pgd(m, x, &Objective::untargeted(&Tensor::new(&[label], x.device())?)?, &config)?.adversarial)
     };
     named(untargeted_l2(via_pgd), "pgd");
+    // `bpda_pgd` on a model without a defense is plain `pgd`.
+    let via_bpda = |m: &Classifier, x: &Tensor, label: u32, eps: f32, steps: usize, s: f64| -> Result<Tensor> {
+        let config = PgdConfig { steps, step_size: s as f32, ..PgdConfig::l2(eps) };
+        Ok(bpda_pgd(m, x, &Objective::untargeted(&Tensor::new(&[label], x.device())?)?, &config)?.adversarial)
+    };
+    named(untargeted_l2(via_bpda), "bpda_pgd");
+    // The challenge with the lab's loop instead of the student's.
+    let solve = |m: &Classifier, c: &Challenge| -> Result<Tensor> {
+        let config = DescentConfig { step_size: 2.0, steps: 9, eps: Some(c.eps) };
+        Ok(targeted_descent(m, &c.original, c.target, &config)?.adversarial)
+    };
+    named(challenge(solve), "targeted_descent");
     // Notebook 01: `Mlp::train` with one epoch and an unwritten step trains with the lab's step.
     let via_train = |mlp: &Mlp, xs: &Tensor, ys: &Tensor, lr: f64| -> Result<f32> {
         Ok(mlp.train(xs, ys, 1, lr, |_: &Mlp, _: &Tensor, _: &Tensor, _: f64| -> Result<f32> { todo!() })?[0])
@@ -219,14 +231,16 @@ fn a_todo_done_by_the_lab_function_it_asks_for_is_a_fail_that_names_it() {
 #[test]
 fn only_a_pass_is_full_marks_in_the_text_an_autograder_reads() {
     let pass = Verdict::pass("TODO 1 (x)", "fine");
-    let [(html_mime, html), (plain_mime, plain)] = pass.contents();
-    assert_eq!((html_mime, plain_mime), ("text/html", "text/plain"));
+    let [(html_mime, html), (plain_mime, plain), (json_mime, json)] = pass.contents();
+    assert_eq!((html_mime, plain_mime, json_mime), ("text/html", "text/plain", VERDICT_MIME));
+    assert_eq!(json, r#"{"outcome": "pass", "todo": "TODO 1 (x)", "message": "fine"}"#);
     assert!(html.contains("PASS") && plain.starts_with("PASS ·"), "{html} / {plain}");
     assert!(plain.parse::<f64>().is_err(), "nbgrader reads a non-number as full marks");
     let fail = Verdict::fail("TODO 1 (x)", "a", "b", "c");
     let not_done = Verdict { todo: "TODO 1 (x)", outcome: Outcome::NotDone, message: "later".into() };
     for v in [fail, not_done] {
-        let [(_, html), (_, plain)] = v.contents();
+        let [(_, html), (_, plain), (_, json)] = v.contents();
+        assert!(json.starts_with(r#"{"outcome": "#) && !json.contains(r#""pass""#), "{json}");
         assert_eq!(plain, "0", "{v}");
         assert!(html.contains(&v.headline()[..4]), "the student still sees the verdict: {html}");
     }

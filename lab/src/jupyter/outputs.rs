@@ -79,7 +79,7 @@ pub fn check_outputs(nb: &Value, student: bool) -> Vec<String> {
 
 /// The words of a check's verdict (`FAIL · TODO 1 (...): ...`) when `out` shows one that did not
 /// pass, read from its HTML without the tags.
-fn verdict_line(out: &Value) -> Option<String> {
+pub fn verdict_line(out: &Value) -> Option<String> {
     let html = join_text(&out["data"]["text/html"]);
     if !(html.contains(">FAIL · ") || html.contains(">NOT DONE · ")) {
         return None;
