@@ -26,7 +26,7 @@ mod selftest;
 mod sys;
 
 use clap::{Parser, Subcommand};
-use cmd::{course, hub, launcher, model, setup, student};
+use cmd::{course, grade, hub, launcher, model, setup, student};
 use paths::{repo_root, Paths};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -104,13 +104,22 @@ enum Command {
         dir: PathBuf,
     },
     /// Autograde every submission of an assignment (course/submitted/<student>/<assignment>/) with
-    /// `nbgrader autograde`, and print the scores.
+    /// `nbgrader autograde`: a line per student (score, and why each point was lost), and the
+    /// same in <dir>/grades-<assignment>.csv.
     Grade {
         /// The assignment, such as 03-adversarial.
         assignment: String,
         /// The course folder.
         #[arg(long, default_value = "course")]
         dir: PathBuf,
+        /// Submissions graded at once (default: as many as the cores and the free memory allow,
+        /// about 1.7 GB each).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Seconds a cell may run before it is stopped and scores 0 (default: the course's
+        /// nbgrader_config.py, which `cargo lab course` sets to 300).
+        #[arg(long)]
+        timeout: Option<u64>,
     },
     /// Start the notebook kernel (Jupyter runs this from the `rust` kernel spec; not for people).
     #[command(hide = true)]
@@ -161,7 +170,12 @@ fn main() -> ExitCode {
             hub::serve(users, ip, port)
         })(),
         Command::Course { dir } => course::course(&Paths::new(), &in_root(&dir)),
-        Command::Grade { assignment, dir } => course::grade(&Paths::new(), &in_root(&dir), &assignment).map(|_| ()),
+        Command::Grade { assignment, dir, jobs, timeout } => {
+            let mut options = grade::GradeOptions::for_this_machine();
+            options.jobs = jobs.unwrap_or(options.jobs);
+            options.timeout = timeout;
+            grade::grade(&Paths::new(), &in_root(&dir), &assignment, options).map(|_| ())
+        }
         Command::Train { args } => model::forward("train", &args),
         Command::Eval { args } => model::forward("eval", &args),
         Command::Bench { sweep, kernel } => {

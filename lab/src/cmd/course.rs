@@ -6,10 +6,13 @@
 //! them into an nbgrader course folder as its `source/` and runs `nbgrader generate_assignment`,
 //! whose `release/` notebooks hold the same cells as `cargo lab student`'s: the region between
 //! `// BEGIN SOLUTION` and `// END SOLUTION` becomes `todo!()` (`ClearSolutions.code_stub`).
-//! `cargo lab grade` runs `nbgrader autograde` and prints the scores.
+//! `cargo lab grade` (`super::grade`) autogrades the submissions.
 //!
-//! nbgrader scores a grade cell 0 when it shows an error or writes to stderr, so a check that does
-//! not pass says so on stderr (see `lab_support::check::Verdict`).
+//! nbgrader scores a grade cell by its first result, and reads a number there as the points: a
+//! check that does not pass shows `0` as its plain text (see `lab_support::check::Verdict`).
+//! nbgrader's own `Execute` cannot grade a cell that does not compile on evcxr; the lab's
+//! (`lab/kernel-pool/lab_grading.py`) can, and the venv's own nbgrader configuration, which
+//! `ensure_classroom` writes, puts it in nbgrader's pipeline for every course.
 //!
 //! Every notebook loads lab-support from `../lab-support`, relative to its own folder. nbgrader runs
 //! a notebook in its own folder (`source/<assignment>/`, `autograded/<student>/<assignment>/`), so
@@ -39,14 +42,35 @@ c.CourseDirectory.course_id = "{COURSE_ID}"
 c.ClearSolutions.code_stub = {{"rust": "{stub}"}}
 c.ClearSolutions.begin_solution_delimeter = "BEGIN SOLUTION"
 c.ClearSolutions.end_solution_delimeter = "END SOLUTION"
-# A kernel's first `:dep lab-support` cell takes about 6 s on a set-up machine, but minutes if
-# lab-support changed since `cargo lab up`; nbgrader's default of 30 s per cell is too short.
-c.Execute.timeout = 1200
+# Seconds a cell may run before nbgrader stops it and scores it 0 (the rest of the notebook is
+# still graded); `cargo lab grade --timeout S` overrides it for one run. See CELL_TIMEOUT in
+# lab/src/cmd/course.rs for what it was set from.
+c.Execute.timeout = {CELL_TIMEOUT}
 c.Execute.startup_timeout = 300
+# nbgrader's autograde pipeline with the lab's Execute comes from the venv's own
+# etc/jupyter/nbgrader_config.py (written by `cargo lab course` and `cargo lab grade`).
 "#,
         stub = super::student::CODE_STUB
     )
 }
+
+/// The default limit on one cell's run while grading, in seconds. The slowest cell of the lab's
+/// notebooks runs in under a minute on a set-up 2-core machine, and the first `:dep lab-support`
+/// of a grading kernel in a few seconds; a kernel slot that must rebuild lab-support (after an
+/// edit of its sources) takes minutes for that cell, so the limit leaves room for that.
+pub const CELL_TIMEOUT: u64 = 300;
+
+/// The venv's own nbgrader configuration (`.venv/etc/jupyter/nbgrader_config.py`), which every
+/// nbgrader run in the venv loads before the course's own: the autograde pipeline with the lab's
+/// `Execute` (lab/kernel-pool/lab_grading.py).
+const VENV_NBGRADER_CONFIG: &str = r#"# The lab's grading for nbgrader, written by `cargo lab course` and `cargo lab grade`
+# (lab/src/cmd/course.rs); rewritten each time. nbgrader's autograde pipeline with the lab's
+# LabExecute (evcxr's error replies carry no `ename`, on which nbgrader's own Execute raises
+# KeyError) and VerdictFirst (a check's verdict decides its grade cell): see lab_grading.py.
+import lab_grading
+c = get_config()
+c.Autograde.autograde_preprocessors = lab_grading.autograde_preprocessors()
+"#;
 
 /// Installs JupyterHub and nbgrader into the project venv unless they are there.
 pub fn ensure_classroom(paths: &Paths) -> CliResult<()> {
@@ -56,7 +80,7 @@ pub fn ensure_classroom(paths: &Paths) -> CliResult<()> {
     let stamp = paths.venv.join(".lab-classroom");
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(requirements.as_str()) {
         eprintln!("==> [2/2] JupyterHub and nbgrader in .venv/: ready");
-        return Ok(());
+        return write_venv_config(paths);
     }
     eprintln!("==> [2/2] Installing JupyterHub and nbgrader into .venv/ (about 20 s, once)");
     run(
@@ -65,7 +89,18 @@ pub fn ensure_classroom(paths: &Paths) -> CliResult<()> {
             .arg(paths.root.join(REQUIREMENTS)),
         "pip install jupyterhub nbgrader",
     )?;
-    std::fs::write(&stamp, requirements).at(&stamp)
+    std::fs::write(&stamp, requirements).at(&stamp)?;
+    write_venv_config(paths)
+}
+
+fn write_venv_config(paths: &Paths) -> CliResult<()> {
+    let dir = paths.venv.join("etc/jupyter");
+    std::fs::create_dir_all(&dir).at(&dir)?;
+    let file = dir.join("nbgrader_config.py");
+    if std::fs::read_to_string(&file).ok().as_deref() != Some(VENV_NBGRADER_CONFIG) {
+        std::fs::write(&file, VENV_NBGRADER_CONFIG).at(&file)?;
+    }
+    Ok(())
 }
 
 /// The assignments: one per solution notebook, named after it (`03-adversarial`).
@@ -77,7 +112,7 @@ pub fn assignments(paths: &Paths) -> CliResult<Vec<(String, PathBuf)>> {
 }
 
 /// Links `dir/lab-support` to the lab's crate (a notebook in `dir/<x>/` loads `../lab-support`).
-fn link_lab_support(paths: &Paths, dir: &Path) -> CliResult<()> {
+pub fn link_lab_support(paths: &Paths, dir: &Path) -> CliResult<()> {
     std::fs::create_dir_all(dir).at(dir)?;
     let link = dir.join("lab-support");
     let target = paths.root.join("lab-support");
@@ -90,10 +125,12 @@ fn link_lab_support(paths: &Paths, dir: &Path) -> CliResult<()> {
 }
 
 /// Runs one nbgrader command in the course folder; its output goes to the terminal.
-fn nbgrader(paths: &Paths, course: &Path, args: &[&str]) -> CliResult<()> {
+pub fn nbgrader(paths: &Paths, course: &Path, args: &[&str]) -> CliResult<()> {
     let mut cmd = Command::new(paths.venv_bin("nbgrader"));
     cmd.args(args).current_dir(course);
     paths.jupyter_env(&mut cmd);
+    // A configuration file that fails to load is an error, not a warning nbgrader runs past.
+    cmd.env("TRAITLETS_APPLICATION_RAISE_CONFIG_FILE_ERROR", "1");
     run(&mut cmd, &format!("nbgrader {}", args.join(" ")))
 }
 
@@ -110,20 +147,8 @@ pub fn course(paths: &Paths, course: &Path) -> CliResult<()> {
         link_lab_support(paths, &course.join(dir))?;
     }
     for (name, solution) in assignments(paths)? {
-        let dir = course.join("source").join(&name);
-        std::fs::create_dir_all(&dir).at(&dir)?;
-        let mut nb: Value = serde_json::from_str(&std::fs::read_to_string(&solution).at(&solution)?).at(&solution)?;
-        // The source is the solution one folder up, as the student notebooks are.
-        for cell in nb["cells"].as_array_mut().into_iter().flatten() {
-            let src = source_text(cell);
-            if src.contains("\"../../lab-support\"") {
-                cell["source"] = Value::String(src.replace("\"../../lab-support\"", "\"../lab-support\""));
-            }
-        }
-        let file = dir.join(format!("{name}.ipynb"));
-        ipynb::write(&file, &nb)?;
-        eprintln!("==> nbgrader generate_assignment {name}");
-        nbgrader(paths, course, &["generate_assignment", &name, "--force", "--log-level=WARN"])?;
+        let nb: Value = serde_json::from_str(&std::fs::read_to_string(&solution).at(&solution)?).at(&solution)?;
+        add_assignment(paths, course, &name, nb)?;
     }
     eprintln!(
         "Student versions are in {}/release/; grade submissions with `cargo lab grade <assignment>`.",
@@ -132,89 +157,19 @@ pub fn course(paths: &Paths, course: &Path) -> CliResult<()> {
     Ok(())
 }
 
-/// One student's score for one assignment, from nbgrader's gradebook.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Score {
-    pub student: String,
-    pub score: f64,
-    pub max_score: f64,
-}
-
-/// `cargo lab grade <assignment>`: autogrades every submission in `submitted/*/<assignment>/`
-/// with `nbgrader autograde` and returns each student's score.
-pub fn grade(paths: &Paths, course: &Path, assignment: &str) -> CliResult<Vec<Score>> {
-    ensure_classroom(paths)?;
-    if !course.join("nbgrader_config.py").exists() {
-        return Err(format!("{} is not a course folder yet: run `cargo lab course` first", course.display()));
-    }
-    let submitted = course.join("submitted");
-    let mut students: Vec<String> = std::fs::read_dir(&submitted)
-        .map_err(|e| {
-            format!("{}: {e} (put each student's notebook in submitted/<student>/{assignment}/)", submitted.display())
-        })?
-        .flatten()
-        .filter(|e| e.path().join(assignment).is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    students.sort();
-    if students.is_empty() {
-        return Err(format!("no submissions of {assignment} in {}/<student>/{assignment}/", submitted.display()));
-    }
-    for s in &students {
-        link_lab_support(paths, &course.join("autograded").join(s))?;
-    }
-    eprintln!("==> nbgrader autograde {assignment} ({} submissions)", students.len());
-    nbgrader(paths, course, &["autograde", assignment, "--force", "--log-level=ERROR"])?;
-    let csv = course.join("grades.csv");
-    nbgrader(paths, course, &["export", "--log-level=WARN", &format!("--to={}", csv.display())])?;
-    let text = std::fs::read_to_string(&csv).at(&csv)?;
-    let scores = parse_grades(&text, assignment)?;
-    println!("| student | score | of |\n| --- | --- | --- |");
-    for s in &scores {
-        println!("| {} | {} | {} |", s.student, s.score, s.max_score);
-    }
-    Ok(scores)
-}
-
-/// The rows of nbgrader's `grades.csv` for one assignment.
-fn parse_grades(text: &str, assignment: &str) -> CliResult<Vec<Score>> {
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().ok_or("nbgrader export wrote an empty grades.csv")?.split(',').collect();
-    let col = |name: &str| {
-        header.iter().position(|h| *h == name).ok_or_else(|| format!("grades.csv has no `{name}` column: {header:?}"))
-    };
-    let (a, s, score, max) = (col("assignment")?, col("student_id")?, col("score")?, col("max_score")?);
-    let mut out = Vec::new();
-    for line in lines.filter(|l| !l.trim().is_empty()) {
-        // nbgrader's fields here hold no commas (ids, numbers, dates).
-        let f: Vec<&str> = line.split(',').collect();
-        if f.get(a) != Some(&assignment) {
-            continue;
+/// Writes `nb`, a solution notebook, as the course's source of assignment `name` and runs
+/// `nbgrader generate_assignment` on it.
+pub fn add_assignment(paths: &Paths, course: &Path, name: &str, mut nb: Value) -> CliResult<()> {
+    let dir = course.join("source").join(name);
+    std::fs::create_dir_all(&dir).at(&dir)?;
+    // The source is the solution one folder up, as the student notebooks are.
+    for cell in nb["cells"].as_array_mut().into_iter().flatten() {
+        let src = source_text(cell);
+        if src.contains("\"../../lab-support\"") {
+            cell["source"] = Value::String(src.replace("\"../../lab-support\"", "\"../lab-support\""));
         }
-        let num = |i: usize| {
-            f.get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .ok_or_else(|| format!("grades.csv: no number in column {i} of {line:?}"))
-        };
-        out.push(Score { student: f.get(s).unwrap_or(&"").to_string(), score: num(score)?, max_score: num(max)? });
     }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grades_csv_rows_of_one_assignment() {
-        let csv = "assignment,duedate,timestamp,student_id,last_name,first_name,email,raw_score,late_submission_penalty,score,max_score\n\
-                   03-adversarial,,2026-11-25 10:00:00,good,,,,5.0,0.0,5.0,5.0\n\
-                   01-interpolation,,,good,,,,1.0,0.0,1.0,1.0\n\
-                   03-adversarial,,2026-11-25 10:00:00,empty,,,,0.0,0.0,0.0,5.0\n";
-        let scores = parse_grades(csv, "03-adversarial").unwrap();
-        assert_eq!(scores.len(), 2);
-        assert_eq!(scores[0], Score { student: "good".into(), score: 5.0, max_score: 5.0 });
-        assert_eq!(scores[1].score, 0.0);
-        assert!(parse_grades("student_id\n", "x").unwrap_err().contains("assignment"));
-    }
+    ipynb::write(&dir.join(format!("{name}.ipynb")), &nb)?;
+    eprintln!("==> nbgrader generate_assignment {name}");
+    nbgrader(paths, course, &["generate_assignment", name, "--force", "--log-level=WARN"])
 }

@@ -2,11 +2,12 @@
 //!
 //! - `setup`: `cargo lab up` (the venv, the kernel, its build seed) and what installs things;
 //! - `server`: JupyterLab for `cargo lab up`; `hub`: JupyterHub for `cargo lab hub`;
-//! - `course`: `cargo lab course` and `cargo lab grade` (nbgrader); `student`: `cargo lab student`;
+//! - `course`: `cargo lab course` (nbgrader); `grade`: `cargo lab grade`; `student`: `cargo lab student`;
 //! - `launcher`: `lab kernel`, what Jupyter starts for the `rust` kernel;
 //! - `model`: `cargo lab train`, `eval` and `bench`, forwarded to the lab-model crate.
 
 pub mod course;
+pub mod grade;
 pub mod hub;
 pub mod launcher;
 pub mod model;

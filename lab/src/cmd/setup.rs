@@ -47,8 +47,8 @@ pub fn ensure_venv(paths: &Paths, n: usize, total: usize) -> CliResult<()> {
     let mut requirements =
         std::fs::read_to_string(paths.root.join(REQUIREMENTS)).map_err(|e| format!("{REQUIREMENTS}: {e}"))?;
     // The provisioner's own files are part of what the stamp stands for: a change reinstalls it.
-    for file in
-        ["pyproject.toml", "lab_kernel_pool.py", "lab_kernel_manager.py"].map(|f| paths.root.join(KERNEL_POOL).join(f))
+    for file in ["pyproject.toml", "lab_kernel_pool.py", "lab_kernel_manager.py", "lab_grading.py"]
+        .map(|f| paths.root.join(KERNEL_POOL).join(f))
     {
         requirements.push_str(&format!("\n# {}\n", file.display()));
         requirements.push_str(&String::from_utf8_lossy(&std::fs::read(&file).unwrap_or_default()));

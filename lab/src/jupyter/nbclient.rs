@@ -39,9 +39,11 @@ pub fn execute_cells_with(paths: &Paths, name: &str, cells: &[&str], env: &[(&st
     let lab_support = paths.root.join("lab-support");
     let cells: Vec<Value> = cells
         .iter()
-        .map(|src| {
+        .enumerate()
+        .map(|(i, src)| {
             let src = src.replace("\"../lab-support\"", &format!("{:?}", lab_support.display().to_string()));
-            json!({"cell_type": "code", "execution_count": null, "metadata": {}, "outputs": [], "source": src})
+            // nbformat 4.5 wants an id on every cell (nbformat warns on each run otherwise).
+            json!({"cell_type": "code", "id": format!("cell-{i}"), "execution_count": null, "metadata": {}, "outputs": [], "source": src})
         })
         .collect();
     let nb = json!({"cells": cells, "metadata": ipynb::kernel_metadata(), "nbformat": 4, "nbformat_minor": 5});
