@@ -49,7 +49,17 @@ pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
 
     // Any free port: the printed URL must work.
     let mut child = ChildServer::spawn(&mut up(0)).map_err(|e| format!("could not run the lab tool: {e}"))?;
-    let (stdout, _) = child.take_output();
+    let (stdout, stderr) = child.take_output();
+    // Its stderr is read to the end on a thread of its own: a pipe closed early would fail the
+    // tool's first line there (a broken pipe), and a full one would stall it.
+    let stderr_text = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut err) = stderr {
+            use std::io::Read;
+            let _ = err.read_to_string(&mut text);
+        }
+        text
+    });
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
@@ -59,7 +69,16 @@ pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
     });
     let url = rx.iter().find(|l| l.contains("http://127.0.0.1:"));
     match url.as_deref().and_then(|u| u.split("http://127.0.0.1:").nth(1)?.split('/').next()?.parse::<u16>().ok()) {
-        None => problems.push(format!("`cargo lab up --port 0` printed no URL with a port: {url:?}")),
+        None => {
+            child.wait_exit(Duration::from_secs(5));
+            child.signal_group("KILL");
+            let said = stderr_text.join().unwrap_or_default();
+            problems.push(format!(
+                "`cargo lab up --port 0` printed no URL with a port: {url:?}; its last words: {}",
+                crate::sys::text::last_lines(&said, 5)
+            ));
+            return Ok(problems);
+        }
         Some(0) => problems.push("`cargo lab up --port 0` printed port 0".into()),
         Some(port) => {
             if http::status(port, "GET", "/api/status", &token) != Some(200) {
