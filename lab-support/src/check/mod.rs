@@ -128,8 +128,11 @@ impl Verdict {
             Outcome::Fail => "fail",
             Outcome::NotDone => "not done",
         };
-        let json =
-            format!("{{\"outcome\": \"{outcome}\", \"todo\": {:?}, \"message\": {:?}}}", self.todo, self.message);
+        let json = format!(
+            "{{\"outcome\": \"{outcome}\", \"todo\": {}, \"message\": {}}}",
+            json_string(self.todo),
+            json_string(&self.message)
+        );
         [("text/html", html), ("text/plain", plain), (VERDICT_MIME, json)]
     }
 
@@ -152,6 +155,21 @@ impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.headline(), self.message)
     }
+}
+
+/// `s` as a JSON string, quotes included.
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn escape_html(s: &str) -> String {

@@ -245,3 +245,11 @@ fn only_a_pass_is_full_marks_in_the_text_an_autograder_reads() {
         assert!(html.contains(&v.headline()[..4]), "the student still sees the verdict: {html}");
     }
 }
+
+#[test]
+fn a_verdicts_own_part_is_json_whatever_its_message_holds() {
+    assert_eq!(json_string("a \"b\" \\ c\nd"), r#""a \"b\" \\ c\u000ad""#);
+    let v = Verdict::fail("TODO 1 (x)", "\"quoted\"", "a\\b", "line\nbreak");
+    let [_, _, (_, json)] = v.contents();
+    assert!(json.contains(r#"expected \"quoted\", got a\\b. Likely cause: line\u000abreak"#), "{json}");
+}
