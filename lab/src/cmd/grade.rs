@@ -22,6 +22,7 @@
 use super::course::{ensure_classroom, link_lab_support};
 use super::launcher::SLOTS;
 use crate::ipynb::{self, join_text};
+use crate::jupyter::outputs::strip_tags;
 use crate::paths::Paths;
 use crate::sys::{At, CliResult};
 use serde_json::Value;
@@ -465,20 +466,6 @@ fn strip_ansi(s: &str) -> String {
         }
     }
     out
-}
-
-fn strip_tags(html: &str) -> String {
-    let mut out = String::new();
-    let mut in_tag = false;
-    for c in html.chars() {
-        match c {
-            '<' => in_tag = true,
-            '>' => in_tag = false,
-            c if !in_tag => out.push(c),
-            _ => {}
-        }
-    }
-    out.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").trim().to_string()
 }
 
 /// The grades as CSV: student, score, max_score, graded (yes/no), and the lost points or the

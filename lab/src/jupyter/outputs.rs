@@ -84,6 +84,11 @@ pub fn verdict_line(out: &Value) -> Option<String> {
     if !(html.contains(">FAIL · ") || html.contains(">NOT DONE · ")) {
         return None;
     }
+    Some(strip_tags(&html))
+}
+
+/// The text of a piece of HTML: its tags dropped and the entities a verdict uses decoded.
+pub fn strip_tags(html: &str) -> String {
     let mut words = String::new();
     let mut in_tag = false;
     for c in html.chars() {
@@ -94,7 +99,7 @@ pub fn verdict_line(out: &Value) -> Option<String> {
             _ => {}
         }
     }
-    Some(words.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").trim().to_string())
+    words.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").trim().to_string()
 }
 
 /// A line of a panic report other than its message: the header, the backtrace, its footnote.
