@@ -70,6 +70,9 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
         let start = Instant::now();
         let problems = format_check(&paths)?;
         tally.record("format check".into(), start.elapsed().as_secs_f64(), "", &problems);
+        let start = Instant::now();
+        let problems = lint_check(&paths)?;
+        tally.record("lint check".into(), start.elapsed().as_secs_f64(), "", &problems);
     }
     // With the kernel's seed built: the kernels of the tests below copy it.
     ensure(&paths, true)?;
@@ -207,6 +210,28 @@ fn cargo_tests(paths: &Paths) -> CliResult<(usize, usize)> {
 
 /// `cargo fmt --check` on the crates that follow the house format (rustfmt.toml): lab-support,
 /// lab-model and the `lab` tool.
+/// `cargo clippy -- -D warnings` on lab-support, lab-model and lab: any lint is a failure. It
+/// builds in `target/debug`, so the running tool (`target/release/lab`) is left alone.
+fn lint_check(paths: &Paths) -> CliResult<Vec<String>> {
+    eprintln!("==> lint check: cargo clippy -D warnings on lab-support, lab-model and lab");
+    let args = ["clippy", "-p", "lab-support", "-p", "lab-model", "-p", "lab", "--all-targets", "--", "-D", "warnings"];
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(&paths.root)
+        .output()
+        .map_err(|e| format!("could not run cargo clippy: {e}"))?;
+    if out.status.success() {
+        return Ok(vec![]);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lints: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error") || l.starts_with("warning") || l.contains("--> "))
+        .take(12)
+        .collect();
+    Ok(vec![format!("`cargo {}` failed:\n{}", args.join(" "), lints.join("\n"))])
+}
+
 fn format_check(paths: &Paths) -> CliResult<Vec<String>> {
     eprintln!("==> format check: cargo fmt --check on lab-support, lab-model and lab");
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
