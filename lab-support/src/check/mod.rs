@@ -112,10 +112,10 @@ impl Verdict {
     /// in its cell (lab/kernel-pool/lab_grading.py): whatever else the cell printed, and in
     /// whatever order evcxr delivered it, the verdict the student saw is the grade.
     pub fn contents(&self) -> [(&'static str, String); 3] {
-        let color = match self.outcome {
-            Outcome::Pass => "#1a7f37",
-            Outcome::Fail => "#cf222e",
-            Outcome::NotDone => "#9a6700",
+        let (color, outcome) = match self.outcome {
+            Outcome::Pass => ("#1a7f37", "pass"),
+            Outcome::Fail => ("#cf222e", "fail"),
+            Outcome::NotDone => ("#9a6700", "not done"),
         };
         let html = format!(
             "<div style=\"border-left:4px solid {color};padding:4px 10px;font-family:sans-serif\"><b style=\"color:{color}\">{}</b> {}</div>",
@@ -123,11 +123,6 @@ impl Verdict {
             escape_html(&self.message)
         );
         let plain = if self.passed() { self.to_string() } else { "0".to_string() };
-        let outcome = match self.outcome {
-            Outcome::Pass => "pass",
-            Outcome::Fail => "fail",
-            Outcome::NotDone => "not done",
-        };
         let json = format!(
             "{{\"outcome\": \"{outcome}\", \"todo\": {}, \"message\": {}}}",
             json_string(self.todo),

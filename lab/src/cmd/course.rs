@@ -126,12 +126,17 @@ pub fn link_lab_support(paths: &Paths, dir: &Path) -> CliResult<()> {
 
 /// Runs one nbgrader command in the course folder; its output goes to the terminal.
 pub fn nbgrader(paths: &Paths, course: &Path, args: &[&str]) -> CliResult<()> {
+    run(nbgrader_command(paths, course).args(args), &format!("nbgrader {}", args.join(" ")))
+}
+
+/// The venv's nbgrader, to run in the course folder with the lab's Jupyter environment.
+pub fn nbgrader_command(paths: &Paths, course: &Path) -> Command {
     let mut cmd = Command::new(paths.venv_bin("nbgrader"));
-    cmd.args(args).current_dir(course);
+    cmd.current_dir(course);
     paths.jupyter_env(&mut cmd);
     // A configuration file that fails to load is an error, not a warning nbgrader runs past.
     cmd.env("TRAITLETS_APPLICATION_RAISE_CONFIG_FILE_ERROR", "1");
-    run(&mut cmd, &format!("nbgrader {}", args.join(" ")))
+    cmd
 }
 
 /// `cargo lab course`: writes (or refreshes) the course folder's `source/` from the solutions and

@@ -19,7 +19,7 @@
 //! grade no submission at all. The points are nbgrader's own, read from its gradebook
 //! (`python -m lab_grading`); the reasons come from the autograded notebooks.
 
-use super::course::{ensure_classroom, link_lab_support};
+use super::course::{ensure_classroom, link_lab_support, nbgrader_command};
 use super::launcher::SLOTS;
 use crate::ipynb::{self, join_text};
 use crate::jupyter::outputs::strip_tags;
@@ -272,18 +272,16 @@ fn autograde(
             Ok(f) => f,
             Err(e) => return Some(format!("cannot write {}: {e}", log.display())),
         };
-        let mut cmd = Command::new(paths.venv_bin("nbgrader"));
+        let mut cmd = nbgrader_command(paths, course);
         cmd.args(["autograde", assignment, "--student", student, "--force", "--log-level=WARN"]);
         if let Some(t) = timeout {
             cmd.arg(format!("--Execute.timeout={t}"));
         }
-        cmd.current_dir(course).stdin(Stdio::null());
+        cmd.stdin(Stdio::null());
         if let Ok(err) = file.try_clone() {
             cmd.stderr(err);
         }
         cmd.stdout(file);
-        paths.jupyter_env(&mut cmd);
-        cmd.env("TRAITLETS_APPLICATION_RAISE_CONFIG_FILE_ERROR", "1");
         let status = match cmd.status() {
             Ok(s) => s,
             Err(e) => return Some(format!("could not run nbgrader: {e}")),

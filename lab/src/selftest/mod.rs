@@ -180,12 +180,18 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
     Ok(())
 }
 
+/// The cargo that runs this tool (or the one on PATH), in the repository root.
+fn cargo(paths: &Paths) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(&paths.root);
+    cmd
+}
+
 /// Runs `cargo test` on the workspace and counts its results.
 fn cargo_tests(paths: &Paths) -> CliResult<(usize, usize)> {
     eprintln!("==> cargo test (lab-support and the lab tool)");
-    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let out = cargo(paths)
         .args(["test", "--release", "--workspace"])
-        .current_dir(&paths.root)
         .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(|e| format!("could not run cargo test: {e}"))?;
@@ -208,18 +214,12 @@ fn cargo_tests(paths: &Paths) -> CliResult<(usize, usize)> {
     Ok((passed, failed))
 }
 
-/// `cargo fmt --check` on the crates that follow the house format (rustfmt.toml): lab-support,
-/// lab-model and the `lab` tool.
 /// `cargo clippy -- -D warnings` on lab-support, lab-model and lab: any lint is a failure. It
 /// builds in `target/debug`, so the running tool (`target/release/lab`) is left alone.
 fn lint_check(paths: &Paths) -> CliResult<Vec<String>> {
     eprintln!("==> lint check: cargo clippy -D warnings on lab-support, lab-model and lab");
     let args = ["clippy", "-p", "lab-support", "-p", "lab-model", "-p", "lab", "--all-targets", "--", "-D", "warnings"];
-    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(args)
-        .current_dir(&paths.root)
-        .output()
-        .map_err(|e| format!("could not run cargo clippy: {e}"))?;
+    let out = cargo(paths).args(args).output().map_err(|e| format!("could not run cargo clippy: {e}"))?;
     if out.status.success() {
         return Ok(vec![]);
     }
@@ -232,11 +232,12 @@ fn lint_check(paths: &Paths) -> CliResult<Vec<String>> {
     Ok(vec![format!("`cargo {}` failed:\n{}", args.join(" "), lints.join("\n"))])
 }
 
+/// `cargo fmt --check` on the crates that follow the house format (rustfmt.toml): lab-support,
+/// lab-model and the `lab` tool.
 fn format_check(paths: &Paths) -> CliResult<Vec<String>> {
     eprintln!("==> format check: cargo fmt --check on lab-support, lab-model and lab");
-    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let out = cargo(paths)
         .args(["fmt", "--check", "-p", "lab-support", "-p", "lab-model", "-p", "lab"])
-        .current_dir(&paths.root)
         .output()
         .map_err(|e| format!("could not run cargo fmt: {e}"))?;
     if out.status.success() {
