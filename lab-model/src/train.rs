@@ -5,9 +5,9 @@
 //! `<!-- end -->`; retraining one rewrites its section only.
 
 use crate::CliResult;
-use lab_support::attack::{worst_case_sweep, Evaluation, Norm};
-use lab_support::blackbox::{square_attack, BlackBox, SquareConfig};
+use lab_support::attack::Norm;
 use lab_support::data::{data_dir, mnist, sha256_hex};
+use lab_support::evaluation::{evaluate, Attack, Evaluation};
 use lab_support::model::{Classifier, ROBUST_WEIGHTS_FILE, WEIGHTS_FILE};
 use lab_support::train::{train, AdversarialTraining, TrainConfig, TrainReport};
 use serde_json::json;
@@ -155,7 +155,33 @@ fn with_section(readme: &str, file: &str, body: &str) -> String {
     }
 }
 
-pub fn eval(which: &str, images: usize, eps: &[f32], steps: usize, restarts: usize, square: usize) -> CliResult<()> {
+/// What `cargo lab eval` runs: the strongest evaluation's attacks with the given settings, or
+/// the PGD evaluation the lab used before APGD.
+pub struct EvalSettings {
+    pub steps: usize,
+    pub restarts: usize,
+    pub targets: usize,
+    pub square: usize,
+    pub pgd: bool,
+}
+
+impl EvalSettings {
+    fn evaluation(&self) -> Evaluation {
+        if self.pgd {
+            return Evaluation::pgd(self.steps, self.restarts.max(2));
+        }
+        let mut attacks = vec![Attack::ApgdCe { steps: self.steps, restarts: self.restarts }];
+        if self.targets > 0 {
+            attacks.push(Attack::ApgdDlr { steps: self.steps, targets: self.targets });
+        }
+        if self.square > 0 {
+            attacks.push(Attack::Square { queries: self.square });
+        }
+        Evaluation { attacks }
+    }
+}
+
+pub fn eval(which: &str, images: usize, eps: &[f32], settings: &EvalSettings) -> CliResult<()> {
     let model = match which {
         "plain" => Classifier::pretrained(),
         "robust" => Classifier::robust(),
@@ -167,38 +193,31 @@ pub fn eval(which: &str, images: usize, eps: &[f32], steps: usize, restarts: usi
     }
     .map_err(|e| e.to_string())?;
     let test = mnist::test().and_then(|t| t.take(images.clamp(1, 10_000))).map_err(|e| e.to_string())?;
-    let evaluation = Evaluation { steps, restarts, ..Evaluation::strongest() };
-    let mut budgets = vec![0.0];
-    budgets.extend(eps.iter().copied().filter(|&e| e > 0.0));
-    eprintln!("{which}: worst case of {evaluation:?} on the first {} test digits, L-inf eps {budgets:?}", test.len());
-    let start = Instant::now();
-    let curve = worst_case_sweep(&model, &test, Norm::Linf, &budgets, &evaluation).map_err(|e| e.to_string())?;
-    let seconds = start.elapsed().as_secs_f64();
-    for p in &curve {
-        println!(
-            "{}",
-            json!({"model": which, "images": test.len(), "eps": p.eps, "accuracy": p.accuracy, "steps": steps, "restarts": restarts})
-        );
-    }
-    eprintln!("{:.0} s", seconds);
-    for &e in budgets.iter().filter(|&&e| e > 0.0 && square > 0) {
+    let evaluation = settings.evaluation();
+    let names: Vec<String> = evaluation.attacks.iter().map(Attack::name).collect();
+    eprintln!("{which}: worst case of {} on the first {} test digits", names.join(", "), test.len());
+    println!(
+        "{}",
+        json!({"model": which, "images": test.len(), "eps": 0.0, "accuracy": test_accuracy(&model, &test)?})
+    );
+    for &e in eps.iter().filter(|&&e| e > 0.0) {
         let start = Instant::now();
-        let mut standing = 0;
-        for first in (0..test.len()).step_by(500) {
-            let part = test.slice(first, 500).map_err(|e| e.to_string())?;
-            let config = SquareConfig { eps: e, max_queries: square, ..SquareConfig::default() };
-            let result = square_attack(&BlackBox::new(&model), &part.images, &part.labels, &config)
-                .map_err(|e| e.to_string())?;
-            standing += result.fooled.iter().filter(|&&f| !f).count();
-        }
-        let accuracy = standing as f32 / test.len() as f32;
+        let point = evaluate(&model, &test, Norm::Linf, &[e], &evaluation).map_err(|e| e.to_string())?.remove(0);
+        let seconds = start.elapsed().as_secs_f64();
+        let broken: serde_json::Map<String, serde_json::Value> =
+            point.broken_by.iter().map(|(name, count)| (name.clone(), json!(count))).collect();
         println!(
             "{}",
-            json!({"model": which, "images": test.len(), "eps": e, "square_accuracy": accuracy, "queries": square})
+            json!({"model": which, "images": test.len(), "eps": e, "accuracy": point.accuracy,
+                   "misread_clean": point.clean_errors, "broken_by": broken, "seconds": (seconds * 10.0).round() / 10.0})
         );
-        eprintln!("Square Attack at eps {e}: {:.0} s", start.elapsed().as_secs_f64());
+        eprintln!("eps {e}: {:.2}% robust, {:.0} s", 100.0 * point.accuracy, seconds);
     }
     Ok(())
+}
+
+fn test_accuracy(model: &Classifier, test: &lab_support::data::Dataset) -> CliResult<f32> {
+    model.accuracy(test).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -15,11 +15,12 @@
 //!
 //! Passing them does not prove a defense robust; failing one says its numbers cannot be trusted.
 
-use crate::attack::{pgd, worst_case_sweep, Evaluation, Norm, PgdConfig};
+use crate::attack::{pgd, Norm, PgdConfig};
 use crate::blackbox::{square_attack, BlackBox, SquareConfig};
 use crate::data::Dataset;
 use crate::error::{LabError, Result};
-use crate::grad::{AttackLoss, Objective};
+use crate::evaluation::{worst_case_sweep, Evaluation};
+use crate::grad::Objective;
 use crate::model::Classifier;
 use crate::plot::Table;
 use crate::validate::check_eps;
@@ -88,7 +89,7 @@ pub fn checklist(model: &Classifier, set: &Dataset, eps: f32) -> Result<Checklis
     };
     let large = pgd_steps(LARGE_EPS, 100)?;
     let (ten, hundred) = (pgd_steps(eps, 10)?, pgd_steps(eps, 100)?);
-    let evaluation = Evaluation { steps: 100, restarts: 1, losses: vec![AttackLoss::CrossEntropy, AttackLoss::Margin] };
+    let evaluation = Evaluation::pgd(100, 1);
     let white = worst_case_sweep(model, set, Norm::Linf, &[eps], &evaluation)?[0].accuracy;
     let black_box = BlackBox::new(model);
     let square = square_attack(

@@ -8,9 +8,11 @@
 //!   generator), [`validate`] (checks on what a user hands in).
 //! - [`data`] (datasets, IDX files, file integrity, images), [`model`] (the digit CNN, plain and
 //!   robust, with its fast CPU kernels), [`grad`] (gradients with respect to the *input*),
-//!   [`attack`] (FGSM, PGD with restarts, BPDA, targeted descent, robustness sweeps), [`blackbox`]
-//!   (a model you may only query, score-only attacks, transfer), [`train`] (gradient descent on
-//!   the weights, plain or adversarial), [`approx`] (the tiny approximator of Problem #1).
+//!   [`attack`] (FGSM, PGD with restarts, APGD, BPDA, targeted descent, a PGD robustness sweep),
+//!   [`blackbox`] (a model you may only query, score-only attacks, transfer), [`evaluation`] (the
+//!   worst case of white- and black-box attacks, digit by digit: one honest robustness figure),
+//!   [`train`] (gradient descent on the weights, plain or adversarial), [`approx`] (the tiny
+//!   approximator of Problem #1).
 //! - [`plot`] (charts that render inline in Jupyter and know no model), [`figures`] (the lab's own
 //!   figures: charts filled from a model's answers), [`checklist`] (sanity checks that flag
 //!   gradient masking).
@@ -31,6 +33,7 @@ pub mod approx;
 pub mod attack;
 pub mod blackbox;
 pub mod data;
+pub mod evaluation;
 pub mod grad;
 pub mod model;
 pub mod train;
@@ -50,8 +53,8 @@ pub use error::{LabError, Result};
 pub mod prelude {
     pub use crate::approx::{log2_points, Mlp};
     pub use crate::attack::{
-        bpda_pgd, epsilon_sweep, fgsm, pgd, targeted_descent, worst_case_sweep, AttackResult, DescentConfig,
-        Evaluation, Norm, PgdConfig, SweepPoint, TraceStep,
+        apgd, bpda_pgd, epsilon_sweep, fgsm, pgd, targeted_descent, ApgdConfig, ApgdLoss, AttackResult, DescentConfig,
+        Norm, PgdConfig, SweepPoint, TraceStep,
     };
     pub use crate::blackbox::{
         simba, square_attack, transfer_rates, BlackBox, QueryAttack, SimbaConfig, SquareConfig, TransferRates,
@@ -62,6 +65,7 @@ pub mod prelude {
         fashion_mnist, load_digit_png, load_drawing, load_image, mnist, photo, save_digit_png, Dataset,
     };
     pub use crate::error::{LabError, Result};
+    pub use crate::evaluation::{evaluate, robustness_table, worst_case_sweep, Attack, Evaluation, Robustness};
     pub use crate::figures::crafting_progress;
     pub use crate::grad::{
         clamp_pixels, input_gradient, noise_images, normalize_l2, per_image_l2, per_image_linf, project_l2,

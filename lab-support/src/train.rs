@@ -18,9 +18,10 @@
 //! # Ok::<(), lab_support::LabError>(())
 //! ```
 
-use crate::attack::{pgd_untraced, worst_case_sweep, Evaluation, Norm, PgdConfig};
+use crate::attack::{pgd_untraced, Norm, PgdConfig};
 use crate::data::{mnist, Dataset};
 use crate::error::{LabError, Result};
+use crate::evaluation::{worst_case_sweep, Evaluation};
 use crate::grad::Objective;
 use crate::model::{Classifier, PARAMETERS};
 use crate::rng::SeededRng;

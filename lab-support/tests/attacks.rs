@@ -190,3 +190,80 @@ fn assert_invalid<T: std::fmt::Debug>(result: lab_support::Result<T>, name: &str
         other => panic!("expected an InvalidArgument error for `{name}`, got {other:?}"),
     }
 }
+
+#[test]
+fn apgd_finds_adversarial_digits_that_fixed_step_pgd_misses_on_the_robust_model() {
+    let robust = Classifier::robust().unwrap();
+    let set = mnist::test().unwrap().take(200).unwrap();
+    let objective = Objective::untargeted(&set.labels).unwrap();
+    let steps = 20;
+    let fixed = PgdConfig { steps, step_size: 2.5 * 0.3 / steps as f32, ..PgdConfig::linf(0.3) };
+    let by_pgd = pgd(&robust, &set.images, &objective, &fixed).unwrap().successes(&robust, &objective).unwrap();
+    let by_apgd = apgd(&robust, &set.images, &objective, &ApgdConfig { steps, ..ApgdConfig::linf(0.3) })
+        .unwrap()
+        .successes(&robust, &objective)
+        .unwrap();
+    let count = |v: &[bool]| v.iter().filter(|&&f| f).count();
+    let only_apgd = by_pgd.iter().zip(&by_apgd).filter(|(&p, &a)| a && !p).count();
+    assert!(
+        count(&by_apgd) > count(&by_pgd) && only_apgd >= 1,
+        "APGD fooled {} digits, PGD {} (APGD alone: {only_apgd})",
+        count(&by_apgd),
+        count(&by_pgd)
+    );
+}
+
+#[test]
+fn apgd_stays_in_its_budget_and_is_the_same_run_for_a_seed() {
+    let model = model();
+    let set = mnist::test().unwrap().take(30).unwrap();
+    let objective = Objective::untargeted(&set.labels).unwrap();
+    for (config, norm_of) in [
+        (
+            ApgdConfig { steps: 15, ..ApgdConfig::linf(0.1) },
+            per_image_linf as fn(&Tensor) -> lab_support::Result<Tensor>,
+        ),
+        (ApgdConfig { steps: 15, ..ApgdConfig::l2(1.5) }, per_image_l2),
+        (
+            ApgdConfig { steps: 15, loss: ApgdLoss::TargetedDlr { rank: 2 }, restarts: 2, ..ApgdConfig::linf(0.1) },
+            per_image_linf,
+        ),
+    ] {
+        let a = apgd(&model, &set.images, &objective, &config).unwrap();
+        let b = apgd(&model, &set.images, &objective, &config).unwrap();
+        let same =
+            (&a.adversarial - &b.adversarial).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(same, 0.0, "{config:?}: two runs with one seed differ");
+        let moved =
+            norm_of(&(&a.adversarial - &set.images).unwrap()).unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(moved <= config.eps + 1e-5, "{config:?}: moved {moved}");
+        let (lo, hi) = (
+            a.adversarial.min_all().unwrap().to_scalar::<f32>().unwrap(),
+            a.adversarial.max_all().unwrap().to_scalar::<f32>().unwrap(),
+        );
+        assert!(lo >= 0.0 && hi <= 1.0, "{config:?}: pixels outside [0, 1]: {lo}..{hi}");
+        assert!(a.success_rate(&model, &objective).unwrap() > 0.0, "{config:?} fooled nothing");
+        let other = apgd(&model, &set.images, &objective, &ApgdConfig { random_start: Some(9), ..config }).unwrap();
+        let diff = (&a.adversarial - &other.adversarial).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() > 0.0, "{config:?}: another seed gave the same images");
+    }
+    let targeted = Objective::targeted(3, set.len()).unwrap();
+    let toward = apgd(&model, &set.images, &targeted, &ApgdConfig { steps: 30, ..ApgdConfig::linf(0.3) }).unwrap();
+    assert!(toward.success_rate(&model, &targeted).unwrap() >= 0.8, "targeted APGD reached 3 too rarely");
+}
+
+#[test]
+fn apgd_rejects_what_it_cannot_do() {
+    let model = model();
+    let set = mnist::test().unwrap().take(3).unwrap();
+    let labels = Objective::untargeted(&set.labels).unwrap();
+    let dlr = |rank| ApgdConfig { loss: ApgdLoss::TargetedDlr { rank }, ..ApgdConfig::linf(0.1) };
+    let err = apgd(&model, &set.images, &Objective::targeted(3, 3).unwrap(), &dlr(1)).unwrap_err();
+    assert!(err.to_string().contains("untargeted objective"), "{err}");
+    assert_invalid(apgd(&model, &set.images, &labels, &dlr(0)), "rank");
+    assert_invalid(apgd(&model, &set.images, &labels, &dlr(10)), "rank");
+    let err =
+        apgd(&model, &set.images, &labels, &ApgdConfig { restarts: 3, random_start: None, ..ApgdConfig::linf(0.1) });
+    assert!(assert_invalid(err, "restarts").contains("random_start"));
+    assert_invalid(apgd(&model, &set.images, &labels, &ApgdConfig::linf(-0.1)), "eps");
+}

@@ -1,8 +1,9 @@
 //! Adversarial training, the shipped robust model, and the stronger evaluation that judges it.
 
-use lab_support::attack::{epsilon_sweep, pgd, worst_case_sweep, Evaluation, Norm, PgdConfig};
+use lab_support::attack::{epsilon_sweep, pgd, Norm, PgdConfig};
 use lab_support::check::{self, check_trainable, Outcome, Verdict};
 use lab_support::data::mnist;
+use lab_support::evaluation::{worst_case_sweep, Evaluation};
 use lab_support::grad::{AttackLoss, Objective};
 use lab_support::model::Classifier;
 use lab_support::prelude::*;
@@ -72,8 +73,7 @@ fn the_worst_case_is_at_least_as_strong_as_one_pgd_run() {
     let set = mnist::test().unwrap().take(300).unwrap();
     let eps = [0.0, 0.06];
     let weak = epsilon_sweep(&model, &set, Norm::Linf, &eps, 10).unwrap();
-    let strong =
-        worst_case_sweep(&model, &set, Norm::Linf, &eps, &Evaluation { steps: 10, ..Evaluation::strongest() }).unwrap();
+    let strong = worst_case_sweep(&model, &set, Norm::Linf, &eps, &Evaluation::pgd(10, 2)).unwrap();
     assert_eq!(weak[0].accuracy, strong[0].accuracy, "clean accuracy differs");
     assert!(
         strong[1].accuracy < weak[1].accuracy,
@@ -81,10 +81,8 @@ fn the_worst_case_is_at_least_as_strong_as_one_pgd_run() {
         strong[1].accuracy,
         weak[1].accuracy
     );
-    let err =
-        worst_case_sweep(&model, &set, Norm::Linf, &eps, &Evaluation { losses: vec![], ..Evaluation::strongest() })
-            .unwrap_err();
-    assert!(err.to_string().contains("1 loss"), "{err}");
+    let err = worst_case_sweep(&model, &set, Norm::Linf, &eps, &Evaluation { attacks: vec![] }).unwrap_err();
+    assert!(err.to_string().contains("at least one attack"), "{err}");
 }
 
 #[test]
@@ -227,12 +225,44 @@ fn the_shipped_robust_model_is_accurate_and_holds_at_eps_0_3() {
     let test = mnist::test().unwrap();
     let clean = model.accuracy(&test).unwrap();
     assert!(clean >= 0.985, "clean accuracy {clean}");
-    // A quick guard (docs/models.md's numbers come from `cargo lab eval`, PGD-100 with restarts and
-    // two losses on all 10,000 digits): PGD-20 with both losses on 300 digits.
+    // A quick guard (data/models/README.md's numbers come from `cargo lab eval`, the strongest
+    // evaluation on all 10,000 digits): PGD-20 with both losses on 300 digits.
     let set = test.take(300).unwrap();
-    let evaluation = Evaluation { steps: 20, restarts: 1, ..Evaluation::strongest() };
+    let evaluation = Evaluation::pgd(20, 1);
     let curve = worst_case_sweep(&model, &set, Norm::Linf, &[0.3], &evaluation).unwrap();
     assert!(curve[0].accuracy >= 0.8, "robust accuracy at 0.3: {}", curve[0].accuracy);
     let plain_curve = worst_case_sweep(&plain(), &set, Norm::Linf, &[0.3], &evaluation).unwrap();
     assert!(plain_curve[0].accuracy < 0.05, "the plain model holds {} at 0.3?", plain_curve[0].accuracy);
+}
+
+#[test]
+fn the_ensemble_counts_every_digit_once_and_is_no_weaker_than_its_first_attack() {
+    use lab_support::evaluation::{evaluate, robustness_table, Attack};
+    let model = robust();
+    let set = mnist::test().unwrap().take(100).unwrap();
+    let light = evaluate(&model, &set, Norm::Linf, &[0.0, 0.3], &Evaluation::light()).unwrap();
+    let first_alone = Evaluation { attacks: vec![Evaluation::light().attacks[0]] };
+    let alone = evaluate(&model, &set, Norm::Linf, &[0.3], &first_alone).unwrap();
+    assert!(light[0].broken_by.is_empty() && light[1].broken_by.len() == 3, "{light:?}");
+    for p in &light {
+        let broken: usize = p.broken_by.iter().map(|(_, n)| n).sum();
+        let robust = (p.accuracy * set.len() as f32).round() as usize;
+        assert_eq!(robust + p.clean_errors + broken, set.len(), "a digit counted twice or lost: {p:?}");
+    }
+    assert_eq!(light[1].broken_by[0], alone[0].broken_by[0], "the first attack sees the same digits alone");
+    assert!(light[1].accuracy <= alone[0].accuracy && light[1].accuracy < light[0].accuracy, "{light:?} {alone:?}");
+    let table = format!("{:?}", robustness_table(&light));
+    assert!(table.contains("broken by Square Attack (1000 queries)"), "{table}");
+    // Square Attack is L-inf only: under L2 it is left out, not run at the wrong norm.
+    let l2 = evaluate(&model, &set.take(20).unwrap(), Norm::L2, &[1.0], &Evaluation::light()).unwrap();
+    assert!(l2[0].broken_by.iter().all(|(name, _)| !name.contains("Square")), "{l2:?}");
+    let err = evaluate(
+        &model,
+        &set,
+        Norm::Linf,
+        &[0.3],
+        &Evaluation { attacks: vec![Attack::ApgdDlr { steps: 10, targets: 10 }] },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("nine wrong classes"), "{err}");
 }

@@ -220,7 +220,7 @@ fn run_own<T>(todo: &'static str, whole_job: &[&'static str], f: impl FnOnce() -
 }
 
 /// The lab's functions that read a model's gradient: off limits to a score-only attack.
-const WHITE_BOX: [&str; 5] = ["input_gradient", "fgsm", "pgd", "bpda_pgd", "targeted_descent"];
+const WHITE_BOX: [&str; 6] = ["input_gradient", "fgsm", "pgd", "apgd", "bpda_pgd", "targeted_descent"];
 
 /// [`run_own`] that also fails a function that called one of `white_box`, the lab's functions a
 /// score-only attack may not use.

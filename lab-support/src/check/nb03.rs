@@ -166,8 +166,9 @@ where
         let model = Classifier::pretrained()?;
         let (x, label) = mnist::test()?.get(0)?;
         let (target, eps, steps, step_size) = ((label + 1) % 10, 0.15f32, 30usize, 0.02);
-        let history =
-            run_own(TODO, &["targeted_descent", "pgd", "bpda_pgd"], || f(&model, &x, target, eps, steps, step_size))?;
+        let history = run_own(TODO, &["targeted_descent", "pgd", "apgd", "bpda_pgd"], || {
+            f(&model, &x, target, eps, steps, step_size)
+        })?;
         if history.len() != steps && history.len() != steps + 1 {
             return Ok(Verdict::fail(
                 TODO,
@@ -286,7 +287,7 @@ where
         let mut moved_least = f32::MAX;
         for i in 0..n {
             let (x, label) = test.get(i)?;
-            let got = run_own(TODO, &["pgd", "bpda_pgd"], || f(&model, &x, label, eps, steps, step_size))?;
+            let got = run_own(TODO, &["pgd", "apgd", "bpda_pgd"], || f(&model, &x, label, eps, steps, step_size))?;
             if let Some(v) = mismatch(TODO, &got, &x, "an image", "return the attacked image, shaped like x") {
                 return Ok(v);
             }

@@ -1,5 +1,7 @@
-//! Reference attacks: the seed's targeted gradient descent on the input, FGSM and PGD (with random
-//! restarts and a margin loss), and robustness curves ([`epsilon_sweep`], [`worst_case_sweep`]).
+//! Reference attacks: the seed's targeted gradient descent on the input, FGSM, PGD (with random
+//! restarts and a margin loss), [`apgd`] (PGD that picks its own step size), and a robustness
+//! curve under PGD ([`epsilon_sweep`]). The worst case of several attacks, digit by digit, is
+//! [`crate::evaluation`]'s.
 //!
 //! All of them keep the model's weights fixed and move the pixels against the gradient of an
 //! [`Objective`]. Each returns an [`AttackResult`]: the adversarial batch and a per-step trace of
@@ -26,6 +28,9 @@ use crate::grad::{
 use crate::model::Classifier;
 use crate::validate::{check_batch, check_eps, check_finite_positive, check_steps};
 use candle_core::{Tensor, D};
+
+mod apgd;
+pub use apgd::{apgd, ApgdConfig, ApgdLoss};
 
 /// One line of an attack's trace: the state of the batch *before* step `step` (the last line is
 /// the final state).
@@ -207,8 +212,25 @@ fn pgd_with(
     check_eps(config.eps)?;
     check_steps(config.steps)?;
     check_restarts(config)?;
-    let mut result = pgd_once(model, images, objective, config, config.random_start, true, bpda)?;
-    for restart in 1..config.restarts {
+    let first = pgd_once(model, images, objective, config, config.random_start, true, bpda)?;
+    with_restarts(model, images, objective, config.restarts, first, |images, objective, restart| {
+        let seed = config.random_start.map(|s| s.wrapping_add(restart as u64));
+        pgd_once(model, images, objective, config, seed, true, bpda)
+    })
+}
+
+/// Runs `again(images, objective, restart)` for restarts `1..restarts`, each on the images no
+/// earlier run fooled, and keeps for each image the first run that fooled the model. The trace is
+/// the first run's.
+pub(crate) fn with_restarts(
+    model: &Classifier,
+    images: &Tensor,
+    objective: &Objective,
+    restarts: usize,
+    mut result: AttackResult,
+    mut again: impl FnMut(&Tensor, &Objective, usize) -> Result<AttackResult>,
+) -> Result<AttackResult> {
+    for restart in 1..restarts {
         let fooled = result.successes(model, objective)?;
         let left: Vec<u32> = (0..fooled.len() as u32).filter(|&i| !fooled[i as usize]).collect();
         if left.is_empty() {
@@ -218,10 +240,9 @@ fn pgd_with(
         let classes = left.iter().map(|&i| objective.classes()[i as usize]).collect();
         let sub_objective =
             if objective.is_targeted() { Objective::Targeted(classes) } else { Objective::Untargeted(classes) };
-        let seed = config.random_start.map(|s| s.wrapping_add(restart as u64));
-        let again = pgd_once(model, &images.index_select(&idx, 0)?, &sub_objective, config, seed, true, bpda)?;
+        let run = again(&images.index_select(&idx, 0)?, &sub_objective, restart)?;
         result.adversarial =
-            result.adversarial.index_add(&idx, &(again.adversarial - result.adversarial.index_select(&idx, 0)?)?, 0)?;
+            result.adversarial.index_add(&idx, &(run.adversarial - result.adversarial.index_select(&idx, 0)?)?, 0)?;
     }
     Ok(result)
 }
@@ -355,100 +376,6 @@ pub fn epsilon_sweep(
             };
             let predictions = model.predict(&attacked)?;
             *count += predictions.iter().zip(objective.classes()).filter(|(p, &c)| p.class == c as usize).count();
-        }
-    }
-    progress.finish();
-    Ok(eps.iter().zip(correct).map(|(&eps, c)| SweepPoint { eps, accuracy: c as f32 / set.len() as f32 }).collect())
-}
-
-/// How hard [`worst_case_sweep`] tries: for each digit, PGD with `steps` steps of `2.5 eps / steps`,
-/// `restarts` random starts, once per loss in `losses`; the digit counts as robust only if every
-/// one of those runs fails.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Evaluation {
-    pub steps: usize,
-    pub restarts: usize,
-    pub losses: Vec<AttackLoss>,
-}
-
-impl Evaluation {
-    /// The strongest evaluation the lab runs: PGD-100, 2 random starts, cross-entropy and margin
-    /// (4 runs of 100 steps on every digit that survives).
-    pub fn strongest() -> Self {
-        Evaluation { steps: 100, restarts: 2, losses: vec![AttackLoss::CrossEntropy, AttackLoss::Margin] }
-    }
-
-    /// A quick one for monitoring and notebooks: PGD-`steps`, one start, cross-entropy.
-    pub fn quick(steps: usize) -> Self {
-        Evaluation { steps, restarts: 1, losses: vec![AttackLoss::CrossEntropy] }
-    }
-}
-
-/// The robustness curve under the worst case of several attacks: for each budget in `eps`, the
-/// fraction of `set` that no attack of `evaluation` could make the model misclassify.
-///
-/// A weak attack flatters a defense: a digit that survives one PGD run may fall to a second start
-/// or another loss. Each further run attacks only the digits still standing, so the cost falls as
-/// the model fails. In batches of 500.
-pub fn worst_case_sweep(
-    model: &Classifier,
-    set: &Dataset,
-    norm: Norm,
-    eps: &[f32],
-    evaluation: &Evaluation,
-) -> Result<Vec<SweepPoint>> {
-    if set.is_empty() {
-        return Err(LabError::invalid("set", "an empty dataset", "at least one image"));
-    }
-    if evaluation.steps == 0 || evaluation.losses.is_empty() {
-        return Err(LabError::invalid("evaluation", format!("{evaluation:?}"), "at least 1 step and 1 loss"));
-    }
-    check_steps(evaluation.steps)?;
-    eps.iter().try_for_each(|&e| check_eps(e))?;
-    let base = PgdConfig { norm, steps: evaluation.steps, restarts: evaluation.restarts, ..PgdConfig::linf(1.0) };
-    check_restarts(&base)?;
-    let attacks = set.len().div_ceil(500) * eps.iter().filter(|&&e| e > 0.0).count();
-    let mut progress = crate::notebook::Progress::new(
-        format!(
-            "worst case of {} PGD-{} run(s) on {} digits at {} budgets",
-            evaluation.restarts * evaluation.losses.len(),
-            evaluation.steps,
-            set.len(),
-            eps.len()
-        ),
-        attacks,
-    );
-    let (mut correct, mut done) = (vec![0usize; eps.len()], 0);
-    for start in (0..set.len()).step_by(500) {
-        let part = set.slice(start, 500.min(set.len() - start))?;
-        let labels = Objective::untargeted(&part.labels)?.classes().to_vec();
-        let clean = model.predict(&part.images)?;
-        for (count, &e) in correct.iter_mut().zip(eps) {
-            // Indices of the digits still classified correctly.
-            let mut standing: Vec<u32> =
-                (0..labels.len() as u32).filter(|&i| clean[i as usize].class == labels[i as usize] as usize).collect();
-            if e > 0.0 {
-                for (k, &loss) in evaluation.losses.iter().enumerate() {
-                    if standing.is_empty() {
-                        break;
-                    }
-                    let idx = Tensor::new(standing.as_slice(), part.images.device())?;
-                    let images = part.images.index_select(&idx, 0)?;
-                    let objective = Objective::Untargeted(standing.iter().map(|&i| labels[i as usize]).collect());
-                    let config = PgdConfig {
-                        eps: e,
-                        step_size: 2.5 * e / evaluation.steps as f32,
-                        loss,
-                        random_start: Some(1000 * k as u64),
-                        ..base
-                    };
-                    let fooled = pgd(model, &images, &objective, &config)?.successes(model, &objective)?;
-                    standing = standing.into_iter().zip(fooled).filter(|(_, f)| !f).map(|(i, _)| i).collect();
-                }
-                done += 1;
-                progress.update(done);
-            }
-            *count += standing.len();
         }
     }
     progress.finish();
