@@ -288,8 +288,8 @@ fn apgd_once(
         previous = x;
         x = next.detach();
         let there = climb(model, &x, objective, targets)?;
-        for i in 0..n {
-            rises[i] += (there.gain[i] > here.gain[i]) as usize;
+        for (rise, (now, before)) in rises.iter_mut().zip(there.gain.iter().zip(&here.gain)) {
+            *rise += (now > before) as usize;
         }
         let improved: Vec<bool> = (0..n).map(|i| there.gain[i] > best_gain[i]).collect();
         if improved.iter().any(|&b| b) {
