@@ -2,7 +2,8 @@
 //! Adversarial Robustness": a defense whose white-box numbers fail them is probably hiding its
 //! gradient, not resisting attacks.
 //!
-//! [`checklist`] runs three on any model and budget:
+//! [`checklist`] runs five on any model and budget, the first three from Carlini et al., the last two
+//! among the flags AutoAttack (Croce & Hein 2020) raises when an evaluation looks unreliable:
 //!
 //! 1. **A large budget wins.** At L-inf 0.5 an attacker may turn every pixel mid-grey, wiping out
 //!    the digit, so PGD must bring accuracy near 0 (at most 10%). If it cannot, the attack is not
@@ -10,8 +11,15 @@
 //! 2. **More steps do not help the defense.** Accuracy under PGD-100 must not be above PGD-10's
 //!    (by more than a point): an attack that gets worse with more work is not converging.
 //! 3. **A black box does not beat the white box.** Square Attack sees only probabilities; the
-//!    white-box attacks see the weights. If Square Attack fools more digits (by more than 2
-//!    points), the gradients the white-box attacks followed were misleading.
+//!    white-box attacks (APGD with cross-entropy and with the targeted DLR loss) see the weights.
+//!    If Square Attack fools more digits (by more than 2 points), the gradients the white-box
+//!    attacks followed were misleading.
+//! 4. **The gradient is not zero.** At the clean digits, the input gradient must not be exactly
+//!    zero for more than 5% of them: a zero gradient leaves every gradient attack standing still,
+//!    whatever the network could be made to do.
+//! 5. **More restarts do not help.** APGD from 5 random starts must not break more than a point
+//!    more digits than from 1: an attack that keeps finding more with every restart has not
+//!    converged, and its number is not the model's.
 //!
 //! Passing them does not prove a defense robust; failing one says its numbers cannot be trusted.
 
@@ -19,8 +27,8 @@ use crate::attack::{pgd, Norm, PgdConfig};
 use crate::blackbox::{square_attack, BlackBox, SquareConfig};
 use crate::data::Dataset;
 use crate::error::{LabError, Result};
-use crate::evaluation::{worst_case_sweep, Evaluation};
-use crate::grad::Objective;
+use crate::evaluation::{worst_case_sweep, Attack, Evaluation};
+use crate::grad::{input_gradient, per_image_l2, Objective};
 use crate::model::Classifier;
 use crate::plot::Table;
 use crate::validate::check_eps;
@@ -70,9 +78,13 @@ impl Checklist {
     }
 }
 
-/// Runs the three checks (see the module docs) on `model` at budget `eps`, on the digits of `set`:
-/// PGD-10 and PGD-100 with cross-entropy, the worst case of PGD-100 with cross-entropy and with the
-/// margin loss, and Square Attack with 1,000 queries per digit.
+/// The share of digits whose input gradient may be exactly zero before check 4 flags it.
+pub const ZERO_GRADIENT_SHARE: f32 = 0.05;
+
+/// Runs the five checks (see the module docs) on `model` at budget `eps`, on the digits of `set`:
+/// PGD-10 and PGD-100 with cross-entropy, the worst case of APGD-CE (100 steps) and APGD-DLR (100
+/// steps, 3 targets), Square Attack with 1,000 queries per digit, the input gradient at the
+/// clean digits, and APGD-CE from 1 and from 5 random starts.
 pub fn checklist(model: &Classifier, set: &Dataset, eps: f32) -> Result<Checklist> {
     check_eps(eps)?;
     if set.is_empty() || set.len() > 2000 {
@@ -89,7 +101,9 @@ pub fn checklist(model: &Classifier, set: &Dataset, eps: f32) -> Result<Checklis
     };
     let large = pgd_steps(LARGE_EPS, 100)?;
     let (ten, hundred) = (pgd_steps(eps, 10)?, pgd_steps(eps, 100)?);
-    let evaluation = Evaluation::pgd(100, 1);
+    let evaluation = Evaluation {
+        attacks: vec![Attack::ApgdCe { steps: 100, restarts: 1 }, Attack::ApgdDlr { steps: 100, targets: 3 }],
+    };
     let white = worst_case_sweep(model, set, Norm::Linf, &[eps], &evaluation)?[0].accuracy;
     let black_box = BlackBox::new(model);
     let square = square_attack(
@@ -99,25 +113,53 @@ pub fn checklist(model: &Classifier, set: &Dataset, eps: f32) -> Result<Checklis
         &SquareConfig { eps, max_queries: 1000, ..SquareConfig::default() },
     )?;
     let black = model.accuracy_on(&square.adversarial, &set.labels)?;
+    let gradient = input_gradient(model, &set.images, &objective)?;
+    let zero =
+        per_image_l2(&gradient.grad)?.to_vec1::<f32>()?.iter().filter(|&&n| n == 0.0).count() as f32 / set.len() as f32;
+    let starts = |restarts: usize| -> Result<f32> {
+        let apgd = Evaluation { attacks: vec![Attack::ApgdCe { steps: 100, restarts }] };
+        Ok(worst_case_sweep(model, set, Norm::Linf, &[eps], &apgd)?[0].accuracy)
+    };
+    let (one_start, five_starts) = (starts(1)?, starts(5)?);
     let pct = |a: f32| format!("{:.1}%", 100.0 * a);
+    // Accuracies in tenths of a point, so that a tolerance of exactly one point is one point.
+    let tenths = |a: f32| (1000.0 * a).round() as i64;
     let items = vec![
         ChecklistItem {
             name: "a large budget wins",
-            passed: large <= 0.10,
+            passed: tenths(large) <= 100,
             detail: format!("accuracy under PGD-100 at eps {LARGE_EPS}: {} (must be at most 10%)", pct(large)),
         },
         ChecklistItem {
             name: "more steps do not help the defense",
-            passed: hundred <= ten + 0.01,
+            passed: tenths(hundred) <= tenths(ten) + 10,
             detail: format!("at eps {eps}: PGD-10 {}, PGD-100 {}", pct(ten), pct(hundred)),
         },
         ChecklistItem {
             name: "a black box does not beat the white box",
-            passed: black >= white - 0.02,
+            passed: tenths(black) >= tenths(white) - 20,
             detail: format!(
-                "at eps {eps}: white box (PGD-100, both losses) {}, Square Attack (1,000 queries) {}",
+                "at eps {eps}: white box (APGD, CE and DLR) {}, Square Attack (1,000 queries) {}",
                 pct(white),
                 pct(black)
+            ),
+        },
+        ChecklistItem {
+            name: "the gradient is not zero",
+            passed: zero <= ZERO_GRADIENT_SHARE,
+            detail: format!(
+                "input gradient exactly zero at {} of the clean digits (must be at most {})",
+                pct(zero),
+                pct(ZERO_GRADIENT_SHARE)
+            ),
+        },
+        ChecklistItem {
+            name: "more restarts do not help",
+            passed: tenths(five_starts) >= tenths(one_start) - 10,
+            detail: format!(
+                "at eps {eps}: APGD-CE from 1 start {}, from 5 starts {}",
+                pct(one_start),
+                pct(five_starts)
             ),
         },
     ];

@@ -143,6 +143,7 @@ fn the_checklist_flags_the_quantized_model_and_passes_the_robust_one() {
     let masked = checklist(&check::quantized_model().unwrap(), &set, 0.2).unwrap();
     assert!(!masked.items[0].passed, "{masked:?}");
     assert!(!masked.items[2].passed, "{masked:?}");
+    assert!(!masked.items[3].passed, "rounding leaves no gradient: {masked:?}");
     let robust = checklist(&Classifier::robust().unwrap(), &set, 0.2).unwrap();
     assert!(robust.passed(), "{robust:?}");
 }
