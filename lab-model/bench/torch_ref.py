@@ -102,6 +102,54 @@ class Bench:
         return loss.item()
 
 
+def autoattack(weights, inputs, eps, seed):
+    """The reference evaluation: AutoAttack's standard version (Croce & Hein 2020) on the lab CNN,
+    built from torchattacks' own attacks with the original's settings (APGD-CE and APGD-T with 100
+    steps, APGD-T and FAB-T against the 9 other classes, Square with 5,000 queries), each on the
+    digits the earlier ones left standing. torchattacks' `AutoAttack` class leaves the steps at
+    its default of 10; the original runs 100."""
+    import torchattacks  # the bench's --eval only
+
+    model = LabCnn()
+    model.load_state_dict(load_file(weights))
+    model.eval().requires_grad_(False)
+    data = load_file(inputs)
+    x, y = data["images"].float().contiguous(), data["labels"].long()
+    common = {"norm": "Linf", "eps": eps, "seed": seed, "n_restarts": 1}
+    attacks = [
+        ("APGD-CE", torchattacks.APGD(model, steps=100, loss="ce", **common)),
+        ("APGD-T", torchattacks.APGDT(model, steps=100, n_classes=10, **common)),
+        ("FAB-T", torchattacks.FAB(model, steps=100, multi_targeted=True, n_classes=10, **common)),
+        ("Square", torchattacks.Square(model, n_queries=5000, **common)),
+    ]
+    with torch.no_grad():
+        standing = model(x).argmax(1) == y
+    clean_errors = int((~standing).sum())
+    broken, seconds = {}, {}
+    for name, attack in attacks:
+        idx = standing.nonzero().flatten()
+        start = time.perf_counter()
+        if len(idx) > 0:
+            adv = attack(x[idx], y[idx]).detach()
+            moved = float((adv - x[idx]).abs().max())
+            if moved > eps + 1e-5 or float(adv.min()) < 0.0 or float(adv.max()) > 1.0:
+                raise ValueError(f"{name} left its budget: moved {moved} at eps {eps}")
+            with torch.no_grad():
+                wrong = model(adv).argmax(1) != y[idx]
+            standing[idx[wrong]] = False
+            broken[name] = int(wrong.sum())
+        else:
+            broken[name] = 0
+        seconds[name] = time.perf_counter() - start
+    return {
+        "accuracy": float(standing.float().mean()),
+        "clean_errors": clean_errors,
+        "broken_by": broken,
+        "seconds": seconds,
+        "torchattacks": torchattacks.__version__,
+    }
+
+
 def main():
     bench = None
     for line in sys.stdin:
@@ -112,6 +160,8 @@ def main():
                 answer = {"torch": torch.__version__, "threads": torch.get_num_threads()}
             elif cmd["cmd"] == "check":
                 answer = bench.check(cmd["out"])
+            elif cmd["cmd"] == "autoattack":
+                answer = autoattack(cmd["weights"], cmd["inputs"], cmd["eps"], cmd["seed"])
             elif cmd["cmd"] == "time":
                 answer = bench.time(cmd["case"], cmd["batch"], cmd["iters"])
             else:

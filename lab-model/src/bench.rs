@@ -50,14 +50,14 @@ const CASES: [Case; 5] = [
 const ADV_EPS: f32 = 0.3;
 
 /// The PyTorch process.
-struct Torch {
+pub(crate) struct Torch {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
 }
 
 impl Torch {
-    fn start(python: &Path) -> CliResult<Self> {
+    pub(crate) fn start(python: &Path) -> CliResult<Self> {
         let mut child = Command::new(python)
             .arg(crate::repo_root().join(SCRIPT))
             .stdin(Stdio::piped())
@@ -72,7 +72,7 @@ impl Torch {
         })
     }
 
-    fn ask(&mut self, command: Value) -> CliResult<Value> {
+    pub(crate) fn ask(&mut self, command: Value) -> CliResult<Value> {
         writeln!(self.stdin, "{command}").map_err(|e| format!("the PyTorch process stopped listening: {e}"))?;
         let mut line = String::new();
         self.stdout.read_line(&mut line).map_err(|e| format!("no answer from the PyTorch process: {e}"))?;

@@ -4,6 +4,7 @@
 
 mod bench;
 mod train;
+mod yardstick;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -90,6 +91,16 @@ enum Command {
         /// Also time a PGD-40 robustness sweep over all 10,000 test digits (a few minutes).
         #[arg(long)]
         sweep: bool,
+        /// Instead, compare the lab's strongest evaluation with a reference AutoAttack on the first
+        /// 500 test digits.
+        #[arg(long)]
+        eval: bool,
+        /// With --eval: the models to compare, `robust`, `plain` or both (the robust model first).
+        #[arg(long, value_delimiter = ',', default_value = "robust,plain")]
+        models: Vec<String>,
+        /// With --eval: the L-inf budgets, comma-separated (each row prints as soon as it is done).
+        #[arg(long, value_delimiter = ',', default_value = "0.3,0.2,0.1")]
+        budgets: Vec<f32>,
     },
 }
 
@@ -110,7 +121,8 @@ fn main() -> ExitCode {
         Command::Eval { model, images, eps, steps, restarts, targets, square, pgd } => {
             train::eval(&model, images, &eps, &train::EvalSettings { steps, restarts, targets, square, pgd })
         }
-        Command::Bench { python, sweep } => bench::bench(&python, sweep),
+        Command::Bench { python, eval: true, models, budgets, .. } => yardstick::compare(&python, &models, &budgets),
+        Command::Bench { python, sweep, eval: false, .. } => bench::bench(&python, sweep),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,5 @@
 //! `cargo lab train` and `cargo lab eval`: retrain a shipped model, and judge one under the lab's
-//! strongest attack.
+//! strongest evaluation.
 //!
 //! Each model has its own section of `data/models/README.md`, between `<!-- model: FILE -->` and
 //! `<!-- end -->`; retraining one rewrites its section only.
@@ -136,7 +136,7 @@ fn section(file: &str, config: &TrainConfig, report: &TrainReport, hash: &str) -
             );
         }
         text +=
-            "\nIts robustness under the lab's strongest attack: `cargo lab eval --model robust` (see [docs/models.md](../../docs/models.md#measured-robustness-cargo-lab-eval)).\n";
+            "\nIts robustness under the lab's strongest evaluation: `cargo lab eval --model robust` (see [docs/models.md](../../docs/models.md#measured-robustness-cargo-lab-eval)).\n";
     }
     text
 }

@@ -75,6 +75,12 @@ enum Command {
         /// Also time a PGD-40 robustness sweep over all 10,000 test digits (a few minutes).
         #[arg(long)]
         sweep: bool,
+        /// Instead, compare the lab's strongest evaluation with a reference AutoAttack (torchattacks,
+        /// installed with torch) on the first 500 test digits, both models, eps 0.3, 0.2, 0.1: same
+        /// weights, same digits, accuracy and time side by side, a line per row as it is done (hours
+        /// on 2 cores, nearly all of it the reference's; docs/models.md runs a single row).
+        #[arg(long)]
+        eval: bool,
         /// Instead, time the notebook kernel: its first cells after a start, small cells, and two
         /// kernels started together (about 3 minutes).
         #[arg(long)]
@@ -138,8 +144,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Judge a shipped model under the lab's strongest attack (`cargo lab eval --help` for its
-    /// options).
+    /// Judge a model under the lab's strongest evaluation: APGD-CE, APGD-DLR and Square Attack,
+    /// worst case per digit (`cargo lab eval --help` for its options).
     #[command(disable_help_flag = true)]
     Eval {
         /// Passed on to lab-model (the lab-model crate's binary).
@@ -178,11 +184,11 @@ fn main() -> ExitCode {
         }
         Command::Train { args } => model::forward("train", &args),
         Command::Eval { args } => model::forward("eval", &args),
-        Command::Bench { sweep, kernel } => {
+        Command::Bench { sweep, eval, kernel } => {
             if kernel {
                 bench::bench()
             } else {
-                model::bench(sweep)
+                model::bench(sweep, eval)
             }
         }
     };

@@ -24,12 +24,15 @@ pub fn forward(command: &str, args: &[String]) -> CliResult<()> {
 }
 
 /// `cargo lab bench`: torch into the venv (once), then lab-model's bench with the venv's python.
-pub fn bench(sweep: bool) -> CliResult<()> {
+pub fn bench(sweep: bool, eval: bool) -> CliResult<()> {
     let paths = Paths::new();
     ensure_torch(&paths)?;
     let mut args = vec!["--python".to_string(), paths.venv_bin("python").display().to_string()];
     if sweep {
         args.push("--sweep".into());
+    }
+    if eval {
+        args.push("--eval".into());
     }
     forward("bench", &args)
 }
@@ -38,7 +41,7 @@ pub fn bench(sweep: bool) -> CliResult<()> {
 fn ensure_torch(paths: &Paths) -> CliResult<()> {
     ensure_venv(paths, 1, 2)?;
     let have = Command::new(paths.venv_bin("python"))
-        .args(["-c", "import torch, safetensors"])
+        .args(["-c", "import torch, safetensors, scipy, torchattacks"])
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
@@ -54,5 +57,19 @@ fn ensure_torch(paths: &Paths) -> CliResult<()> {
             .args(["install", "--disable-pip-version-check", "-q", "-r"])
             .arg(paths.root.join(REQUIREMENTS)),
         "pip install torch",
+    )?;
+    // The reference AutoAttack of `--eval`, without the dependencies it pins (see the requirements).
+    run(
+        Command::new(paths.venv_bin("pip")).args([
+            "install",
+            "--disable-pip-version-check",
+            "-q",
+            "--no-deps",
+            TORCHATTACKS,
+        ]),
+        "pip install torchattacks",
     )
 }
+
+/// The reference implementation `cargo lab bench --eval` compares with.
+const TORCHATTACKS: &str = "torchattacks==3.5.1";
