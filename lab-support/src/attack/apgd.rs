@@ -24,7 +24,7 @@
 //! # Ok::<(), LabError>(())
 //! ```
 
-use super::{trace_line, with_restarts, AttackResult, Norm, TraceStep};
+use super::{check_restarts, trace_line, with_restarts, AttackResult, Norm, TraceStep};
 use crate::error::{LabError, Result};
 use crate::grad::{clamp_pixels, normalize_l2, project_l2, project_linf, uniform_noise, Objective};
 use crate::model::Classifier;
@@ -92,16 +92,7 @@ pub fn apgd(model: &Classifier, images: &Tensor, objective: &Objective, config: 
     objective.validate(images.dim(0)?)?;
     check_eps(config.eps)?;
     check_steps(config.steps)?;
-    if config.restarts == 0 || config.restarts > 1000 {
-        return Err(LabError::invalid("restarts", config.restarts, "between 1 (a single run) and 1000"));
-    }
-    if config.restarts > 1 && config.random_start.is_none() {
-        return Err(LabError::invalid(
-            "restarts",
-            config.restarts,
-            "1 without a random start: every run from the image itself is the same run. Set `random_start: Some(0)`",
-        ));
-    }
+    check_restarts(config.restarts, config.random_start)?;
     if let ApgdLoss::TargetedDlr { rank } = config.loss {
         if objective.is_targeted() {
             return Err(LabError::invalid(

@@ -211,7 +211,7 @@ fn pgd_with(
     objective.validate(images.dim(0)?)?;
     check_eps(config.eps)?;
     check_steps(config.steps)?;
-    check_restarts(config)?;
+    check_restarts(config.restarts, config.random_start)?;
     let first = pgd_once(model, images, objective, config, config.random_start, true, bpda)?;
     with_restarts(model, images, objective, config.restarts, first, |images, objective, restart| {
         let seed = config.random_start.map(|s| s.wrapping_add(restart as u64));
@@ -247,14 +247,15 @@ pub(crate) fn with_restarts(
     Ok(result)
 }
 
-fn check_restarts(config: &PgdConfig) -> Result<()> {
-    if config.restarts == 0 || config.restarts > 1000 {
-        return Err(LabError::invalid("restarts", config.restarts, "between 1 (a single run) and 1000"));
+/// Restarts between 1 and 1000, and more than 1 only from a random start (PGD's and APGD's rule).
+pub(crate) fn check_restarts(restarts: usize, random_start: Option<u64>) -> Result<()> {
+    if restarts == 0 || restarts > 1000 {
+        return Err(LabError::invalid("restarts", restarts, "between 1 (a single run) and 1000"));
     }
-    if config.restarts > 1 && config.random_start.is_none() {
+    if restarts > 1 && random_start.is_none() {
         return Err(LabError::invalid(
             "restarts",
-            config.restarts,
+            restarts,
             "1 without a random start: every run from the image itself is the same run. Set `random_start: Some(0)`",
         ));
     }
