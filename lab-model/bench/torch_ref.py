@@ -94,6 +94,29 @@ class Bench:
         self.opt.step()
         return loss.item()
 
+    def ibp_train_step(self, batch, _, eps=0.4, kappa=0.5):
+        """lab-support's certified training step: clean CE and IBP worst-case margin CE, then Adam."""
+        x, y = self.images[:batch], self.labels[:batch]
+        m = self.trained
+        lo, hi = (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0)
+        for conv in (m.conv1, m.conv2):
+            c, r = (lo + hi) / 2, (hi - lo) / 2
+            c, r = F.conv2d(c, conv.weight, conv.bias), F.conv2d(r, conv.weight.abs())
+            lo, hi = F.max_pool2d(F.relu(c - r), 2), F.max_pool2d(F.relu(c + r), 2)
+        lo, hi = lo.flatten(1), hi.flatten(1)
+        c, r = (lo + hi) / 2, (hi - lo) / 2
+        c, r = F.linear(c, m.fc1.weight, m.fc1.bias), F.linear(r, m.fc1.weight.abs())
+        lo, hi = F.relu(c - r), F.relu(c + r)
+        c, r = (lo + hi) / 2, (hi - lo) / 2
+        w, b = m.fc2.weight, m.fc2.bias
+        diff = w[y][:, None, :] - w[None, :, :]
+        margins = (diff * c[:, None, :]).sum(2) - (diff.abs() * r[:, None, :]).sum(2) + b[y][:, None] - b[None, :]
+        self.opt.zero_grad()
+        loss = kappa * F.cross_entropy(m(x), y) + (1 - kappa) * F.cross_entropy(-margins, y)
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
     def train_step(self, batch, _):
         self.opt.zero_grad()
         loss = F.cross_entropy(self.trained(self.images[:batch]), self.labels[:batch])

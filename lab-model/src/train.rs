@@ -8,21 +8,26 @@ use crate::CliResult;
 use lab_support::attack::Norm;
 use lab_support::data::{data_dir, mnist, sha256_hex};
 use lab_support::evaluation::{evaluate, Attack, Evaluation};
-use lab_support::model::{Classifier, ROBUST_WEIGHTS_FILE, WEIGHTS_FILE};
-use lab_support::train::{train, AdversarialTraining, TrainConfig, TrainReport};
+use lab_support::model::{Classifier, CERTIFIED_WEIGHTS_FILE, ROBUST_WEIGHTS_FILE, WEIGHTS_FILE};
+use lab_support::train::{train, AdversarialTraining, CertifiedTraining, TrainConfig, TrainReport};
 use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
 
-pub fn run(
-    epochs: Option<usize>,
-    seed: u64,
-    adversarial: Option<AdversarialTraining>,
-    learning_rate: f64,
-    trial: bool,
-) -> CliResult<()> {
-    let file = if adversarial.is_some() { ROBUST_WEIGHTS_FILE } else { WEIGHTS_FILE };
-    let epochs = epochs.unwrap_or(if adversarial.is_some() { 20 } else { TrainConfig::default().epochs });
+/// Which of the shipped models to train.
+pub enum Mode {
+    Plain,
+    Adversarial(AdversarialTraining),
+    Certified(CertifiedTraining),
+}
+
+pub fn run(epochs: Option<usize>, seed: u64, mode: Mode, learning_rate: f64, trial: bool) -> CliResult<()> {
+    let (file, default_epochs, adversarial, certified) = match mode {
+        Mode::Plain => (WEIGHTS_FILE, TrainConfig::default().epochs, None, None),
+        Mode::Adversarial(a) => (ROBUST_WEIGHTS_FILE, 20, Some(a), None),
+        Mode::Certified(c) => (CERTIFIED_WEIGHTS_FILE, 30, None, Some(c)),
+    };
+    let epochs = epochs.unwrap_or(default_epochs);
     let dir = data_dir();
     let out = if trial {
         crate::repo_root().join("target/train").join(Path::new(file).file_name().unwrap_or_default())
@@ -38,6 +43,7 @@ pub fn run(
         seed,
         learning_rate,
         adversarial,
+        certified,
         checkpoint: Some(checkpoint.clone()),
         ..TrainConfig::default()
     };
@@ -49,9 +55,10 @@ pub fn run(
         eprintln!("stopped early: {why}");
     }
     for v in &report.history {
+        let watched = if config.certified.is_some() { "heldout_certified" } else { "heldout_pgd10" };
         println!(
             "{}",
-            json!({"step": v.step, "seconds": v.seconds.round(), "eps": v.eps, "heldout_clean": v.clean, "heldout_pgd10": v.robust})
+            json!({"step": v.step, "seconds": v.seconds.round(), "eps": v.eps, "heldout_clean": v.clean, watched: v.robust})
         );
     }
     println!(
@@ -84,13 +91,24 @@ pub fn run(
 fn section(file: &str, config: &TrainConfig, report: &TrainReport, hash: &str) -> String {
     let name = Path::new(file).file_name().and_then(|n| n.to_str()).unwrap_or(file);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let (command, data, how) = match &config.adversarial {
-        None => (
+    let (command, data, how) = match (&config.adversarial, &config.certified) {
+        (_, Some(c)) => (
+            format!(
+                "`cargo lab train --certified --epochs {} --seed {} --eps {} --train-eps {} --kappa {} --warmup-epochs {} --ramp-epochs {} --learning-rate {}`",
+                config.epochs, config.seed, c.eps, c.train_eps, c.kappa, c.warmup_epochs, c.ramp_epochs, config.learning_rate
+            ),
+            "MNIST, the first 59,000 training images (the last 1,000 are held out to watch certified accuracy), no augmentation".to_string(),
+            format!(
+                "certified training, interval bound propagation (Gowal et al. 2018): loss = kappa x cross-entropy of the clean logits + (1 - kappa) x cross-entropy of the worst-case margins IBP proves over the L-inf box of radius eps_train; {} clean epoch(s), then over {} epoch(s) eps_train grows linearly from 0 to {} and kappa falls from 1 to {}",
+                c.warmup_epochs, c.ramp_epochs, c.train_eps, c.kappa
+            ),
+        ),
+        (None, None) => (
             format!("`cargo lab train --epochs {} --seed {}`", config.epochs, config.seed),
             "MNIST, 60,000 training images, no augmentation".to_string(),
             "plain training: cross-entropy on the clean batch".to_string(),
         ),
-        Some(a) => (
+        (Some(a), None) => (
             format!(
                 "`cargo lab train --adversarial --epochs {} --seed {} --eps {} --steps {} --step-ratio {} --ramp-epochs {} --learning-rate {}`",
                 config.epochs, config.seed, a.eps, a.steps, a.step_ratio, a.ramp_epochs, config.learning_rate
@@ -123,7 +141,20 @@ fn section(file: &str, config: &TrainConfig, report: &TrainReport, hash: &str) -
     if let Some(why) = &report.stopped_early {
         text += &format!("\nTraining stopped early: {why}.\n");
     }
-    if !report.history.is_empty() {
+    if let (false, Some(c)) = (report.history.is_empty(), &config.certified) {
+        text += &format!("\nHeld-out digits during training (clean, and certified by IBP at eps {}):\n\n| step | seconds | eps trained at | clean | certified |\n| --- | --- | --- | --- | --- |\n", c.eps);
+        for v in &report.history {
+            text += &format!(
+                "| {} | {:.0} | {:.3} | {:.3} | {:.3} |\n",
+                v.step,
+                v.seconds,
+                v.eps,
+                v.clean,
+                v.robust.unwrap_or(f32::NAN)
+            );
+        }
+        text += "\nCertified and empirical robustness: `cargo lab eval --certify --model certified` and `cargo lab eval --model certified`.\n";
+    } else if !report.history.is_empty() {
         text += "\nHeld-out digits during training (clean, and under PGD-10 at the full budget):\n\n| step | seconds | eps trained at | clean | PGD-10 |\n| --- | --- | --- | --- | --- |\n";
         for v in &report.history {
             text += &format!(
@@ -181,17 +212,42 @@ impl EvalSettings {
     }
 }
 
-pub fn eval(which: &str, images: usize, eps: &[f32], settings: &EvalSettings) -> CliResult<()> {
-    let model = match which {
+/// A shipped model by name, or weights from a file.
+fn load_model(which: &str) -> CliResult<Classifier> {
+    match which {
         "plain" => Classifier::pretrained(),
         "robust" => Classifier::robust(),
+        "certified" => Classifier::certified(),
         path => {
             let tensors = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
-                .map_err(|e| format!("--model {path}: {e} (give `plain`, `robust` or a .safetensors file)"))?;
+                .map_err(|e| format!("--model {path}: {e} (give `plain`, `robust`, `certified` or a .safetensors file)"))?;
             Classifier::from_tensors(tensors)
         }
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())
+}
+
+/// `cargo lab eval --certify`: certified accuracy per budget, by interval bound propagation.
+pub fn certify(which: &str, images: usize, eps: &[f32]) -> CliResult<()> {
+    let model = load_model(which)?;
+    let test = mnist::test().and_then(|t| t.take(images.clamp(1, 10_000))).map_err(|e| e.to_string())?;
+    eprintln!("{which}: certified by interval bound propagation on the first {} test digits", test.len());
+    println!("{}", json!({"model": which, "images": test.len(), "eps": 0.0, "accuracy": test_accuracy(&model, &test)?}));
+    for &e in eps {
+        let start = Instant::now();
+        let proved = lab_support::certify::certified_accuracy(&model, &test, e).map_err(|e| e.to_string())?;
+        let seconds = start.elapsed().as_secs_f64();
+        println!(
+            "{}",
+            json!({"model": which, "images": test.len(), "eps": e, "certified": proved, "seconds": (seconds * 100.0).round() / 100.0})
+        );
+        eprintln!("eps {e}: {:.2}% certified, {:.2} s", 100.0 * proved, seconds);
+    }
+    Ok(())
+}
+
+pub fn eval(which: &str, images: usize, eps: &[f32], settings: &EvalSettings) -> CliResult<()> {
+    let model = load_model(which)?;
     let test = mnist::test().and_then(|t| t.take(images.clamp(1, 10_000))).map_err(|e| e.to_string())?;
     let evaluation = settings.evaluation();
     let names: Vec<String> = evaluation.attacks.iter().map(Attack::name).collect();

@@ -32,6 +32,7 @@ pub mod validate;
 pub mod approx;
 pub mod attack;
 pub mod blackbox;
+pub mod certify;
 pub mod data;
 pub mod evaluation;
 pub mod grad;

@@ -268,7 +268,65 @@ fn simba_check_passes_a_solution_and_names_typical_mistakes() {
         }
         Ok(Tensor::from_vec(best, (1, 1, 28, 28), &Device::Cpu)?)
     };
-    assert_fails(&check::simba_attack(saturated), "not `p_true`");
+    assert_fails(&check::simba_attack(saturated), "p_true");
+    // The same trap as a new student wrote it (issue 26): one sign, pixels in order, a push kept
+    // when p_true is lower. It fooled 9 of the first 10 test digits, which have no saturated one.
+    let in_order = |b: &BlackBox, x: &Tensor, label: u32, eps: f32, max_queries: usize| -> Result<Tensor> {
+        let original = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut best = original.clone();
+        let ask = |p: &[f32]| -> Result<Vec<f32>> {
+            Ok(b.probabilities(&Tensor::from_vec(p.to_vec(), (1, 1, 28, 28), &Device::Cpu)?)?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
+        };
+        let mut p_best = ask(&best)?[label as usize];
+        for i in 0..(max_queries - 1).min(784) {
+            let mut c = best.clone();
+            c[i] = (original[i] + eps).clamp(0.0, 1.0);
+            let probs = ask(&c)?;
+            if probs[label as usize] < p_best {
+                p_best = probs[label as usize];
+                best = c;
+                if top1(&probs).class != label as usize {
+                    break;
+                }
+            }
+        }
+        Ok(Tensor::from_vec(best, (1, 1, 28, 28), &Device::Cpu)?)
+    };
+    assert_fails(&check::simba_attack(in_order), "comparing p_true itself");
+    // And with `<=`, which keeps every push on a saturated digit, the bad ones too.
+    let at_most = |b: &BlackBox, x: &Tensor, label: u32, eps: f32, max_queries: usize| -> Result<Tensor> {
+        let original = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut best = original.clone();
+        let ask = |p: &[f32]| -> Result<Vec<f32>> {
+            Ok(b.probabilities(&Tensor::from_vec(p.to_vec(), (1, 1, 28, 28), &Device::Cpu)?)?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
+        };
+        let (mut p_best, mut queries) = (ask(&best)?[label as usize], 1);
+        'pixels: for pixel in SeededRng::new(0).permutation(784) {
+            for sign in [1.0f32, -1.0] {
+                if queries >= max_queries {
+                    break 'pixels;
+                }
+                let mut c = best.clone();
+                c[pixel as usize] = (original[pixel as usize] + sign * eps).clamp(0.0, 1.0);
+                let probs = ask(&c)?;
+                queries += 1;
+                if probs[label as usize] <= p_best {
+                    p_best = probs[label as usize];
+                    best = c;
+                    if top1(&probs).class != label as usize {
+                        break 'pixels;
+                    }
+                    continue 'pixels;
+                }
+            }
+        }
+        Ok(Tensor::from_vec(best, (1, 1, 28, 28), &Device::Cpu)?)
+    };
+    assert_fails(&check::simba_attack(at_most), "not `p_true`");
 }
 
 /// The lab's BPDA attack, written as a student would.

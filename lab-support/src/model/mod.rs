@@ -38,6 +38,8 @@ use std::sync::Arc;
 pub const WEIGHTS_FILE: &str = "models/lab-cnn.safetensors";
 /// Where the adversarially trained weights live (`cargo lab train --adversarial`).
 pub const ROBUST_WEIGHTS_FILE: &str = "models/lab-cnn-robust.safetensors";
+/// Where the weights trained for certificates live (`cargo lab train --certified`).
+pub const CERTIFIED_WEIGHTS_FILE: &str = "models/lab-cnn-certified.safetensors";
 
 /// Every parameter of the network with its shape, in PyTorch's naming.
 pub const PARAMETERS: [(&str, &[usize]); 8] = [
@@ -95,6 +97,13 @@ impl Classifier {
     /// eps 0.3 (see `docs/models.md`), frozen and hash-checked.
     pub fn robust() -> Result<Self> {
         Self::load_from(&data_dir(), ROBUST_WEIGHTS_FILE)
+    }
+
+    /// The shipped certified model: the same network, trained with interval bound propagation so
+    /// that its robustness can be proved (see [`crate::certify`] and `docs/models.md`), frozen and
+    /// hash-checked.
+    pub fn certified() -> Result<Self> {
+        Self::load_from(&data_dir(), CERTIFIED_WEIGHTS_FILE)
     }
 
     /// Loads weights from `root/rel`, checked against `root/SHA256SUMS`.
