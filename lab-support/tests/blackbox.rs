@@ -357,6 +357,19 @@ fn bpda_check_passes_bpda_and_fails_an_attack_through_the_quantizer() {
         Ok(x_adv)
     };
     assert_fails(&check::bpda_attack(through), "differentiated through the quantizer");
+    // BPDA's gradient, but each step taken from the quantized image: small steps round back.
+    let from_quantized = |defended: &Classifier, x: &Tensor, labels: &Tensor, eps: f32| -> Result<Tensor> {
+        let (network, defense) = (defended.without_defense(), defended.defense().expect("a defended model"));
+        let objective = Objective::untargeted(labels)?;
+        let mut x_adv = x.clone();
+        for _ in 0..40 {
+            let seen = defense.apply(&x_adv)?;
+            let grad = input_gradient(&network, &seen, &objective)?.grad;
+            x_adv = clamp_pixels(&project_linf(&(seen - (grad.sign()? * (eps / 10.0) as f64)?)?, x, eps)?)?;
+        }
+        Ok(x_adv)
+    };
+    assert_fails(&check::bpda_attack(from_quantized), "step from `x_adv` itself");
     // The lab's PGD, naive, from a random start: moved, but the network sees the same digits.
     let naive = |d: &Classifier, x: &Tensor, labels: &Tensor, eps: f32| -> Result<Tensor> {
         Ok(pgd(d, x, &Objective::untargeted(labels)?, &PgdConfig::linf(eps))?.adversarial)

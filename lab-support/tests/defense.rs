@@ -171,6 +171,35 @@ fn adversarial_step_check_passes_the_reference_and_names_typical_mistakes() {
         }),
         "must attack",
     );
+    // Attacking, stepping on the attacked batch, and returning the clean one.
+    assert_fails_with(
+        check::adversarial_step(|m: &Classifier, opt: &mut candle_nn::AdamW, x: &Tensor, y: &Tensor, eps: f32| {
+            reference_adversarial_step(m, opt, x, y, eps)?;
+            Ok(x.clone())
+        }),
+        "you returned `x` itself",
+    );
+    // Gradient ascent on the weights.
+    assert_fails_with(
+        check::adversarial_step(|m: &Classifier, opt: &mut candle_nn::AdamW, x: &Tensor, y: &Tensor, eps: f32| {
+            let config = PgdConfig { steps: 7, step_size: 0.3 * eps, ..PgdConfig::linf(eps) };
+            let x_adv = pgd(&m.frozen(), x, &Objective::untargeted(y)?, &config)?.adversarial;
+            opt.backward_step(&loss::cross_entropy(&m.forward(&x_adv)?, y)?.neg()?)?;
+            Ok(x_adv)
+        }),
+        "climbed the loss",
+    );
+    // Probabilities fed to the loss.
+    assert_fails_with(
+        check::adversarial_step(|m: &Classifier, opt: &mut candle_nn::AdamW, x: &Tensor, y: &Tensor, eps: f32| {
+            let config = PgdConfig { steps: 7, step_size: 0.3 * eps, ..PgdConfig::linf(eps) };
+            let x_adv = pgd(&m.frozen(), x, &Objective::untargeted(y)?, &config)?.adversarial;
+            let probs = candle_nn::ops::softmax(&m.forward(&x_adv)?, D::Minus1)?;
+            opt.backward_step(&loss::cross_entropy(&probs, y)?)?;
+            Ok(x_adv)
+        }),
+        "fed probabilities",
+    );
     // Forgetting to project: steps that add up past eps.
     assert_fails_with(
         check::adversarial_step(|m: &Classifier, opt: &mut candle_nn::AdamW, x: &Tensor, y: &Tensor, eps: f32| {

@@ -79,7 +79,14 @@ where
         }
         let moved = max_abs_diff(&returned, &x)?;
         if moved < 1e-6 {
-            return Ok(Verdict::fail(TODO, "the attacked batch", "the clean batch, unchanged", "the inner step must attack `x` first: `pgd(&model.frozen(), x, &Objective::untargeted(y)?, &config)?.adversarial`"));
+            // Did the weights step on some other batch, an attacked one the function did not return?
+            let stepped_elsewhere = weights_moved(&vars, &plain)? && replay(&plain, &vars, &x, &y, Replay::Descent)? < 0.99;
+            let cause = if stepped_elsewhere {
+                "your weights stepped on a batch other than `x`, but you returned `x` itself: return the attacked batch your step was taken on (`Ok(x_adv)`)"
+            } else {
+                "the inner step must attack `x` first: `pgd(&model.frozen(), x, &Objective::untargeted(y)?, &config)?.adversarial`, then step on that batch and return it"
+            };
+            return Ok(Verdict::fail(TODO, "the attacked batch", "the clean batch, unchanged", cause));
         }
         if let Err(e) = crate::validate::check_batch(&returned, "the attacked batch") {
             return Ok(Verdict::fail(
@@ -114,18 +121,7 @@ where
             return Ok(Verdict::fail(TODO, format!("an attack that fools the untouched model on about {ref_fooled} of 64 digits, as the lab's PGD-7 does"), format!("{got_fooled} of 64 fooled"), cause));
         }
         // Which batch did the weights step on? Replay one Adam step from the same weights.
-        let after: Vec<Tensor> = vars.iter().map(|(_, v)| v.as_tensor().detach()).collect();
-        let replay = |images: &Tensor| -> Result<f32> {
-            use candle_nn::Optimizer;
-            let (m, vs, mut o) = check_trainable(plain.parameters())?;
-            o.backward_step(&candle_nn::loss::cross_entropy(&m.forward(images)?, &y)?)?;
-            agreement(&after, &vs)
-        };
-        let mut step_moved = 0f32;
-        for (name, v) in &vars {
-            step_moved = step_moved.max(max_abs_diff(v.as_tensor(), &plain.parameters()[name])?);
-        }
-        if step_moved == 0.0 {
+        if !weights_moved(&vars, &plain)? {
             return Ok(Verdict::fail(
                     TODO,
                     "the weights to take one optimiser step",
@@ -133,10 +129,15 @@ where
                     "after the attack, compute the loss with the model being trained, `model.forward(&x_adv)` (not `model.frozen()`, whose weights are cut off from the optimiser), and call `opt.backward_step(&loss)?`",
                 ));
         }
-        let (on_returned, on_clean) = (replay(&returned)?, replay(&x)?);
+        let on = |images: &Tensor, how: Replay| replay(&plain, &vars, images, &y, how);
+        let on_returned = on(&returned, Replay::Descent)?;
         if on_returned < 0.99 {
-            let cause = if on_clean >= 0.99 {
+            let cause = if on(&x, Replay::Descent)? >= 0.99 {
                 "the weights stepped on the clean batch `x`: the outer step must be taken on the attacked batch, `model.forward(&x_adv)`".to_string()
+            } else if on(&returned, Replay::Ascent)? >= 0.99 {
+                "your weight step climbed the loss (`loss.neg()`, or a gradient added instead of subtracted): the attack maximises the loss over the input, but the weights must *minimise* it: `opt.backward_step(&loss)?` on the cross-entropy itself".to_string()
+            } else if on(&returned, Replay::Probabilities)? >= 0.99 {
+                "you fed probabilities to the loss: `cross_entropy` takes the logits, `model.forward(&x_adv)?`, and applies the softmax itself (probabilities go through it twice, and their gradient almost vanishes)".to_string()
             } else {
                 format!("only {:.0}% of the weights moved as one Adam step on your returned batch would move them: take exactly one `opt.backward_step` on the cross-entropy of the attacked batch, and return that batch", 100.0 * on_returned)
             };
@@ -147,6 +148,45 @@ where
                 format!("your attack fools the untouched model on {got_fooled} of 64 digits within eps {eps} (the lab's PGD-7: {ref_fooled}), and the weights took one step on that attacked batch."),
             ))
     })
+}
+
+/// How a replayed weight step computes its loss from the logits.
+#[derive(Clone, Copy)]
+enum Replay {
+    /// The cross-entropy, descended: the step the TODO asks for.
+    Descent,
+    /// The cross-entropy, climbed (`loss.neg()`).
+    Ascent,
+    /// The cross-entropy of the softmax probabilities instead of the logits.
+    Probabilities,
+}
+
+/// Whether any of the student's weights moved away from `plain`'s.
+fn weights_moved(vars: &[(String, Var)], plain: &Classifier) -> Result<bool> {
+    for (name, v) in vars {
+        if max_abs_diff(v.as_tensor(), &plain.parameters()[name])? > 0.0 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// One Adam step from `plain`'s weights on `images`, computed `how`, and the fraction of the
+/// student's weights (`vars`) it reproduces (see [`agreement`]).
+fn replay(plain: &Classifier, vars: &[(String, Var)], images: &Tensor, y: &Tensor, how: Replay) -> Result<f32> {
+    use candle_nn::Optimizer;
+    let after: Vec<Tensor> = vars.iter().map(|(_, v)| v.as_tensor().detach()).collect();
+    let (m, vs, mut o) = check_trainable(plain.parameters())?;
+    let logits = m.forward(images)?;
+    let loss = match how {
+        Replay::Descent => candle_nn::loss::cross_entropy(&logits, y)?,
+        Replay::Ascent => candle_nn::loss::cross_entropy(&logits, y)?.neg()?,
+        Replay::Probabilities => {
+            candle_nn::loss::cross_entropy(&candle_nn::ops::softmax(&logits, candle_core::D::Minus1)?, y)?
+        }
+    };
+    o.backward_step(&loss)?;
+    agreement(&after, &vs)
 }
 
 /// The fraction of weights whose value after the student's step (`after`, in name order) equals

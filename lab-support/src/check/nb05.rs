@@ -207,8 +207,10 @@ where
         let defense = defended.defense().ok_or_else(|| LabError::Other("the check's model lost its defense".into()))?;
         let same_view = max_abs_diff(&defense.apply(&adv)?, &defense.apply(&set.images)?)? == 0.0;
         let clean = defended.accuracy_on(&set.images, &set.labels)?;
-        let cause = if unchanged || same_view {
-            "the digits look to the network exactly as before: the gradient you followed is zero, because you differentiated through the quantizer (its derivative is 0 almost everywhere). BPDA: run the true forward pass, but take the gradient of the network alone at the quantized image, `input_gradient(&defended.without_defense(), &defense.apply(&x_adv)?, &objective)?`, and step with it as if the quantizer were the identity. (Or each step starts again from the quantized image, where a step smaller than a grey level rounds back: step from `x_adv`)"
+        let cause = if unchanged {
+            "the digits came back exactly as they were: the gradient you followed is zero, because you differentiated through the quantizer (its derivative is 0 almost everywhere). BPDA: run the true forward pass, but take the gradient of the network alone at the quantized image, `input_gradient(&defended.without_defense(), &defense.apply(&x_adv)?, &objective)?`, and step with it as if the quantizer were the identity"
+        } else if same_view {
+            "the digits moved, but each rounds back to the grey levels of the clean digit: your steps start again from the quantized image, `defense.apply(&x_adv)`, where a step smaller than a grey level rounds back every time. Take the gradient at the quantized image, but step from `x_adv` itself: `x_adv - step * sign(grad)`, so that small steps add up"
         } else if accuracy >= clean {
             "the digits moved, but the model reads them at least as well as before: the steps go the wrong way. `Objective::untargeted` is a loss to *minimise* (log p_true): step `x_adv - step * sign(grad)`"
         } else {
