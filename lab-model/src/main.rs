@@ -35,6 +35,10 @@ enum Command {
         /// Certified training (interval bound propagation): writes lab-cnn-certified.safetensors.
         #[arg(long, conflicts_with = "adversarial")]
         certified: bool,
+        /// Train on digits with Gaussian noise of this standard deviation (0.25 or 0.5): a base
+        /// model for randomized smoothing, written to lab-cnn-noise-SIGMA.safetensors.
+        #[arg(long, conflicts_with_all = ["adversarial", "certified"])]
+        noise: Option<f32>,
         /// With --certified: the box trained at (default: the shipped recipe's).
         #[arg(long)]
         train_eps: Option<f32>,
@@ -134,6 +138,7 @@ fn main() -> ExitCode {
             seed,
             adversarial,
             certified,
+            noise,
             train_eps,
             kappa,
             warmup_epochs,
@@ -157,6 +162,8 @@ fn main() -> ExitCode {
             } else if adversarial {
                 let ramp_epochs = ramp_epochs.unwrap_or(AdversarialTraining::shipped().ramp_epochs);
                 train::Mode::Adversarial(AdversarialTraining { eps, steps, step_ratio, ramp_epochs })
+            } else if let Some(sigma) = noise {
+                train::Mode::Noise(sigma)
             } else {
                 train::Mode::Plain
             };

@@ -8,7 +8,7 @@ use crate::CliResult;
 use lab_support::attack::Norm;
 use lab_support::data::{data_dir, mnist, sha256_hex};
 use lab_support::evaluation::{evaluate, Attack, Evaluation};
-use lab_support::model::{Classifier, CERTIFIED_WEIGHTS_FILE, ROBUST_WEIGHTS_FILE, WEIGHTS_FILE};
+use lab_support::model::{Classifier, CERTIFIED_WEIGHTS_FILE, NOISE_WEIGHTS_FILES, ROBUST_WEIGHTS_FILE, WEIGHTS_FILE};
 use lab_support::train::{train, AdversarialTraining, CertifiedTraining, TrainConfig, TrainReport};
 use serde_json::json;
 use std::path::Path;
@@ -19,13 +19,23 @@ pub enum Mode {
     Plain,
     Adversarial(AdversarialTraining),
     Certified(CertifiedTraining),
+    /// Plain training on noisy digits, the noise's standard deviation.
+    Noise(f32),
 }
 
 pub fn run(epochs: Option<usize>, seed: u64, mode: Mode, learning_rate: f64, trial: bool) -> CliResult<()> {
+    let noise = match mode {
+        Mode::Noise(sigma) => Some(sigma),
+        _ => None,
+    };
     let (file, default_epochs, adversarial, certified) = match mode {
         Mode::Plain => (WEIGHTS_FILE, TrainConfig::default().epochs, None, None),
         Mode::Adversarial(a) => (ROBUST_WEIGHTS_FILE, 20, Some(a), None),
         Mode::Certified(c) => (CERTIFIED_WEIGHTS_FILE, 30, None, Some(c)),
+        Mode::Noise(sigma) => match NOISE_WEIGHTS_FILES.iter().find(|(s, _)| *s == sigma) {
+            Some((_, file)) => (*file, TrainConfig::default().epochs, None, None),
+            None => return Err(format!("--noise {sigma}: the lab ships base models for 0.25 and 0.5 only")),
+        },
     };
     let epochs = epochs.unwrap_or(default_epochs);
     let dir = data_dir();
@@ -44,6 +54,7 @@ pub fn run(epochs: Option<usize>, seed: u64, mode: Mode, learning_rate: f64, tri
         learning_rate,
         adversarial,
         certified,
+        noise,
         checkpoint: Some(checkpoint.clone()),
         ..TrainConfig::default()
     };
@@ -103,11 +114,18 @@ fn section(file: &str, config: &TrainConfig, report: &TrainReport, hash: &str) -
                 c.warmup_epochs, c.ramp_epochs, c.train_eps, c.kappa
             ),
         ),
-        (None, None) => (
-            format!("`cargo lab train --epochs {} --seed {}`", config.epochs, config.seed),
-            "MNIST, 60,000 training images, no augmentation".to_string(),
-            "plain training: cross-entropy on the clean batch".to_string(),
-        ),
+        (None, None) => match config.noise {
+            Some(sigma) => (
+                format!("`cargo lab train --noise {sigma} --epochs {} --seed {}`", config.epochs, config.seed),
+                format!("MNIST, 60,000 training images, each batch with Gaussian noise of standard deviation {sigma} added (not clamped)"),
+                "plain training on noisy digits: cross-entropy on the noisy batch, the base model of randomized smoothing".to_string(),
+            ),
+            None => (
+                format!("`cargo lab train --epochs {} --seed {}`", config.epochs, config.seed),
+                "MNIST, 60,000 training images, no augmentation".to_string(),
+                "plain training: cross-entropy on the clean batch".to_string(),
+            ),
+        },
         (Some(a), None) => (
             format!(
                 "`cargo lab train --adversarial --epochs {} --seed {} --eps {} --steps {} --step-ratio {} --ramp-epochs {} --learning-rate {}`",
@@ -219,8 +237,9 @@ fn load_model(which: &str) -> CliResult<Classifier> {
         "robust" => Classifier::robust(),
         "certified" => Classifier::certified(),
         path => {
-            let tensors = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
-                .map_err(|e| format!("--model {path}: {e} (give `plain`, `robust`, `certified` or a .safetensors file)"))?;
+            let tensors = candle_core::safetensors::load(path, &candle_core::Device::Cpu).map_err(|e| {
+                format!("--model {path}: {e} (give `plain`, `robust`, `certified` or a .safetensors file)")
+            })?;
             Classifier::from_tensors(tensors)
         }
     }
@@ -232,7 +251,10 @@ pub fn certify(which: &str, images: usize, eps: &[f32]) -> CliResult<()> {
     let model = load_model(which)?;
     let test = mnist::test().and_then(|t| t.take(images.clamp(1, 10_000))).map_err(|e| e.to_string())?;
     eprintln!("{which}: certified by interval bound propagation on the first {} test digits", test.len());
-    println!("{}", json!({"model": which, "images": test.len(), "eps": 0.0, "accuracy": test_accuracy(&model, &test)?}));
+    println!(
+        "{}",
+        json!({"model": which, "images": test.len(), "eps": 0.0, "accuracy": test_accuracy(&model, &test)?})
+    );
     for &e in eps {
         let start = Instant::now();
         let proved = lab_support::certify::certified_accuracy(&model, &test, e).map_err(|e| e.to_string())?;

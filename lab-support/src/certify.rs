@@ -264,8 +264,16 @@ mod tests {
         for k in 0..3 {
             let column = || z1.iter().map(|r| r[k]);
             let (min, max) = (column().fold(f64::INFINITY, f64::min), column().fold(f64::NEG_INFINITY, f64::max));
-            assert!((min - pre_lo[k]).abs() < 1e-9 && (max - pre_hi[k]).abs() < 1e-9, "layer 1 unit {k}: grid [{min}, {max}], bounds [{}, {}]", pre_lo[k], pre_hi[k]);
-            assert!(h.iter().all(|r| r[k] >= h_lo[k] - tol && r[k] <= h_hi[k] + tol), "hidden unit {k} leaves its bounds");
+            assert!(
+                (min - pre_lo[k]).abs() < 1e-9 && (max - pre_hi[k]).abs() < 1e-9,
+                "layer 1 unit {k}: grid [{min}, {max}], bounds [{}, {}]",
+                pre_lo[k],
+                pre_hi[k]
+            );
+            assert!(
+                h.iter().all(|r| r[k] >= h_lo[k] - tol && r[k] <= h_hi[k] + tol),
+                "hidden unit {k} leaves its bounds"
+            );
             let lowest = z2.iter().map(|r| r[1] - r[k]).fold(f64::INFINITY, f64::min);
             assert!(lowest >= margin_lo[k] - tol, "margin z_1 - z_{k}: grid reaches {lowest}, bound {}", margin_lo[k]);
         }
@@ -291,7 +299,18 @@ mod tests {
         let points = input.lo.broadcast_add(&(u * (2.0 * eps)).unwrap()).unwrap();
         let y = kernels::conv_relu_pool(&points, &w, &b).unwrap();
         assert!(out.contains(&y, 1e-12).unwrap(), "a point of the box left the conv block's bounds");
-        assert!(out.lo.broadcast_le(&out.hi).unwrap().to_dtype(DType::U32).unwrap().min_all().unwrap().to_scalar::<u32>().unwrap() == 1);
+        assert!(
+            out.lo
+                .broadcast_le(&out.hi)
+                .unwrap()
+                .to_dtype(DType::U32)
+                .unwrap()
+                .min_all()
+                .unwrap()
+                .to_scalar::<u32>()
+                .unwrap()
+                == 1
+        );
     }
 
     #[test]

@@ -99,12 +99,18 @@ pub fn checklist(model: &Classifier, set: &Dataset, eps: f32) -> Result<Checklis
         let config = PgdConfig { steps, step_size: 2.5 * eps / steps as f32, ..PgdConfig::linf(eps) };
         model.accuracy_on(&pgd(model, &set.images, &objective, &config)?.adversarial, &set.labels)
     };
+    // A line every stage or so: the whole list takes half a minute on 100 digits. The units are
+    // rough costs of each stage, in gradient steps per digit (Square Attack's queries are cheaper).
+    let mut progress = crate::notebook::Progress::new(format!("checklist on {} digits", set.len()), 1411);
     let large = pgd_steps(LARGE_EPS, 100)?;
+    progress.update(100);
     let (ten, hundred) = (pgd_steps(eps, 10)?, pgd_steps(eps, 100)?);
+    progress.update(210);
     let evaluation = Evaluation {
         attacks: vec![Attack::ApgdCe { steps: 100, restarts: 1 }, Attack::ApgdDlr { steps: 100, targets: 3 }],
     };
     let white_box = evaluate(model, set, Norm::Linf, &[eps], &evaluation)?.remove(0);
+    progress.update(610);
     let white = white_box.accuracy;
     // Its first attack is APGD-CE from one start, on the same digits with the same seed as below.
     let one_start = (set.len() - white_box.clean_errors - white_box.broken_by[0].1) as f32 / set.len() as f32;
@@ -116,11 +122,13 @@ pub fn checklist(model: &Classifier, set: &Dataset, eps: f32) -> Result<Checklis
         &SquareConfig { eps, max_queries: 1000, ..SquareConfig::default() },
     )?;
     let black = model.accuracy_on(&square.adversarial, &set.labels)?;
+    progress.update(910);
     let gradient = input_gradient(model, &set.images, &objective)?;
     let zero =
         per_image_l2(&gradient.grad)?.to_vec1::<f32>()?.iter().filter(|&&n| n == 0.0).count() as f32 / set.len() as f32;
     let five = Evaluation { attacks: vec![Attack::ApgdCe { steps: 100, restarts: 5 }] };
     let five_starts = worst_case_sweep(model, set, Norm::Linf, &[eps], &five)?[0].accuracy;
+    progress.finish();
     let pct = |a: f32| format!("{:.1}%", 100.0 * a);
     // Accuracies in tenths of a point, so that a tolerance of exactly one point is one point.
     let tenths = |a: f32| (1000.0 * a).round() as i64;

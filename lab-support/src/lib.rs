@@ -9,7 +9,9 @@
 //! - [`data`] (datasets, IDX files, file integrity, images), [`model`] (the digit CNN, plain and
 //!   robust, with its fast CPU kernels), [`grad`] (gradients with respect to the *input*),
 //!   [`attack`] (FGSM, PGD with restarts, APGD, BPDA, targeted descent, a PGD robustness sweep),
-//!   [`blackbox`] (a model you may only query, score-only attacks, transfer), [`evaluation`] (the
+//!   [`blackbox`] (a model you may only query, score-only attacks, transfer), [`certify`] (interval
+//!   bound propagation: robustness proved, not tested), [`smoothing`] (randomized smoothing's
+//!   votes and statistics), [`evaluation`] (the
 //!   worst case of white- and black-box attacks, digit by digit: one honest robustness figure),
 //!   [`train`] (gradient descent on the weights, plain or adversarial), [`approx`] (the tiny
 //!   approximator of Problem #1).
@@ -37,6 +39,7 @@ pub mod data;
 pub mod evaluation;
 pub mod grad;
 pub mod model;
+pub mod smoothing;
 pub mod train;
 
 pub mod checklist;
@@ -60,6 +63,7 @@ pub mod prelude {
     pub use crate::blackbox::{
         simba, square_attack, transfer_rates, BlackBox, QueryAttack, SimbaConfig, SquareConfig, TransferRates,
     };
+    pub use crate::certify::{certified_accuracy, Bounds};
     pub use crate::check::{self, Challenge};
     pub use crate::checklist::{checklist, Checklist, ChecklistItem};
     pub use crate::data::{
@@ -72,10 +76,11 @@ pub mod prelude {
         clamp_pixels, input_gradient, noise_images, normalize_l2, per_image_l2, per_image_linf, project_l2,
         project_linf, AttackLoss, InputGradient, Objective,
     };
-    pub use crate::model::{top1, Classifier, Defense, Prediction};
+    pub use crate::model::{max_pool_2x2, top1, Classifier, Defense, Prediction};
     pub use crate::notebook::{Progress, ShowValue};
     pub use crate::plot::{indexed, BarChart, Chart, Figure, ImageGrid, LinePlot, Stack, Table};
     pub use crate::rng::SeededRng;
+    pub use crate::smoothing::{clopper_pearson_lower, normal_quantile, Smoothed};
     pub use crate::train::{train_on, TrainConfig};
     pub use candle_core::{DType, Device, Tensor, Var, D};
     pub use candle_nn::{loss, ops, AdamW, Optimizer, ParamsAdamW};

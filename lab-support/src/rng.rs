@@ -49,6 +49,20 @@ impl SeededRng {
         v
     }
 
+    /// Standard normal (Box-Muller, one draw per call).
+    pub fn normal(&mut self) -> f32 {
+        // 1 - uniform is in (0, 1]: its logarithm is finite.
+        let (u1, u2) = (1.0 - self.uniform() as f64, self.uniform() as f64);
+        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+    }
+
+    /// A tensor of `shape` with entries normal, mean 0 and standard deviation `sigma`.
+    pub fn normal_tensor(&mut self, shape: &[usize], sigma: f32) -> Result<Tensor> {
+        let n = shape.iter().product();
+        let data: Vec<f32> = (0..n).map(|_| sigma * self.normal()).collect();
+        Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
+    }
+
     /// A tensor of `shape` with entries uniform in `[lo, hi)`.
     pub fn uniform_tensor(&mut self, shape: &[usize], lo: f32, hi: f32) -> Result<Tensor> {
         let n = shape.iter().product();

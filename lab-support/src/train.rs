@@ -45,6 +45,9 @@ pub struct TrainConfig {
     pub adversarial: Option<AdversarialTraining>,
     /// Train for certificates (interval bound propagation) instead; `None` for plain training.
     pub certified: Option<CertifiedTraining>,
+    /// Add Gaussian noise of this standard deviation to every training batch (a base model for
+    /// randomized smoothing, see [`crate::smoothing`]); `None` for clean batches.
+    pub noise: Option<f32>,
     /// Save the weights here after every epoch (to look at a long run before it ends).
     pub checkpoint: Option<PathBuf>,
 }
@@ -59,6 +62,7 @@ impl Default for TrainConfig {
             limit: None,
             adversarial: None,
             certified: None,
+            noise: None,
             checkpoint: None,
         }
     }
@@ -129,7 +133,11 @@ impl CertifiedTraining {
     /// The box and the clean loss's weight at `epoch` (fractional).
     pub fn schedule(&self, epoch: f32) -> (f32, f32) {
         let t = if self.ramp_epochs <= 0.0 {
-            if epoch >= self.warmup_epochs { 1.0 } else { 0.0 }
+            if epoch >= self.warmup_epochs {
+                1.0
+            } else {
+                0.0
+            }
         } else {
             ((epoch - self.warmup_epochs) / self.ramp_epochs).clamp(0.0, 1.0)
         };
@@ -236,6 +244,15 @@ pub fn train_on(set: &Dataset, config: &TrainConfig, progress: bool) -> Result<(
     if let Some(c) = &config.certified {
         c.validate()?;
     }
+    if let Some(sigma) = config.noise {
+        if !(sigma.is_finite() && sigma > 0.0) || config.adversarial.is_some() || config.certified.is_some() {
+            return Err(LabError::invalid(
+                "noise",
+                sigma,
+                "a finite sigma > 0, without adversarial or certified training",
+            ));
+        }
+    }
     let watched = config.adversarial.is_some() || config.certified.is_some();
     if watched && train_set.len() <= VALIDATION {
         return Err(LabError::invalid(
@@ -288,6 +305,11 @@ pub fn train_on(set: &Dataset, config: &TrainConfig, progress: bool) -> Result<(
             opt.set_learning_rate(lr);
             let mut eps = current_eps(config, step, steps_per_epoch);
             let (x, y) = batch(&train_set, chunk)?;
+            let x = match config.noise {
+                // Not clamped: the smoothed classifier adds the same unclamped noise.
+                Some(sigma) => (&x + rng.normal_tensor(x.dims(), sigma)?)?,
+                None => x,
+            };
             let x = match &config.adversarial {
                 Some(adv) if eps > 0.0 => attack_batch(&model.frozen(), &x, &y, adv, eps, rng.next_u64())?,
                 _ => x,

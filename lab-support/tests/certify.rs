@@ -90,3 +90,167 @@ fn no_attack_breaks_a_certified_digit() {
         assert!(theirs < idx.dim(0).unwrap() / 2, "the PGD-trained model certifies {theirs} at eps {eps}");
     }
 }
+
+// ---- Notebook 06's checks, with a solution written as a student would and the usual mistakes.
+
+use lab_support::check::{self, Outcome, Verdict};
+use lab_support::smoothing::{clopper_pearson_lower, normal_quantile, Smoothed};
+
+fn assert_fails(v: &Verdict, cause: &str) {
+    assert_eq!(v.outcome, Outcome::Fail, "{v}");
+    assert!(v.message.contains(cause), "expected `{cause}` in: {v}");
+}
+
+/// The interval step, with the radius computed `how`.
+fn linear_step(x: &Bounds, w: &Tensor, b: &Tensor, how: &str) -> Result<Bounds> {
+    let c = x.center()?.matmul(&w.t()?)?.broadcast_add(b)?;
+    Ok(match how {
+        "no abs" => {
+            let r = x.radius()?.matmul(&w.t()?)?;
+            Bounds { lo: (&c - &r)?, hi: (&c + &r)? }
+        }
+        "apart" => Bounds { lo: x.lo.matmul(&w.t()?)?.broadcast_add(b)?, hi: x.hi.matmul(&w.t()?)?.broadcast_add(b)? },
+        "no bias" => {
+            let c = x.center()?.matmul(&w.t()?)?;
+            let r = x.radius()?.matmul(&w.abs()?.t()?)?;
+            Bounds { lo: (&c - &r)?, hi: (&c + &r)? }
+        }
+        _ => {
+            let r = x.radius()?.matmul(&w.abs()?.t()?)?;
+            Bounds { lo: (&c - &r)?, hi: (&c + &r)? }
+        }
+    })
+}
+
+#[test]
+fn interval_linear_check_passes_the_solution_and_names_the_usual_mistakes() {
+    let v = check::interval_linear(|x: &Bounds, w: &Tensor, b: &Tensor| linear_step(x, w, b, "right"));
+    assert!(v.passed(), "{v}");
+    assert_fails(
+        &check::interval_linear(|x: &Bounds, w: &Tensor, b: &Tensor| linear_step(x, w, b, "no abs")),
+        "instead of `|W|`",
+    );
+    assert_fails(
+        &check::interval_linear(|x: &Bounds, w: &Tensor, b: &Tensor| linear_step(x, w, b, "apart")),
+        "separately",
+    );
+    assert_fails(
+        &check::interval_linear(|x: &Bounds, w: &Tensor, b: &Tensor| linear_step(x, w, b, "no bias")),
+        "bias is missing",
+    );
+    let v = check::interval_linear(|_: &Bounds, _: &Tensor, _: &Tensor| -> Result<Bounds> { todo!() });
+    assert_eq!(v.outcome, Outcome::NotDone, "{v}");
+}
+
+/// Notebook 06's TODO 2, written as a student would, with `clamp`, `margins_direct` and `abs`
+/// switches for the usual mistakes.
+fn student_margins(
+    m: &Classifier,
+    x: &Tensor,
+    y: &Tensor,
+    eps: f32,
+    clamp: bool,
+    direct: bool,
+    abs: bool,
+) -> Result<Tensor> {
+    let p = |name: &str| &m.parameters()[name];
+    let conv = |b: &Bounds, w: &Tensor, bias: &Tensor| -> Result<Bounds> {
+        let c = b.center()?.conv2d(w, 0, 1, 1, 1)?.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?)?;
+        let wr = if abs { w.abs()? } else { w.clone() };
+        let r = b.radius()?.conv2d(&wr, 0, 1, 1, 1)?;
+        Ok(Bounds { lo: (&c - &r)?.relu()?.max_pool2d(2)?, hi: (&c + &r)?.relu()?.max_pool2d(2)? })
+    };
+    let (lo, hi) = ((x - eps as f64)?, (x + eps as f64)?);
+    let input = if clamp { Bounds { lo: lo.clamp(0.0, 1.0)?, hi: hi.clamp(0.0, 1.0)? } } else { Bounds { lo, hi } };
+    let h = conv(&conv(&input, p("conv1.weight"), p("conv1.bias"))?, p("conv2.weight"), p("conv2.bias"))?;
+    let h = Bounds { lo: h.lo.flatten_from(1)?, hi: h.hi.flatten_from(1)? };
+    let h = linear_step(&h, p("fc1.weight"), p("fc1.bias"), "right")?;
+    let h = Bounds { lo: h.lo.relu()?, hi: h.hi.relu()? };
+    let (w, b) = (p("fc2.weight"), p("fc2.bias"));
+    if !direct {
+        let z = linear_step(&h, w, b, "right")?;
+        let lo_true = z.lo.contiguous()?.gather(&y.unsqueeze(1)?, 1)?;
+        return Ok(lo_true.broadcast_sub(&z.hi)?);
+    }
+    let diff = w.index_select(y, 0)?.unsqueeze(1)?.broadcast_sub(&w.unsqueeze(0)?)?;
+    let bias = b.index_select(y, 0)?.unsqueeze(1)?.broadcast_sub(&b.unsqueeze(0)?)?;
+    let at_center = diff.broadcast_mul(&h.center()?.unsqueeze(1)?)?.sum(2)?;
+    let spread = diff.abs()?.broadcast_mul(&h.radius()?.unsqueeze(1)?)?.sum(2)?;
+    Ok(((at_center - spread)? + bias)?)
+}
+
+#[test]
+fn ibp_margins_check_passes_the_solution_and_names_the_usual_mistakes() {
+    let v = check::ibp_margins(|m: &Classifier, x: &Tensor, y: &Tensor, e: f32| {
+        student_margins(m, x, y, e, true, true, true)
+    });
+    assert!(v.passed(), "{v}");
+    assert_fails(
+        &check::ibp_margins(|m: &Classifier, x: &Tensor, y: &Tensor, e: f32| {
+            student_margins(m, x, y, e, false, true, true)
+        }),
+        "not clamped",
+    );
+    assert_fails(
+        &check::ibp_margins(|m: &Classifier, x: &Tensor, y: &Tensor, e: f32| {
+            student_margins(m, x, y, e, true, false, true)
+        }),
+        "two separate logit intervals",
+    );
+    assert_fails(
+        &check::ibp_margins(|m: &Classifier, x: &Tensor, y: &Tensor, e: f32| {
+            student_margins(m, x, y, e, true, true, false)
+        }),
+        "not sound",
+    );
+    let library = |m: &Classifier, x: &Tensor, y: &Tensor, e: f32| lab_support::certify::margin_bounds(m, x, y, e);
+    assert_fails(&check::ibp_margins(library), "`margin_bounds` is what you are building");
+}
+
+/// Notebook 06's TODO 3, with one mistake switched on by name.
+fn student_certify(
+    s: &Smoothed,
+    x: &Tensor,
+    n0: usize,
+    n: usize,
+    alpha: f64,
+    mistake: &str,
+) -> Result<Option<(u32, f64)>> {
+    let first = s.counts(x, if mistake == "one draw" { n } else { n0 })?;
+    let class = (0..first.len()).max_by_key(|&c| (first[c], std::cmp::Reverse(c))).unwrap_or(0);
+    let votes = if mistake == "one draw" { first.clone() } else { s.counts(x, n)? };
+    let k = votes[class];
+    let p = match mistake {
+        "empirical" => k as f64 / n as f64,
+        "two-sided" => clopper_pearson_lower(k, n, alpha / 2.0)?,
+        "selection" => clopper_pearson_lower(first[class], n0, alpha)?,
+        _ => clopper_pearson_lower(k, n, alpha)?,
+    };
+    if p <= 0.5 && mistake != "never abstain" {
+        return Ok(None);
+    }
+    let sigma = if mistake == "no sigma" { 1.0 } else { s.sigma() as f64 };
+    // With p <= 1/2 (never abstaining), the quantile is 0 or negative: a radius of nothing.
+    Ok(Some((class as u32, sigma * normal_quantile(p.max(1e-12))?)))
+}
+
+#[test]
+fn certify_smoothed_check_passes_the_solution_and_names_the_usual_mistakes() {
+    let v = check::certify_smoothed(|s: &Smoothed, x: &Tensor, n0, n, a| student_certify(s, x, n0, n, a, "none"));
+    assert!(v.passed(), "{v}");
+    assert!(
+        v.message.contains("abstained") && !v.message.contains(" 0 abstained"),
+        "the check must include digits to abstain on: {v}"
+    );
+    for (mistake, cause) in [
+        ("one draw", "one draw serves both"),
+        ("selection", "selection draw"),
+        ("empirical", "empirical"),
+        ("two-sided", "two-sided"),
+        ("never abstain", "abstain"),
+        ("no sigma", "`sigma` is missing"),
+    ] {
+        let v = check::certify_smoothed(|s: &Smoothed, x: &Tensor, n0, n, a| student_certify(s, x, n0, n, a, mistake));
+        assert_fails(&v, cause);
+    }
+}

@@ -19,6 +19,7 @@ mod nb01;
 mod nb03;
 mod nb04;
 mod nb05;
+mod nb06;
 #[cfg(test)]
 mod tests;
 
@@ -28,7 +29,8 @@ pub use nb03::{
     CHALLENGE_CALLS, CHALLENGE_EPS, CHALLENGE_INDEX, CHALLENGE_TARGET,
 };
 pub use nb04::{adversarial_step, check_trainable, Trainable};
-pub use nb05::{bpda_attack, quantized_model, simba_attack, BpdaTerms, BPDA_CHECK, SIMBA_CHECK};
+pub use nb05::{bpda_attack, quantized_model, simba_attack, BpdaTerms, BPDA_CHECK, SIMBA_CHECK, SIMBA_DIGITS};
+pub use nb06::{certify_smoothed, ibp_margins, interval_linear, SmoothingTerms, SMOOTHING_CHECK, SMOOTHING_DIGITS};
 
 use crate::error::{LabError, Result};
 use crate::notebook::{call_student, StudentCall};
@@ -267,6 +269,8 @@ fn cause_of_error(msg: &str) -> &'static str {
         "a pixel left [0, 1]: clamp every candidate (`.clamp(0.0, 1.0)` on a pixel, `clamp_pixels` on a tensor) before you ask the model about it"
     } else if msg.contains("query budget") {
         "the black box refused: its query budget was spent. Stop as soon as its answer is wrong, ask one query per candidate, and count the first query (of the clean digit) too"
+    } else if msg.contains("strictly between 0 and 1") {
+        "`normal_quantile` got a probability of exactly 0 or 1, the empirical `k / n` when every vote agrees: pass it the lower confidence bound, `clopper_pearson_lower(k, n, alpha)?`, which stays below 1"
     } else if msg.contains("shape") {
         "a shape mismatch: keep the batch shape [1, 1, 28, 28] all the way through"
     } else if msg.contains("dtype") {

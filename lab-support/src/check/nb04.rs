@@ -80,7 +80,8 @@ where
         let moved = max_abs_diff(&returned, &x)?;
         if moved < 1e-6 {
             // Did the weights step on some other batch, an attacked one the function did not return?
-            let stepped_elsewhere = weights_moved(&vars, &plain)? && replay(&plain, &vars, &x, &y, Replay::Descent)? < 0.99;
+            let stepped_elsewhere =
+                weights_moved(&vars, &plain)? && replay(&plain, &vars, &x, &y, Replay::Descent)? < 0.99;
             let cause = if stepped_elsewhere {
                 "your weights stepped on a batch other than `x`, but you returned `x` itself: return the attacked batch your step was taken on (`Ok(x_adv)`)"
             } else {

@@ -40,6 +40,10 @@ pub const WEIGHTS_FILE: &str = "models/lab-cnn.safetensors";
 pub const ROBUST_WEIGHTS_FILE: &str = "models/lab-cnn-robust.safetensors";
 /// Where the weights trained for certificates live (`cargo lab train --certified`).
 pub const CERTIFIED_WEIGHTS_FILE: &str = "models/lab-cnn-certified.safetensors";
+/// The base models of randomized smoothing, trained on noisy digits (`cargo lab train --noise S`):
+/// the noise's standard deviation and the file.
+pub const NOISE_WEIGHTS_FILES: [(f32, &str); 2] =
+    [(0.25, "models/lab-cnn-noise-0.25.safetensors"), (0.5, "models/lab-cnn-noise-0.5.safetensors")];
 
 /// Every parameter of the network with its shape, in PyTorch's naming.
 pub const PARAMETERS: [(&str, &[usize]); 8] = [
@@ -104,6 +108,15 @@ impl Classifier {
     /// hash-checked.
     pub fn certified() -> Result<Self> {
         Self::load_from(&data_dir(), CERTIFIED_WEIGHTS_FILE)
+    }
+
+    /// The shipped base model for randomized smoothing at noise `sigma` (0.25 or 0.5): the same
+    /// network, trained on digits with Gaussian noise of that standard deviation added.
+    pub fn noise_trained(sigma: f32) -> Result<Self> {
+        match NOISE_WEIGHTS_FILES.iter().find(|(s, _)| *s == sigma) {
+            Some((_, file)) => Self::load_from(&data_dir(), file),
+            None => Err(LabError::invalid("sigma", sigma, "0.25 or 0.5: the noise levels the lab ships a model for")),
+        }
     }
 
     /// Loads weights from `root/rel`, checked against `root/SHA256SUMS`.

@@ -24,8 +24,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TEST_DIR: &str = "lab/browser-test";
-/// The notebooks it runs: the attack, and the defense.
-pub const NOTEBOOKS: [&str; 2] = ["notebooks/solutions/03-adversarial.ipynb", "notebooks/solutions/04-defense.ipynb"];
+/// The notebooks it runs: the attack, the proof, and the defense (last, so that it is the one
+/// restarted).
+pub const NOTEBOOKS: [&str; 3] = [
+    "notebooks/solutions/03-adversarial.ipynb",
+    "notebooks/solutions/06-certified.ipynb",
+    "notebooks/solutions/04-defense.ipynb",
+];
 /// Where the copy goes: inside JupyterLab's root (notebooks/), two levels deep like the original,
 /// so its relative `:dep` path still works. Ignored by git and removed after the test.
 const COPY_DIR: &str = "notebooks/browser-test";
