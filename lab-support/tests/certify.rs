@@ -65,17 +65,17 @@ fn bounds_hold_for_random_points_corners_and_pgd_on_the_real_cnn() {
 }
 
 /// The certified model's certificates, tested by the lab's strongest evaluation (APGD-CE, APGD-DLR
-/// toward all 9 wrong classes, Square Attack with 5,000 queries): on the digits among the first 100
-/// that IBP certifies at eps 0.1 and 0.3, no attack finds anything, and at least 80 (0.1) and 60
+/// toward all 9 wrong classes, Square Attack with 5,000 queries): on the digits among the first 50
+/// that IBP certifies at eps 0.1 and 0.3, no attack finds anything, and at least 40 (0.1) and 35
 /// (0.3) are certified. The robust (PGD-trained) model, as robust in practice, certifies far fewer.
 #[test]
 fn no_attack_breaks_a_certified_digit() {
     let model = Classifier::certified().unwrap();
-    let set = mnist::test().unwrap().take(100).unwrap();
-    for (eps, least) in [(0.1, 80), (0.3, 60)] {
+    let set = mnist::test().unwrap().take(50).unwrap();
+    for (eps, least) in [(0.1, 40), (0.3, 35)] {
         let proved = certify(&model, &set.images, &set.labels, eps).unwrap();
-        let idx: Vec<u32> = (0..100).filter(|&i| proved[i as usize]).collect();
-        assert!(idx.len() >= least, "only {} of 100 certified at eps {eps}", idx.len());
+        let idx: Vec<u32> = (0..50).filter(|&i| proved[i as usize]).collect();
+        assert!(idx.len() >= least, "only {} of 50 certified at eps {eps}", idx.len());
         let idx = Tensor::new(idx.as_slice(), &Device::Cpu).unwrap();
         let certified = Dataset {
             images: set.images.index_select(&idx, 0).unwrap(),
@@ -142,8 +142,9 @@ fn interval_linear_check_passes_the_solution_and_names_the_usual_mistakes() {
     assert_eq!(v.outcome, Outcome::NotDone, "{v}");
 }
 
-/// Notebook 06's TODO 2, written as a student would, with `clamp`, `margins_direct` and `abs`
-/// switches for the usual mistakes.
+/// Notebook 06's TODO 2, written as a student would, with `clamp`, `direct` (margins through the
+/// last layer) and `abs` switches, and a named `slip`, for the usual mistakes.
+#[allow(clippy::too_many_arguments)]
 fn student_margins(
     m: &Classifier,
     x: &Tensor,
@@ -152,6 +153,7 @@ fn student_margins(
     clamp: bool,
     direct: bool,
     abs: bool,
+    slip: &str,
 ) -> Result<Tensor> {
     let p = |name: &str| &m.parameters()[name];
     let conv = |b: &Bounds, w: &Tensor, bias: &Tensor| -> Result<Bounds> {
@@ -165,44 +167,60 @@ fn student_margins(
     let h = conv(&conv(&input, p("conv1.weight"), p("conv1.bias"))?, p("conv2.weight"), p("conv2.bias"))?;
     let h = Bounds { lo: h.lo.flatten_from(1)?, hi: h.hi.flatten_from(1)? };
     let h = linear_step(&h, p("fc1.weight"), p("fc1.bias"), "right")?;
-    let h = Bounds { lo: h.lo.relu()?, hi: h.hi.relu()? };
+    let h = if slip == "no relu" { h } else { Bounds { lo: h.lo.relu()?, hi: h.hi.relu()? } };
     let (w, b) = (p("fc2.weight"), p("fc2.bias"));
     if !direct {
         let z = linear_step(&h, w, b, "right")?;
         let lo_true = z.lo.contiguous()?.gather(&y.unsqueeze(1)?, 1)?;
         return Ok(lo_true.broadcast_sub(&z.hi)?);
     }
-    let diff = w.index_select(y, 0)?.unsqueeze(1)?.broadcast_sub(&w.unsqueeze(0)?)?;
-    let bias = b.index_select(y, 0)?.unsqueeze(1)?.broadcast_sub(&b.unsqueeze(0)?)?;
+    let mut diff = w.index_select(y, 0)?.unsqueeze(1)?.broadcast_sub(&w.unsqueeze(0)?)?;
+    let mut bias = b.index_select(y, 0)?.unsqueeze(1)?.broadcast_sub(&b.unsqueeze(0)?)?;
+    if slip == "reversed" {
+        (diff, bias) = (diff.neg()?, bias.neg()?);
+    }
     let at_center = diff.broadcast_mul(&h.center()?.unsqueeze(1)?)?.sum(2)?;
     let spread = diff.abs()?.broadcast_mul(&h.radius()?.unsqueeze(1)?)?.sum(2)?;
+    if slip == "no bias" {
+        return Ok((at_center - spread)?);
+    }
     Ok(((at_center - spread)? + bias)?)
 }
 
 #[test]
 fn ibp_margins_check_passes_the_solution_and_names_the_usual_mistakes() {
     let v = check::ibp_margins(|m: &Classifier, x: &Tensor, y: &Tensor, e: f32| {
-        student_margins(m, x, y, e, true, true, true)
+        student_margins(m, x, y, e, true, true, true, "")
     });
     assert!(v.passed(), "{v}");
     assert_fails(
         &check::ibp_margins(|m: &Classifier, x: &Tensor, y: &Tensor, e: f32| {
-            student_margins(m, x, y, e, false, true, true)
+            student_margins(m, x, y, e, false, true, true, "")
         }),
         "not clamped",
     );
     assert_fails(
         &check::ibp_margins(|m: &Classifier, x: &Tensor, y: &Tensor, e: f32| {
-            student_margins(m, x, y, e, true, false, true)
+            student_margins(m, x, y, e, true, false, true, "")
         }),
         "two separate logit intervals",
     );
     assert_fails(
         &check::ibp_margins(|m: &Classifier, x: &Tensor, y: &Tensor, e: f32| {
-            student_margins(m, x, y, e, true, true, false)
+            student_margins(m, x, y, e, true, true, false, "")
         }),
         "not sound",
     );
+    for (slip, cause) in [
+        ("no relu", "relu after `fc1` is missing"),
+        ("no bias", "miss their bias term"),
+        ("reversed", "wrong way round"),
+    ] {
+        let v = check::ibp_margins(|m: &Classifier, x: &Tensor, y: &Tensor, e: f32| {
+            student_margins(m, x, y, e, true, true, true, slip)
+        });
+        assert_fails(&v, cause);
+    }
     let library = |m: &Classifier, x: &Tensor, y: &Tensor, e: f32| lab_support::certify::margin_bounds(m, x, y, e);
     assert_fails(&check::ibp_margins(library), "`margin_bounds` is what you are building");
 }

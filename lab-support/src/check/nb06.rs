@@ -154,6 +154,19 @@ where
         let unclamped = Bounds { lo: (&set.images - eps as f64)?, hi: (&set.images + eps as f64)? };
         let no_clamp =
             certify::margins(&certify::hidden(&model, &unclamped)?, &p("fc2.weight")?, &p("fc2.bias")?, &set.labels)?;
+        let boxed = Bounds::linf_box(&set.images, eps)?;
+        let h = certify::hidden(&model, &boxed)?;
+        let (w2, b2) = (p("fc2.weight")?, p("fc2.bias")?);
+        let (at_center, spread, bias) = margin_parts(&h, &w2, &b2, &set.labels)?;
+        let no_bias = (&at_center - &spread)?;
+        let reversed = ((at_center.neg()? - &bias)? - &spread)?;
+        let pre_relu = {
+            let c1 = certify::conv_block(&boxed, &p("conv1.weight")?, &p("conv1.bias")?)?;
+            let c2 = certify::conv_block(&c1, &p("conv2.weight")?, &p("conv2.bias")?)?;
+            let flat = Bounds { lo: c2.lo.flatten_from(1)?, hi: c2.hi.flatten_from(1)? };
+            certify::linear(&flat, &p("fc1.weight")?, &p("fc1.bias")?)?
+        };
+        let no_relu = certify::margins(&pre_relu, &w2, &b2, &set.labels)?;
         let logits = certify::logit_bounds(&model, &set.images, eps)?;
         let lo_true = logits.lo.contiguous()?.gather(&set.labels.unsqueeze(1)?, 1)?;
         let from_logits = lo_true.broadcast_sub(&logits.hi)?;
@@ -166,6 +179,13 @@ where
         };
         let cause = if close(&no_clamp)? {
             "the input box was not clamped to [0, 1]: pixels cannot go below 0 or above 1, and most of a digit is black (0), so `(x - eps).clamp(0.0, 1.0)` and `(x + eps).clamp(0.0, 1.0)` make the box, and the bounds, much tighter".to_string()
+        } else if close(&no_relu)? {
+            "the relu after `fc1` is missing: the hidden layer's bounds must go through it (`lo.relu()?`, `hi.relu()?`) before the last layer, as the network's values do".to_string()
+        } else if close(&no_bias)? {
+            "the margins miss their bias term `b_label - b_j`: `z_label - z_j = (w_label - w_j) · h + (b_label - b_j)`"
+                .to_string()
+        } else if close(&reversed)? {
+            "the margins are the wrong way round: these bound `z_j - z_label`. The margin of the true class is `z_label - z_j`: `w.index_select(labels, 0)?.unsqueeze(1)?.broadcast_sub(&w.unsqueeze(0)?)?`, the label's row minus every row".to_string()
         } else if close_off_diagonal(&from_logits)? {
             "these are the margins of two separate logit intervals, `lo(z_label) - hi(z_j)`: sound, but loose. Bound each margin through the last layer directly, with the weight row `w_label - w_j` and bias `b_label - b_j` applied to the hidden layer's centre and radius (`(w_label - w_j) · c - |w_label - w_j| · r + b_label - b_j`)".to_string()
         } else if let Some((i, j)) = broken {
@@ -181,6 +201,16 @@ where
             cause,
         ))
     })
+}
+
+/// The three parts of the margin bounds from hidden bounds `h`: `(w_y - w_j) · c`, `|w_y - w_j| · r`
+/// and `b_y - b_j`, each `(N, classes)`.
+fn margin_parts(h: &Bounds, w: &Tensor, b: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let diff = w.index_select(labels, 0)?.unsqueeze(1)?.broadcast_sub(&w.unsqueeze(0)?)?;
+    let bias = b.index_select(labels, 0)?.unsqueeze(1)?.broadcast_sub(&b.unsqueeze(0)?)?;
+    let at_center = diff.broadcast_mul(&h.center()?.unsqueeze(1)?)?.sum(2)?;
+    let spread = diff.abs()?.broadcast_mul(&h.radius()?.unsqueeze(1)?)?.sum(2)?;
+    Ok((at_center, spread, bias))
 }
 
 /// PGD's adversarial images at `eps` against `model`, for a soundness test.
