@@ -159,8 +159,20 @@ fn section(file: &str, config: &TrainConfig, report: &TrainReport, hash: &str) -
     if let Some(why) = &report.stopped_early {
         text += &format!("\nTraining stopped early: {why}.\n");
     }
-    if let (false, Some(c)) = (report.history.is_empty(), &config.certified) {
-        text += &format!("\nHeld-out digits during training (clean, and certified by IBP at eps {}):\n\n| step | seconds | eps trained at | clean | certified |\n| --- | --- | --- | --- | --- |\n", c.eps);
+    if !report.history.is_empty() {
+        let (watched, column, footer) = match &config.certified {
+            Some(c) => (
+                format!("certified by IBP at eps {}", c.eps),
+                "certified",
+                "Certified and empirical robustness: `cargo lab eval --certify --model certified` and `cargo lab eval --model certified`.".to_string(),
+            ),
+            None => (
+                "under PGD-10 at the full budget".to_string(),
+                "PGD-10",
+                "Its robustness under the lab's strongest evaluation: `cargo lab eval --model robust` (see [docs/models.md](../../docs/models.md#measured-robustness-cargo-lab-eval)).".to_string(),
+            ),
+        };
+        text += &format!("\nHeld-out digits during training (clean, and {watched}):\n\n| step | seconds | eps trained at | clean | {column} |\n| --- | --- | --- | --- | --- |\n");
         for v in &report.history {
             text += &format!(
                 "| {} | {:.0} | {:.3} | {:.3} | {:.3} |\n",
@@ -171,21 +183,7 @@ fn section(file: &str, config: &TrainConfig, report: &TrainReport, hash: &str) -
                 v.robust.unwrap_or(f32::NAN)
             );
         }
-        text += "\nCertified and empirical robustness: `cargo lab eval --certify --model certified` and `cargo lab eval --model certified`.\n";
-    } else if !report.history.is_empty() {
-        text += "\nHeld-out digits during training (clean, and under PGD-10 at the full budget):\n\n| step | seconds | eps trained at | clean | PGD-10 |\n| --- | --- | --- | --- | --- |\n";
-        for v in &report.history {
-            text += &format!(
-                "| {} | {:.0} | {:.3} | {:.3} | {:.3} |\n",
-                v.step,
-                v.seconds,
-                v.eps,
-                v.clean,
-                v.robust.unwrap_or(f32::NAN)
-            );
-        }
-        text +=
-            "\nIts robustness under the lab's strongest evaluation: `cargo lab eval --model robust` (see [docs/models.md](../../docs/models.md#measured-robustness-cargo-lab-eval)).\n";
+        text += &format!("\n{footer}\n");
     }
     text
 }

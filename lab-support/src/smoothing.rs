@@ -189,8 +189,7 @@ pub(crate) fn top(counts: &[usize]) -> u32 {
     best as u32
 }
 
-/// `erfc(x)`, to about 1e-15 relative (Numerical Recipes' Chebyshev fit, `erfccheb`, refined by
-/// the continued fraction for large `x`).
+/// `erfc(x)`: from erf's Taylor series below 3, from the continued fraction of erfc above.
 fn erfc(x: f64) -> f64 {
     if x < 0.0 {
         return 2.0 - erfc(-x);
@@ -263,42 +262,27 @@ fn regularized_beta(x: f64, a: f64, b: f64) -> f64 {
 
 /// The continued fraction of the incomplete beta function (modified Lentz).
 fn beta_fraction(x: f64, a: f64, b: f64) -> f64 {
-    const TINY: f64 = 1e-300;
+    /// Keeps a Lentz term away from zero.
+    fn nonzero(v: f64) -> f64 {
+        if v.abs() < 1e-300 {
+            1e-300
+        } else {
+            v
+        }
+    }
     let (qab, qap, qam) = (a + b, a + 1.0, a - 1.0);
     let mut c = 1.0;
-    let mut d = 1.0 - qab * x / qap;
-    if d.abs() < TINY {
-        d = TINY;
-    }
-    d = 1.0 / d;
+    let mut d = 1.0 / nonzero(1.0 - qab * x / qap);
     let mut h = d;
     for m in 1..10_000 {
-        let m = m as f64;
-        let m2 = 2.0 * m;
-        let aa = m * (b - m) * x / ((qam + m2) * (a + m2));
-        d = 1.0 + aa * d;
-        if d.abs() < TINY {
-            d = TINY;
+        let (m, m2) = (m as f64, 2.0 * m as f64);
+        // The even and the odd step of the fraction.
+        for aa in [m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))] {
+            d = 1.0 / nonzero(1.0 + aa * d);
+            c = nonzero(1.0 + aa / c);
+            h *= d * c;
         }
-        c = 1.0 + aa / c;
-        if c.abs() < TINY {
-            c = TINY;
-        }
-        d = 1.0 / d;
-        h *= d * c;
-        let aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
-        d = 1.0 + aa * d;
-        if d.abs() < TINY {
-            d = TINY;
-        }
-        c = 1.0 + aa / c;
-        if c.abs() < TINY {
-            c = TINY;
-        }
-        d = 1.0 / d;
-        let del = d * c;
-        h *= del;
-        if (del - 1.0).abs() < 1e-15 {
+        if (d * c - 1.0).abs() < 1e-15 {
             break;
         }
     }

@@ -237,36 +237,8 @@ fn simba_check_passes_a_solution_and_names_typical_mistakes() {
     };
     assert_fails(&check::simba_attack(flipped), "flipped");
     // The numerical trap: comparing p_true, which is exactly 1.0 on confident digits.
-    let saturated = |b: &BlackBox, x: &Tensor, label: u32, eps: f32, max_queries: usize| -> Result<Tensor> {
-        let original = x.flatten_all()?.to_vec1::<f32>()?;
-        let mut best = original.clone();
-        let ask = |p: &[f32]| -> Result<Vec<f32>> {
-            Ok(b.probabilities(&Tensor::from_vec(p.to_vec(), (1, 1, 28, 28), &Device::Cpu)?)?
-                .flatten_all()?
-                .to_vec1::<f32>()?)
-        };
-        let probs = ask(&best)?;
-        let (mut p_best, mut queries) = (probs[label as usize], 1);
-        'pixels: for pixel in SeededRng::new(0).permutation(784) {
-            for sign in [1.0f32, -1.0] {
-                if queries >= max_queries {
-                    break 'pixels;
-                }
-                let mut c = best.clone();
-                c[pixel as usize] = (original[pixel as usize] + sign * eps).clamp(0.0, 1.0);
-                let probs = ask(&c)?;
-                queries += 1;
-                if probs[label as usize] < p_best {
-                    p_best = probs[label as usize];
-                    best = c;
-                    if top1(&probs).class != label as usize {
-                        break 'pixels;
-                    }
-                    continue 'pixels;
-                }
-            }
-        }
-        Ok(Tensor::from_vec(best, (1, 1, 28, 28), &Device::Cpu)?)
+    let saturated = |b: &BlackBox, x: &Tensor, label: u32, eps: f32, max_queries: usize| {
+        p_true_simba(b, x, label, eps, max_queries, |p, best| p < best)
     };
     assert_fails(&check::simba_attack(saturated), "p_true");
     // The same trap as a new student wrote it (issue 26): one sign, pixels in order, a push kept
@@ -274,11 +246,7 @@ fn simba_check_passes_a_solution_and_names_typical_mistakes() {
     let in_order = |b: &BlackBox, x: &Tensor, label: u32, eps: f32, max_queries: usize| -> Result<Tensor> {
         let original = x.flatten_all()?.to_vec1::<f32>()?;
         let mut best = original.clone();
-        let ask = |p: &[f32]| -> Result<Vec<f32>> {
-            Ok(b.probabilities(&Tensor::from_vec(p.to_vec(), (1, 1, 28, 28), &Device::Cpu)?)?
-                .flatten_all()?
-                .to_vec1::<f32>()?)
-        };
+        let ask = |p: &[f32]| ask_pixels(b, p);
         let mut p_best = ask(&best)?[label as usize];
         for i in 0..(max_queries - 1).min(784) {
             let mut c = best.clone();
@@ -296,37 +264,52 @@ fn simba_check_passes_a_solution_and_names_typical_mistakes() {
     };
     assert_fails(&check::simba_attack(in_order), "comparing p_true itself");
     // And with `<=`, which keeps every push on a saturated digit, the bad ones too.
-    let at_most = |b: &BlackBox, x: &Tensor, label: u32, eps: f32, max_queries: usize| -> Result<Tensor> {
-        let original = x.flatten_all()?.to_vec1::<f32>()?;
-        let mut best = original.clone();
-        let ask = |p: &[f32]| -> Result<Vec<f32>> {
-            Ok(b.probabilities(&Tensor::from_vec(p.to_vec(), (1, 1, 28, 28), &Device::Cpu)?)?
-                .flatten_all()?
-                .to_vec1::<f32>()?)
-        };
-        let (mut p_best, mut queries) = (ask(&best)?[label as usize], 1);
-        'pixels: for pixel in SeededRng::new(0).permutation(784) {
-            for sign in [1.0f32, -1.0] {
-                if queries >= max_queries {
-                    break 'pixels;
-                }
-                let mut c = best.clone();
-                c[pixel as usize] = (original[pixel as usize] + sign * eps).clamp(0.0, 1.0);
-                let probs = ask(&c)?;
-                queries += 1;
-                if probs[label as usize] <= p_best {
-                    p_best = probs[label as usize];
-                    best = c;
-                    if top1(&probs).class != label as usize {
-                        break 'pixels;
-                    }
-                    continue 'pixels;
-                }
-            }
-        }
-        Ok(Tensor::from_vec(best, (1, 1, 28, 28), &Device::Cpu)?)
+    let at_most = |b: &BlackBox, x: &Tensor, label: u32, eps: f32, max_queries: usize| {
+        p_true_simba(b, x, label, eps, max_queries, |p, best| p <= best)
     };
     assert_fails(&check::simba_attack(at_most), "not `p_true`");
+}
+
+/// The black box's probabilities for one digit given as 784 pixels.
+fn ask_pixels(b: &BlackBox, pixels: &[f32]) -> Result<Vec<f32>> {
+    Ok(b.probabilities(&Tensor::from_vec(pixels.to_vec(), (1, 1, 28, 28), &Device::Cpu)?)?
+        .flatten_all()?
+        .to_vec1::<f32>()?)
+}
+
+/// SimBA as a student who compares `p_true` itself writes it (the numerical trap): random pixel
+/// order, +eps then -eps, and a push kept when `keep(p_true, best so far)`.
+fn p_true_simba(
+    b: &BlackBox,
+    x: &Tensor,
+    label: u32,
+    eps: f32,
+    max_queries: usize,
+    keep: fn(f32, f32) -> bool,
+) -> Result<Tensor> {
+    let original = x.flatten_all()?.to_vec1::<f32>()?;
+    let mut best = original.clone();
+    let (mut p_best, mut queries) = (ask_pixels(b, &best)?[label as usize], 1);
+    'pixels: for pixel in SeededRng::new(0).permutation(784) {
+        for sign in [1.0f32, -1.0] {
+            if queries >= max_queries {
+                break 'pixels;
+            }
+            let mut c = best.clone();
+            c[pixel as usize] = (original[pixel as usize] + sign * eps).clamp(0.0, 1.0);
+            let probs = ask_pixels(b, &c)?;
+            queries += 1;
+            if keep(probs[label as usize], p_best) {
+                p_best = probs[label as usize];
+                best = c;
+                if top1(&probs).class != label as usize {
+                    break 'pixels;
+                }
+                continue 'pixels;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(best, (1, 1, 28, 28), &Device::Cpu)?)
 }
 
 /// The lab's BPDA attack, written as a student would.
