@@ -1,20 +1,30 @@
-//! `cargo lab bench --kernel`: what a student waits for in the notebook kernel, measured.
+//! `cargo lab bench --kernel`: what a student waits for in the notebook kernel, and what it holds
+//! in memory, measured.
 //!
 //! A small notebook runs in a fresh kernel, twice, one kernel after the other: the `:dep` cell
 //! that loads lab-support, the cell that loads the model and the test set, then small cells (a
-//! `let`, one prediction, a formatted string, a bar chart). Then, three times, two kernels start
-//! at the same moment on the first cells, as two notebooks opened together would. Each figure is printed
-//! as one JSON line; times are the kernel's own, from the executed notebook's timing metadata
-//! (from the cell's start to its end, as Jupyter saw them).
+//! `let`, one prediction, a formatted string, a bar chart), then a cell that reads the kernel's
+//! memory (`MEMORY`). Meanwhile the kernel's processes (evcxr_jupyter, cargo, rustc, the process
+//! that runs the cells) are sampled for their peak. Then restarts in `cargo lab up`'s JupyterLab
+//! (`restarts`). Then, three times, two kernels start at the same moment on the first cells, as
+//! two notebooks opened together would. Each figure is printed as one JSON line; times are the
+//! kernel's own, from the executed notebook's timing metadata (from the cell's start to its end,
+//! as Jupyter saw them); memory is PSS (shared pages divided among the processes sharing them).
 
 pub mod restarts;
 
 use crate::cmd::setup::ensure;
+use crate::jupyter::nbclient::execute_cells_with;
 use crate::jupyter::{check_outputs, execute_cells};
 use crate::paths::Paths;
 use crate::selftest::spare::{DEP, LOAD};
+use crate::sys::hex::random_token;
+use crate::sys::procfs::{comm, processes_with, pss_kb};
 use crate::sys::CliResult;
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Pairs of kernels started together.
 const PAIRS: usize = 3;
@@ -25,20 +35,92 @@ const SMALL: [&str; 4] = [
     "BarChart::probabilities(&model, &x, \"digit #0\")?",
 ];
 
+/// A cell that reports the kernel's memory as it idles (it only reads `/proc`): the PSS of
+/// evcxr_jupyter (this cell's parent, with its rust-analyzer) and of the process that runs the
+/// cells (it holds the datasets), in kB.
+pub const MEMORY: &str = "{\n    let pss = |pid: u32| std::fs::read_to_string(format!(\"/proc/{pid}/smaps_rollup\")).ok().and_then(|s| s.lines().find(|l| l.starts_with(\"Pss:\")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())).unwrap_or(0);\n    format!(\"kernel memory kB: {} {}\", pss(std::os::unix::process::parent_id()), pss(std::process::id()))\n}";
+/// Memory goals (GB, PSS) of issue 27: a kernel idle after its first cells, and at its peak with
+/// cargo and rustc while a cell compiles.
+const IDLE_GOAL_GB: f64 = 0.6;
+const PEAK_GOAL_GB: f64 = 1.0;
+
+/// The two numbers `MEMORY` printed (evcxr_jupyter's and the cell runner's PSS, kB), from its text.
+pub fn memory_of(text: &str) -> Option<(u64, u64)> {
+    let rest = text.split("kernel memory kB: ").nth(1)?;
+    let mut numbers = rest.split(|c: char| !c.is_ascii_digit()).filter(|n| !n.is_empty());
+    Some((numbers.next()?.parse().ok()?, numbers.next()?.parse().ok()?))
+}
+
+/// Prints the idle memory figures of one kernel from `MEMORY`'s text.
+pub fn print_memory(text: &str, labels: Value) -> CliResult<()> {
+    let (evcxr, runner) = memory_of(text).ok_or_else(|| format!("the memory cell printed no figures: {text}"))?;
+    let gb = |kb: u64| round(kb as f64 / 1e6);
+    let mut line = json!({"figure": "kernel_idle_gb", "gb": gb(evcxr + runner), "evcxr_gb": gb(evcxr), "cell_runner_gb": gb(runner), "goal": IDLE_GOAL_GB});
+    if let (Some(line), Some(labels)) = (line.as_object_mut(), labels.as_object()) {
+        line.extend(labels.clone());
+    }
+    println!("{line}");
+    Ok(())
+}
+
+/// The peak PSS (kB) of the processes whose environment holds `marker`, but Jupyter's own
+/// (`jupyter execute`, Python), sampled every 100 ms while `work` runs.
+fn peak_while<T>(marker: &str, work: impl FnOnce() -> T) -> (T, u64) {
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (done, marker) = (done.clone(), marker.to_string());
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(Ordering::SeqCst) {
+                let now: u64 = processes_with(&marker)
+                    .into_iter()
+                    .filter(|(pid, _)| {
+                        let name = comm(*pid);
+                        !name.starts_with("python") && !name.starts_with("jupyter")
+                    })
+                    .map(|(pid, _)| pss_kb(pid))
+                    .sum();
+                peak = peak.max(now);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            peak
+        })
+    };
+    let out = work();
+    done.store(true, Ordering::SeqCst);
+    (out, sampler.join().unwrap_or(0))
+}
+
 /// Runs the kernel benchmark and prints its JSON lines.
 pub fn bench() -> CliResult<()> {
     let paths = Paths::new();
     ensure(&paths, true)?;
     let mut cells = vec![DEP, LOAD];
     cells.extend(SMALL);
+    let token = random_token()?;
+    let marker = format!("LAB_BENCH_KERNEL={token}");
     for run in 1..=2 {
         eprintln!("==> a fresh kernel, run {run} of 2");
-        let (executed, ok) = execute_cells(&paths, "kernel-bench", &cells)?;
+        let mut with_memory = cells.clone();
+        with_memory.push(MEMORY);
+        let (outcome, peak_kb) = peak_while(&marker, || {
+            execute_cells_with(&paths, "kernel-bench", &with_memory, &[("LAB_BENCH_KERNEL", &token)])
+        });
+        let (executed, ok) = outcome?;
         let problems = check_outputs(&executed, false);
         if !ok || !problems.is_empty() {
             return Err(format!("the benchmark notebook failed in run {run}:\n{}", problems.join("\n")));
         }
+        let memory_text =
+            executed["cells"].as_array().and_then(|c| c.last()).map(|c| c["outputs"].to_string()).unwrap_or_default();
+        print_memory(&memory_text, json!({"run": run}))?;
+        println!(
+            "{}",
+            json!({"figure": "kernel_peak_gb", "run": run, "gb": round(peak_kb as f64 / 1e6), "goal": PEAK_GOAL_GB, "note": "evcxr_jupyter, cargo, rustc and the cell runner, sampled every 0.1 s"})
+        );
         let times = cell_seconds(&executed)?;
+        // Not the memory cell: it is no student's cell.
+        let times = &times[..cells.len()];
         let mut small = times[2..].to_vec();
         small.sort_by(f64::total_cmp);
         println!("{}", json!({"figure": "dep_cell_s", "run": run, "seconds": round(times[0]), "goal": 3.0}));
@@ -52,7 +134,7 @@ pub fn bench() -> CliResult<()> {
             json!({"figure": "small_cell_max_s", "run": run, "seconds": round(small[small.len() - 1]), "goal": 1.5})
         );
     }
-    restarts::bench(&cells, 2)?;
+    restarts::bench(&cells)?;
     for pair in 1..=PAIRS {
         eprintln!("==> two kernels started at the same moment, {pair} of {PAIRS}");
         let both: Vec<CliResult<(Value, bool)>> = std::thread::scope(|s| {
@@ -128,6 +210,16 @@ fn seconds_of_day(stamp: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memory_cell_is_read_from_its_text() {
+        // As the executed notebook holds it: an execute_result whose text is a quoted string.
+        let outputs =
+            r#"[{"data":{"text/plain":"\"kernel memory kB: 951234 45678\""},"output_type":"execute_result"}]"#;
+        assert_eq!(memory_of(outputs), Some((951_234, 45_678)));
+        assert_eq!(memory_of("kernel memory kB: 12"), None);
+        assert_eq!(memory_of("no figures"), None);
+    }
 
     #[test]
     fn cell_times_come_from_the_timing_metadata() {

@@ -65,6 +65,8 @@ pub fn launch(evcxr: &Path, connection_file: &str) -> CliResult<()> {
     eprintln!("lab kernel: building in {}", slot.display());
     let mut command = Command::new(evcxr);
     command.arg("--control_file").arg(connection_file).env("EVCXR_TMPDIR", &slot);
+    // Less for its rust-analyzer to hold (see `analyzer`).
+    command.envs(super::analyzer::kernel_env(&paths));
     // `cargo run` adds the workspace's target folder (or CARGO_TARGET_DIR) to the path.
     let mut targets = vec![paths.root.join("target")];
     targets.extend(std::env::var_os("CARGO_TARGET_DIR").map(|d| paths.root.join(d)));

@@ -3,9 +3,11 @@
 //! - `setup`: `cargo lab up` (the venv, the kernel, its build seed) and what installs things;
 //! - `server`: JupyterLab for `cargo lab up`; `hub`: JupyterHub for `cargo lab hub`;
 //! - `course`: `cargo lab course` (nbgrader); `grade`: `cargo lab grade`; `student`: `cargo lab student`;
-//! - `launcher`: `lab kernel`, what Jupyter starts for the `rust` kernel;
+//! - `launcher`: `lab kernel`, what Jupyter starts for the `rust` kernel; `analyzer`: what the
+//!   kernel's rust-analyzer reads, and how its memory is given back;
 //! - `model`: `cargo lab train`, `eval` and `bench`, forwarded to the lab-model crate.
 
+pub mod analyzer;
 pub mod course;
 pub mod grade;
 pub mod hub;

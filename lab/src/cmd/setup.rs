@@ -3,7 +3,8 @@
 //! 1. a Python venv in `.venv/` with JupyterLab and nbclient (pinned in
 //!    `lab/requirements-jupyter.txt`) and the lab's kernel provisioner (`lab/kernel-pool/`);
 //! 2. evcxr_jupyter 0.22, the Rust kernel, through `cargo install` (once per machine);
-//! 3. rust-src, which evcxr's completions need;
+//! 3. rust-src, which evcxr's completions need, and its trimmed copy for the kernel's analyzer
+//!    (see `analyzer`);
 //! 4. the `rust` kernel spec, written into the venv only, never the user's global Jupyter;
 //! 5. the kernels' build seed (see `launcher`), built by running the first cell of a notebook,
 //!    so that a student's first `:dep lab-support` takes seconds.
@@ -30,7 +31,7 @@ pub fn ensure(paths: &Paths, warm: bool) -> CliResult<()> {
     std::fs::create_dir_all(&paths.state).map_err(|e| format!("cannot create {}: {e}", paths.state.display()))?;
     ensure_venv(paths, 1, total)?;
     let evcxr = ensure_evcxr(2, total)?;
-    ensure_rust_src(3, total);
+    ensure_rust_src(paths, 3, total);
     write_kernel(paths, &evcxr, 4, total)?;
     if warm {
         warm_cache(paths, 5, total)?;
@@ -133,7 +134,7 @@ fn cargo_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".cargo"))
 }
 
-fn ensure_rust_src(n: usize, total: usize) {
+fn ensure_rust_src(paths: &Paths, n: usize, total: usize) {
     let installed = output_of(Command::new("rustup").args(["component", "list", "--installed"]));
     match installed {
         Some(list) if list.lines().any(|l| l.starts_with("rust-src")) => step(n, total, "rust-src: ready"),
@@ -146,6 +147,13 @@ fn ensure_rust_src(n: usize, total: usize) {
             }
         }
         None => step(n, total, "rust-src: rustup not found, skipped (only code completion needs it)"),
+    }
+    match super::analyzer::ensure_sources(paths) {
+        Ok(what) => eprintln!("    {what}"),
+        // The kernel works without the copy; it holds more memory.
+        Err(e) => {
+            eprintln!("    warning: no trimmed copy of the standard library's sources ({e}); kernels read it whole")
+        }
     }
 }
 

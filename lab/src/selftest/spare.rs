@@ -10,7 +10,7 @@ use crate::paths::{Paths, SPARE_ENV};
 use crate::sys::child::ChildServer;
 use crate::sys::hex::random_token;
 use crate::sys::http::request;
-use crate::sys::procfs::{kill_processes_with, processes_with, pss_kb};
+use crate::sys::procfs::kill_processes_with;
 use crate::sys::{At, CliResult};
 use std::io::BufRead;
 use std::process::{Command, Stdio};
@@ -152,16 +152,6 @@ impl Lab {
         RemoteKernel::open(self.port, "", &self.token, SESSION_PATH)
     }
 
-    /// Memory (PSS, GB) of every spare's processes, those handed over included.
-    pub fn spare_memory_gb(&self) -> f64 {
-        let kb: u64 = processes_with(&self.marker)
-            .into_iter()
-            .filter(|(_, env)| env.iter().any(|v| v == "LAB_KERNEL_SPARE=1"))
-            .map(|(pid, _)| pss_kb(pid))
-            .sum();
-        kb as f64 / 1e6
-    }
-
     /// Stops JupyterLab through its API; returns what was still running afterwards (killed).
     pub fn stop(&mut self) -> Vec<String> {
         let _ = request(self.port, "POST", "/api/shutdown", Some(&self.token), None);
@@ -220,7 +210,8 @@ pub fn run(kernel: &mut RemoteKernel, cells: &[&str]) -> CliResult<Vec<Ran>> {
 
 /// The spare kernel test of `cargo lab test`: after a restart, the kernel JupyterLab gets is the
 /// warm spare, it has none of the old kernel's variables nor the warm-up's, the lab's first cells
-/// work in it, and once JupyterLab stops, no kernel or spare is left running.
+/// work in it; a kernel starts cold when lab-support changed; a restart while the spare is still
+/// warming up waits for it; and once JupyterLab stops, no kernel or spare is left running.
 pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
     let mut problems = Vec::new();
     let mut lab = Lab::start()?;
@@ -286,6 +277,19 @@ pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
         });
         expect(&mut problems, "the cold kernel's `:dep` cell", &cold[1], |t| t.trim().is_empty());
         expect(&mut problems, "the cold kernel's `let y = 1 + 1; y`", &cold[2], |t| t.trim() == "2");
+        // A restart right away, while the next spare is still warming up: the launch waits for it
+        // (lab_kernel_pool.py, `SPARE_WAIT`) rather than starting a cold kernel beside it.
+        let (mut kernel, waited) = lab.restart(kernel)?;
+        let soon = run(&mut kernel, &["std::env::var(\"LAB_KERNEL_SPARE\").is_ok()", DEP, "let z = 2 + 3;\nz"])?;
+        expect(&mut problems, "a restart while the spare warms up getting that spare", &soon[0], |t| {
+            t.trim() == "true"
+        });
+        expect(&mut problems, "the `:dep` cell after it", &soon[1], |t| t.trim().is_empty());
+        expect(&mut problems, "its `let z = 2 + 3; z`", &soon[2], |t| t.trim() == "5");
+        if !lab.tail(400).contains("waited") {
+            problems.push("the server did not say that the launch waited for the spare warming up".into());
+        }
+        eprintln!("    a restart while the spare warmed up: {waited:.1} s, then `:dep` {:.1} s", soon[1].seconds);
         if !lab.tail(usize::MAX).contains(LAB_KERNEL_MANAGER_LINE) {
             problems.push(format!(
                 "the server did not say \"{}\": its kernels may die when a notebook connects (lab/kernel-pool/)",
