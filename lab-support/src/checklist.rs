@@ -2,7 +2,7 @@
 //! Adversarial Robustness": a defense whose white-box numbers fail them is probably hiding its
 //! gradient, not resisting attacks.
 //!
-//! [`checklist`] runs five on any model and budget, the first three from Carlini et al., the last two
+//! [`checklist`] runs six on any model and budget, the first three from Carlini et al., the last three
 //! among the flags AutoAttack (Croce & Hein 2020) raises when an evaluation looks unreliable:
 //!
 //! 1. **A large budget wins.** At L-inf 0.5 an attacker may turn every pixel mid-grey, wiping out
@@ -20,6 +20,11 @@
 //! 5. **More restarts do not help.** APGD from 5 random starts must not break more than a point
 //!    more digits than from 1: an attack that keeps finding more with every restart has not
 //!    converged, and its number is not the model's.
+//! 6. **The output does not change between calls.** The logits of the same digits, computed twice,
+//!    must agree (each row scaled to length 1, to within 1e-5) and so must the number of digits
+//!    right. A model that answers at random (a noise layer, [`Defense::Noise`](crate::model::Defense::Noise)) makes one attack
+//!    run a single draw: it needs attacks on the average over its randomness (EOT), and its
+//!    accuracy over several draws.
 //!
 //! Passing them does not prove a defense robust; failing one says its numbers cannot be trusted.
 
@@ -32,6 +37,7 @@ use crate::grad::{input_gradient, per_image_l2, Objective};
 use crate::model::Classifier;
 use crate::plot::Table;
 use crate::validate::check_eps;
+use candle_core::{DType, Tensor};
 
 /// The budget of check 1.
 pub const LARGE_EPS: f32 = 0.5;
@@ -81,10 +87,28 @@ impl Checklist {
 /// The share of digits whose input gradient may be exactly zero before check 4 flags it.
 pub const ZERO_GRADIENT_SHARE: f32 = 0.05;
 
-/// Runs the five checks (see the module docs) on `model` at budget `eps`, on the digits of `set`:
+/// How far apart (each row scaled to length 1) two computations of the same logits may be before
+/// check 6 flags the model as randomized.
+pub const SAME_OUTPUT_TOLERANCE: f32 = 1e-5;
+
+/// Check 6's measurement: the largest difference between the logits of `set`'s digits computed
+/// twice, each row scaled to length 1, and the number of digits right each time.
+pub fn output_changes(model: &Classifier, set: &Dataset) -> Result<(f32, usize, usize)> {
+    let run = || -> Result<(Tensor, usize)> {
+        let logits = model.forward(&set.images)?.detach();
+        let norms = logits.sqr()?.sum_keepdim(1)?.sqrt()?.affine(1.0, 1e-10)?;
+        let right = logits.argmax(1)?.eq(&set.labels.to_dtype(DType::U32)?)?.to_dtype(DType::U32)?;
+        Ok((logits.broadcast_div(&norms)?, right.sum_all()?.to_scalar::<u32>()? as usize))
+    };
+    let ((first, right_first), (second, right_second)) = (run()?, run()?);
+    let gap = (first - second)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    Ok((gap, right_first, right_second))
+}
+
+/// Runs the six checks (see the module docs) on `model` at budget `eps`, on the digits of `set`:
 /// PGD-10 and PGD-100 with cross-entropy, the worst case of APGD-CE (100 steps) and APGD-DLR (100
 /// steps, 3 targets), Square Attack with 1,000 queries per digit, the input gradient at the
-/// clean digits, and APGD-CE from 1 and from 5 random starts.
+/// clean digits, APGD-CE from 1 and from 5 random starts, and the logits computed twice.
 pub fn checklist(model: &Classifier, set: &Dataset, eps: f32) -> Result<Checklist> {
     check_eps(eps)?;
     if set.is_empty() || set.len() > 2000 {
@@ -101,6 +125,7 @@ pub fn checklist(model: &Classifier, set: &Dataset, eps: f32) -> Result<Checklis
     };
     // A line every stage or so: the whole list takes half a minute on 100 digits. The units are
     // rough costs of each stage, in gradient steps per digit (Square Attack's queries are cheaper).
+    let (gap, right_first, right_second) = output_changes(model, set)?;
     let mut progress = crate::notebook::Progress::new(format!("checklist on {} digits", set.len()), 1411);
     let large = pgd_steps(LARGE_EPS, 100)?;
     progress.update(100);
@@ -169,6 +194,18 @@ pub fn checklist(model: &Classifier, set: &Dataset, eps: f32) -> Result<Checklis
                 pct(one_start),
                 pct(five_starts)
             ),
+        },
+        ChecklistItem {
+            name: "the output does not change between calls",
+            passed: gap <= SAME_OUTPUT_TOLERANCE && right_first == right_second,
+            detail: if gap <= SAME_OUTPUT_TOLERANCE && right_first == right_second {
+                let same = if gap == 0.0 { "identical logits".to_string() } else { format!("logits within {gap:.1e}") };
+                format!("the clean digits twice: {same}, {right_first} right both times")
+            } else {
+                format!(
+                    "the clean digits twice: {right_first}, then {right_second} right, logits up to {gap:.2} apart (scaled to length 1): a randomized model, attack the average over its randomness (EOT)"
+                )
+            },
         },
     ];
     Ok(Checklist { eps, digits: set.len(), items })

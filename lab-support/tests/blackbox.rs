@@ -3,7 +3,7 @@
 
 use lab_support::blackbox::{simba, square_attack, transfer_rates, BlackBox, SimbaConfig, SquareConfig};
 use lab_support::check::{self, Outcome, Verdict, BPDA_CHECK};
-use lab_support::checklist::checklist;
+use lab_support::checklist::{checklist, output_changes, SAME_OUTPUT_TOLERANCE};
 use lab_support::prelude::*;
 
 fn plain() -> Classifier {
@@ -146,6 +146,31 @@ fn the_checklist_flags_the_quantized_model_and_passes_the_robust_one() {
     assert!(!masked.items[3].passed, "rounding leaves no gradient: {masked:?}");
     let robust = checklist(&Classifier::robust().unwrap(), &set, 0.2).unwrap();
     assert!(robust.passed(), "{robust:?}");
+    assert_eq!(robust.items.len(), 6);
+    assert!(masked.items[5].passed, "rounding is not random: {masked:?}");
+}
+
+#[test]
+fn a_noise_defense_answers_at_random_and_the_checklist_says_so() {
+    let set = digits(100);
+    let noisy = Classifier::noise_trained(0.25).unwrap().with_defense(Defense::Noise { sigma: 0.25 }).unwrap();
+    let (gap, first, second) = output_changes(&noisy, &set).unwrap();
+    assert!(gap > SAME_OUTPUT_TOLERANCE, "two calls gave the same logits: {gap}");
+    // A randomized model is not a broken one: most digits stay right under the noise it was trained with.
+    assert!(first >= 90 && second >= 90, "{first} {second}");
+    for model in [Classifier::robust().unwrap(), check::quantized_model().unwrap()] {
+        let (gap, first, second) = output_changes(&model, &set).unwrap();
+        assert!(gap <= SAME_OUTPUT_TOLERANCE && first == second, "{gap} {first} {second}");
+    }
+    // Gradients go through the noise: it randomizes, it does not mask.
+    let objective = Objective::untargeted(&set.labels).unwrap();
+    let g = input_gradient(&noisy, &set.images, &objective).unwrap();
+    let zero = per_image_l2(&g.grad).unwrap().to_vec1::<f32>().unwrap().iter().filter(|&&n| n == 0.0).count();
+    assert_eq!(zero, 0);
+    for sigma in [0.0, -0.1, 1.5, f32::NAN] {
+        let err = Classifier::pretrained().unwrap().with_defense(Defense::Noise { sigma }).unwrap_err().to_string();
+        assert!(err.contains("sigma") && err.contains("at most 1"), "{err}");
+    }
 }
 
 /// The lab's own SimBA on one digit, written as a student would.

@@ -24,6 +24,7 @@
 //! ```
 
 use crate::data::{data_dir, verified_bytes, Dataset, DIGIT_NAMES};
+use crate::rng::SeededRng;
 use crate::validate::check_batch;
 pub mod kernels;
 
@@ -366,10 +367,33 @@ impl Classifier {
 /// gradient attacks see nothing to follow and fail. That is gradient masking, not robustness
 /// (Athalye, Carlini and Wagner 2018); BPDA, which differentiates the network at the quantized
 /// input and treats the quantizer as the identity on the way back, gets the attack moving again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// [`Defense::Noise`] adds fresh Gaussian noise to every input at every call: a randomized
+/// defense. The same image can get two answers, so one attack run, or one accuracy, is one draw of
+/// a random number. An evaluation must say so and attack the expectation over the noise (EOT:
+/// average the gradient over draws); the checklist flags a model whose output changes between two
+/// calls. The noise comes from one seeded generator per process, so a notebook run again gives the
+/// same numbers.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Defense {
     /// Round every pixel to the nearest of `levels` evenly spaced grey values in `[0, 1]`.
     Quantize { levels: u32 },
+    /// Add Gaussian noise of standard deviation `sigma` to every pixel (not clamped: as the
+    /// noise-trained models saw it in training, `Classifier::noise_trained`), drawn anew at every
+    /// call. Gradients go through it unchanged.
+    Noise { sigma: f32 },
+}
+
+/// The seed of the generator [`Defense::Noise`] draws from.
+const DEFENSE_NOISE_SEED: u64 = 0x006e_6f69_7365; // "noise"
+/// That generator, one per process.
+static DEFENSE_NOISE: std::sync::Mutex<Option<SeededRng>> = std::sync::Mutex::new(None);
+
+/// Gaussian noise of `sigma` in the shape, type and device of `like`, from [`DEFENSE_NOISE`].
+fn defense_noise(like: &Tensor, sigma: f32) -> Result<Tensor> {
+    let mut rng = DEFENSE_NOISE.lock().unwrap_or_else(|e| e.into_inner());
+    let noise = rng.get_or_insert_with(|| SeededRng::new(DEFENSE_NOISE_SEED)).normal_tensor(like.dims(), sigma)?;
+    Ok(noise.to_dtype(like.dtype())?.to_device(like.device())?)
 }
 
 impl Defense {
@@ -379,11 +403,16 @@ impl Defense {
                 Err(LabError::invalid("levels", levels, "between 2 (black and white) and 256 (8-bit images)"))
             }
             Defense::Quantize { .. } => Ok(()),
+            Defense::Noise { sigma } if !(sigma.is_finite() && sigma > 0.0 && sigma <= 1.0) => {
+                Err(LabError::invalid("sigma", sigma, "a noise level above 0 and at most 1 (pixels are in [0, 1])"))
+            }
+            Defense::Noise { .. } => Ok(()),
         }
     }
 
-    /// The preprocessed batch, as the network sees it. It carries no gradient: nothing flows back
-    /// through a rounding step.
+    /// The preprocessed batch, as the network sees it. After [`Defense::Quantize`] it carries no
+    /// gradient (nothing flows back through a rounding step); after [`Defense::Noise`] it does, and
+    /// each call draws new noise.
     pub fn apply(&self, images: &Tensor) -> Result<Tensor> {
         self.validate()?;
         check_batch(images, "the image batch")?;
@@ -396,6 +425,7 @@ impl Defense {
                 let top = (levels - 1) as f64;
                 Ok(images.detach().affine(top, 0.0)?.round()?.affine(1.0 / top, 0.0)?)
             }
+            Defense::Noise { sigma } => Ok((images + defense_noise(images, sigma)?)?),
         }
     }
 }
