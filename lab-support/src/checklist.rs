@@ -2,8 +2,10 @@
 //! Adversarial Robustness": a defense whose white-box numbers fail them is probably hiding its
 //! gradient, not resisting attacks.
 //!
-//! [`checklist`] runs six on any model and budget, the first three from Carlini et al., the last three
-//! among the flags AutoAttack (Croce & Hein 2020) raises when an evaluation looks unreliable:
+//! [`checklist`] runs six on any model and budget: the first three and the fifth follow Carlini et
+//! al.'s advice; the third, fourth and sixth are among the flags AutoAttack (Croce & Hein 2020)
+//! raises when an evaluation looks unreliable (its `flags_doc.md`: a randomized output, a zero
+//! gradient, Square Attack improving the evaluation):
 //!
 //! 1. **A large budget wins.** At L-inf 0.5 an attacker may turn every pixel mid-grey, wiping out
 //!    the digit, so PGD must bring accuracy near 0 (at most 10%). If it cannot, the attack is not
