@@ -106,21 +106,33 @@ pub(crate) fn relu(x: &Bounds) -> Result<Bounds> {
 /// the last layer `(w, b)`: `(w_y - w_j) · c - |w_y - w_j| · r + (b_y - b_j)` for `h`'s centre `c`
 /// and radius `r`. `(N, classes)`; the entry of `y` itself is 0.
 pub(crate) fn margins(h: &Bounds, w: &Tensor, b: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let (at_center, spread, bias) = margin_parts(h, w, b, labels)?;
+    Ok(((at_center - spread)? + bias)?)
+}
+
+/// The three terms of [`margins`], each `(N, classes)`: `(w_y - w_j) · c`, `|w_y - w_j| · r` and
+/// `b_y - b_j` (notebook 06's check rebuilds the usual mistakes from them).
+pub(crate) fn margin_parts(h: &Bounds, w: &Tensor, b: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
     let labels = labels.to_dtype(DType::U32)?;
     let diff = w.index_select(&labels, 0)?.unsqueeze(1)?.broadcast_sub(&w.unsqueeze(0)?)?; // (N, K, H)
     let bias = b.index_select(&labels, 0)?.unsqueeze(1)?.broadcast_sub(&b.unsqueeze(0)?)?; // (N, K)
     let at_center = diff.broadcast_mul(&h.center()?.unsqueeze(1)?)?.sum(D::Minus1)?;
     let spread = diff.abs()?.broadcast_mul(&h.radius()?.unsqueeze(1)?)?.sum(D::Minus1)?;
-    Ok(((at_center - spread)? + bias)?)
+    Ok((at_center, spread, bias))
 }
 
 /// The network's parameter `name` in the images' element type.
-fn param(model: &Classifier, name: &str, dtype: DType) -> Result<Tensor> {
+pub(crate) fn param(model: &Classifier, name: &str, dtype: DType) -> Result<Tensor> {
     Ok(model.parameters()[name].to_dtype(dtype)?)
 }
 
 /// Bounds on the last hidden layer (after fc1's relu) for every input in `input`.
 pub(crate) fn hidden(model: &Classifier, input: &Bounds) -> Result<Bounds> {
+    relu(&before_relu(model, input)?)
+}
+
+/// Bounds on fc1's outputs before its relu, for every input in `input`.
+pub(crate) fn before_relu(model: &Classifier, input: &Bounds) -> Result<Bounds> {
     if model.defense().is_some() {
         return Err(LabError::invalid(
             "model",
@@ -133,7 +145,7 @@ pub(crate) fn hidden(model: &Classifier, input: &Bounds) -> Result<Bounds> {
     let h = conv_block(input, &p("conv1.weight")?, &p("conv1.bias")?)?;
     let h = conv_block(&h, &p("conv2.weight")?, &p("conv2.bias")?)?;
     let h = Bounds { lo: h.lo.flatten_from(1)?, hi: h.hi.flatten_from(1)? };
-    relu(&linear(&h, &p("fc1.weight")?, &p("fc1.bias")?)?)
+    linear(&h, &p("fc1.weight")?, &p("fc1.bias")?)
 }
 
 /// Bounds on each logit `(N, 10)` over the box of radius `eps` around each image. Looser than

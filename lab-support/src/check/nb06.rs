@@ -128,12 +128,12 @@ where
         }
         // Sound? The margins of random points of the boxes, and of PGD's attack, must stay above.
         let labels = set.label_vec()?;
-        let boxes = Bounds::linf_box(&set.images, eps)?;
+        let boxed = Bounds::linf_box(&set.images, eps)?;
         let mut rng = SeededRng::new(9);
         let mut points = vec![pgd_points(&model, &set, eps)?];
         for _ in 0..20 {
             let u = rng.uniform_tensor(set.images.dims(), 0.0, 1.0)?;
-            points.push((&boxes.lo + u.mul(&(&boxes.hi - &boxes.lo)?)?)?);
+            points.push((&boxed.lo + u.mul(&(&boxed.hi - &boxed.lo)?)?)?);
         }
         let bound: Vec<Vec<f32>> = got.to_dtype(DType::F32)?.to_vec2()?;
         let mut broken = None;
@@ -150,22 +150,13 @@ where
         }
         // The usual mistakes, each computed and compared.
         let dtype = set.images.dtype();
-        let p = |name: &str| -> Result<Tensor> { Ok(model.parameters()[name].to_dtype(dtype)?) };
+        let (w2, b2) = (certify::param(&model, "fc2.weight", dtype)?, certify::param(&model, "fc2.bias", dtype)?);
         let unclamped = Bounds { lo: (&set.images - eps as f64)?, hi: (&set.images + eps as f64)? };
-        let no_clamp =
-            certify::margins(&certify::hidden(&model, &unclamped)?, &p("fc2.weight")?, &p("fc2.bias")?, &set.labels)?;
-        let boxed = Bounds::linf_box(&set.images, eps)?;
-        let h = certify::hidden(&model, &boxed)?;
-        let (w2, b2) = (p("fc2.weight")?, p("fc2.bias")?);
-        let (at_center, spread, bias) = margin_parts(&h, &w2, &b2, &set.labels)?;
+        let no_clamp = certify::margins(&certify::hidden(&model, &unclamped)?, &w2, &b2, &set.labels)?;
+        let pre_relu = certify::before_relu(&model, &boxed)?;
+        let (at_center, spread, bias) = certify::margin_parts(&certify::relu(&pre_relu)?, &w2, &b2, &set.labels)?;
         let no_bias = (&at_center - &spread)?;
         let reversed = ((at_center.neg()? - &bias)? - &spread)?;
-        let pre_relu = {
-            let c1 = certify::conv_block(&boxed, &p("conv1.weight")?, &p("conv1.bias")?)?;
-            let c2 = certify::conv_block(&c1, &p("conv2.weight")?, &p("conv2.bias")?)?;
-            let flat = Bounds { lo: c2.lo.flatten_from(1)?, hi: c2.hi.flatten_from(1)? };
-            certify::linear(&flat, &p("fc1.weight")?, &p("fc1.bias")?)?
-        };
         let no_relu = certify::margins(&pre_relu, &w2, &b2, &set.labels)?;
         let logits = certify::logit_bounds(&model, &set.images, eps)?;
         let lo_true = logits.lo.contiguous()?.gather(&set.labels.unsqueeze(1)?, 1)?;
@@ -201,16 +192,6 @@ where
             cause,
         ))
     })
-}
-
-/// The three parts of the margin bounds from hidden bounds `h`: `(w_y - w_j) · c`, `|w_y - w_j| · r`
-/// and `b_y - b_j`, each `(N, classes)`.
-fn margin_parts(h: &Bounds, w: &Tensor, b: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-    let diff = w.index_select(labels, 0)?.unsqueeze(1)?.broadcast_sub(&w.unsqueeze(0)?)?;
-    let bias = b.index_select(labels, 0)?.unsqueeze(1)?.broadcast_sub(&b.unsqueeze(0)?)?;
-    let at_center = diff.broadcast_mul(&h.center()?.unsqueeze(1)?)?.sum(2)?;
-    let spread = diff.abs()?.broadcast_mul(&h.radius()?.unsqueeze(1)?)?.sum(2)?;
-    Ok((at_center, spread, bias))
 }
 
 /// PGD's adversarial images at `eps` against `model`, for a soundness test.

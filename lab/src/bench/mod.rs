@@ -55,12 +55,17 @@ pub fn memory_of(text: &str) -> Option<(u64, u64)> {
 pub fn print_memory(text: &str, labels: Value) -> CliResult<()> {
     let (evcxr, runner) = memory_of(text).ok_or_else(|| format!("the memory cell printed no figures: {text}"))?;
     let gb = |kb: u64| round(kb as f64 / 1e6);
-    let mut line = json!({"figure": "kernel_idle_gb", "gb": gb(evcxr + runner), "evcxr_gb": gb(evcxr), "cell_runner_gb": gb(runner), "goal": IDLE_GOAL_GB});
+    let line = json!({"figure": "kernel_idle_gb", "gb": gb(evcxr + runner), "evcxr_gb": gb(evcxr), "cell_runner_gb": gb(runner), "goal": IDLE_GOAL_GB});
+    println!("{}", labelled(line, &labels));
+    Ok(())
+}
+
+/// A figure's JSON line with the run's labels (`{"run": ...}`) added.
+pub fn labelled(mut line: Value, labels: &Value) -> Value {
     if let (Some(line), Some(labels)) = (line.as_object_mut(), labels.as_object()) {
         line.extend(labels.clone());
     }
-    println!("{line}");
-    Ok(())
+    line
 }
 
 /// The peak PSS (kB) of the processes whose environment holds `marker`, but Jupyter's own

@@ -5,7 +5,7 @@
 //! thread, as a machine shared with other work is. Every run's cells are timed, and the kernel's
 //! idle memory read.
 
-use super::{median, print_memory, round, MEMORY};
+use super::{labelled, median, print_memory, round, MEMORY};
 use crate::selftest::spare::{run, Lab, Ran};
 use crate::sys::CliResult;
 use serde_json::json;
@@ -61,15 +61,12 @@ fn report(ran: &[Ran], labels: serde_json::Value) -> CliResult<()> {
     let mut small: Vec<f64> = cells[2..].iter().map(|t| t.seconds).collect();
     small.sort_by(f64::total_cmp);
     let first_two = cells[0].seconds + cells[1].seconds;
-    let mut line = json!({
+    let line = json!({
         "figure": "first_two_cells_s", "seconds": round(first_two), "goal": WARM_GOAL_S,
         "dep_cell_s": round(cells[0].seconds), "load_cell_s": round(cells[1].seconds),
-        "small_cell_median_s": round(super::median(&small)), "small_cell_max_s": round(small[small.len() - 1]),
+        "small_cell_median_s": round(median(&small)), "small_cell_max_s": round(small[small.len() - 1]),
     });
-    if let (Some(line), Some(labels)) = (line.as_object_mut(), labels.as_object()) {
-        line.extend(labels.clone());
-    }
-    println!("{line}");
+    println!("{}", labelled(line, &labels));
     print_memory(&memory[0].text, labels)
 }
 
