@@ -86,8 +86,9 @@ enum Command {
         #[arg(long)]
         kernel: bool,
     },
-    /// Start a JupyterHub for a room on this machine: each student logs in with their name and the
-    /// room's password and gets their own copy of the notebooks (Ctrl-C stops it).
+    /// Start a JupyterHub for a room on this machine: each student logs in with their name and a
+    /// password they choose at their first login and gets their own copy of the notebooks, as a
+    /// Unix user of their own when run as root (Ctrl-C stops it).
     Hub {
         /// The students' names, comma-separated.
         #[arg(long, value_delimiter = ',')]
@@ -101,6 +102,13 @@ enum Command {
         /// The port (the hub also uses the next two, on 127.0.0.1).
         #[arg(long, default_value_t = 8000)]
         port: u16,
+        /// Stop a student's server after this many seconds without activity (0: never).
+        #[arg(long, default_value_t = hub::CULL_AFTER_S)]
+        cull_after: u64,
+        /// Not as root, listen beyond 127.0.0.1 although every student's server runs as your Unix
+        /// user (any student can read the others' work and the solutions).
+        #[arg(long)]
+        shared_unix_user: bool,
     },
     /// Make an nbgrader course of the lab (in course/): the solutions as its source, and
     /// `nbgrader generate_assignment` for each notebook (installs nbgrader into .venv/).
@@ -166,14 +174,14 @@ fn main() -> ExitCode {
         Command::Kernel { evcxr, connection_file } => launcher::launch(&evcxr, &connection_file),
         Command::Test { notebook } => selftest::test(notebook.as_deref()),
         Command::Student { force } => student::run(force),
-        Command::Hub { mut users, users_file, ip, port } => (|| {
+        Command::Hub { mut users, users_file, ip, port, cull_after, shared_unix_user } => (|| {
             if let Some(file) = users_file {
                 let text = std::fs::read_to_string(in_root(&file)).at(&file)?;
                 users.extend(
                     text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from),
                 );
             }
-            hub::serve(users, ip, port)
+            hub::serve(users, ip, port, cull_after, shared_unix_user)
         })(),
         Command::Course { dir } => course::course(&Paths::new(), &in_root(&dir)),
         Command::Grade { assignment, dir, jobs, timeout } => {

@@ -1,16 +1,23 @@
 //! `cargo lab hub`: one server for a room. A real JupyterHub (from PyPI, in the project venv) with
 //! JupyterHub's configurable-http-proxy (from npm, `lab/hub/`), on 127.0.0.1 unless told otherwise.
 //!
-//! - Students log in with their name (from the list the instructor gives) and the room's password,
-//!   JupyterHub's own `SharedPasswordAuthenticator`. The password is generated once into
-//!   `.lab/hub/password` (mode 0600); it reaches the hub through its environment, never a command
-//!   line. So does the token of the `lab` service, which this tool uses to manage the hub.
-//! - Each student's server is JupyterLab with the lab's `rust` kernel, in a home of their own,
-//!   `.lab/hub/home/<name>/`, holding their copy of the student notebooks (written once, never
-//!   overwritten) and a `lab-support` link (the notebooks load `../lab-support`).
-//! - All servers run as the instructor's Unix user (JupyterHub's `SimpleLocalProcessSpawner`): one
-//!   server for a room trusts the room, as docs/instructors.md says.
+//! - Each student logs in with their name (from the list the instructor gives) and a password of
+//!   their own, set at their first login: JupyterHub's `FirstUseAuthenticator`, as The Littlest
+//!   JupyterHub uses. The instructor is the hub's admin, `instructor`, whose password this tool
+//!   generates once into `.lab/hub/password` (mode 0600); it reaches the hub through its
+//!   environment, never a command line. So does the token of the `lab` service, which this tool
+//!   uses to manage the hub.
+//! - As root (a lab server, CI), each student's server runs as a Unix user of their own,
+//!   `jupyter-<name>`, in a home only they can read, and cannot read the solutions, `course/` or
+//!   another student's home (`isolation`). Without root every server runs as the instructor's user,
+//!   which the tool says at start, and listening beyond 127.0.0.1 then needs `--shared-unix-user`.
+//! - Each server is JupyterLab with the lab's `rust` kernel; the home holds the student's copy of
+//!   the student notebooks (written once, never overwritten) and a `lab-support` link (the notebooks
+//!   load `../lab-support`).
+//! - Servers idle for `--cull-after` seconds (default an hour) are stopped by
+//!   jupyterhub-idle-culler, so their memory comes back; the student's files stay.
 
+use super::isolation::Runtime;
 use crate::paths::{Paths, SPARE_ENV};
 use crate::sys::child::{ChildServer, NotReady};
 use crate::sys::hex::random_token;
@@ -35,15 +42,21 @@ fn ensure_proxy(paths: &Paths) -> CliResult<PathBuf> {
 
 /// A user name JupyterHub and a folder name both accept.
 fn check_name(name: &str) -> CliResult<()> {
+    // 24: a Unix user name holds 32 characters, and the student's is `jupyter-<name>`.
     let ok = !name.is_empty()
-        && name.len() <= 32
+        && name.len() <= 24
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
     if ok && !name.starts_with('-') {
         Ok(())
     } else {
-        Err(format!("{name:?} is not a usable user name: use 1-32 lowercase letters, digits, '-' or '_'"))
+        Err(format!("{name:?} is not a usable user name: use 1-24 lowercase letters, digits, '-' or '_'"))
     }
 }
+
+/// The hub's admin (the instructor), who may log in beside the students.
+pub const ADMIN: &str = "instructor";
+/// Servers idle this long are stopped, unless the instructor says otherwise (`--cull-after`).
+pub const CULL_AFTER_S: u64 = 3600;
 
 /// What a hub needs: where it keeps its state, who may log in, where it listens.
 pub struct HubSetup {
@@ -51,6 +64,8 @@ pub struct HubSetup {
     pub users: Vec<String>,
     pub ip: String,
     pub port: u16,
+    /// Seconds of inactivity after which a server is stopped; 0 never.
+    pub cull_after: u64,
 }
 
 /// A running hub, stopped on drop (the hub stops its users' servers; whatever is left of this hub
@@ -61,7 +76,12 @@ pub struct Hub {
     token: String,
     /// Marks every process of this hub (`LAB_HUB_ID=<id>` in its environment).
     pub id: String,
+    /// The admin's (`ADMIN`) password.
     pub password: String,
+    /// Each user's home, by hub user name.
+    pub homes: std::collections::HashMap<String, PathBuf>,
+    /// Whether each student's server runs as a Unix user of their own.
+    pub isolated: bool,
 }
 
 fn write_private(path: &Path, text: &str) -> CliResult<()> {
@@ -70,7 +90,7 @@ fn write_private(path: &Path, text: &str) -> CliResult<()> {
     f.write_all(text.as_bytes()).at(path)
 }
 
-/// The room's password: `dir/password`, made once.
+/// The admin's password: `dir/password`, made once.
 fn password(dir: &Path) -> CliResult<String> {
     let file = dir.join("password");
     if let Ok(p) = std::fs::read_to_string(&file) {
@@ -83,8 +103,9 @@ fn password(dir: &Path) -> CliResult<String> {
     Ok(p)
 }
 
-/// A user's home: the student notebooks (only those not there yet) and the lab-support link.
-fn prepare_home(paths: &Paths, home: &Path) -> CliResult<()> {
+/// A user's home: the student notebooks (only those not there yet) and the lab-support link,
+/// given to `owner` (their Unix user) where there is one.
+fn prepare_home(paths: &Paths, home: &Path, owner: Option<&str>) -> CliResult<()> {
     let nbs = home.join("notebooks");
     std::fs::create_dir_all(&nbs).at(&nbs)?;
     for (_, student) in super::student::pairs(&paths.root)? {
@@ -97,20 +118,113 @@ fn prepare_home(paths: &Paths, home: &Path) -> CliResult<()> {
     if std::fs::symlink_metadata(&link).is_err() {
         std::os::unix::fs::symlink(paths.root.join("lab-support"), &link).at(&link)?;
     }
+    if let Some(owner) = owner {
+        super::isolation::give(&nbs, owner)?;
+        super::isolation::give(&link, owner)?;
+    }
     Ok(())
 }
 
 /// jupyterhub_config.py: secrets come from the environment, everything else is written here.
-fn config(paths: &Paths, setup: &HubSetup, proxy: &Path) -> String {
+fn config(paths: &Paths, setup: &HubSetup, proxy: &Path, runtime: Option<&Runtime>) -> String {
     let py = |s: &str| format!("{s:?}");
     let list = |v: &[String]| format!("[{}]", v.iter().map(|s| py(s)).collect::<Vec<_>>().join(", "));
     let home = |v: &str| std::env::var(v).ok();
-    let cargo_home = home("CARGO_HOME").unwrap_or_else(|| format!("{}/.cargo", home("HOME").unwrap_or_default()));
-    let rustup_home = home("RUSTUP_HOME").unwrap_or_else(|| format!("{}/.rustup", home("HOME").unwrap_or_default()));
-    let root_args = if is_root() { "[\"--allow-root\"]" } else { "[]" };
+    let spare = if std::env::var(SPARE_ENV).as_deref() == Ok("1") { "1" } else { "0" };
+    let spawner = match runtime {
+        // Each student a Unix user of their own (see `isolation`), started from the runtime copies.
+        Some(rt) => format!(
+            r#"import pwd
+from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
+
+class LabSpawner(LocalProcessSpawner):
+    """A student's server as their own Unix user, jupyter-<name> (as The Littlest JupyterHub names them)."""
+    def make_preexec_fn(self, name):
+        return set_user_setuid("jupyter-" + name)
+
+    def user_env(self, env):
+        unix = pwd.getpwnam("jupyter-" + self.user.name)
+        env.update(USER=unix.pw_name, HOME=unix.pw_dir, SHELL=unix.pw_shell)
+        return env
+
+c.JupyterHub.spawner_class = LabSpawner
+c.Spawner.cmd = [{python}, "-m", "jupyterhub.singleuser"]
+c.Spawner.environment = {{
+    "PATH": {path},
+    "LD_LIBRARY_PATH": {library_path},
+    "VIRTUAL_ENV": {venv},
+    "JUPYTER_PREFER_ENV_PATH": "1",
+    {rust_src}"LAB_HUB_ID": os.environ["LAB_HUB_ID"],
+    "LAB_SPARE_KERNEL": "{spare}",
+}}
+"#,
+            python = py(&rt.python().display().to_string()),
+            path = py(&rt.path()),
+            library_path = py(&rt.library_path()),
+            venv = py(&rt.venv().display().to_string()),
+            // The instructor's check that the trimmed sources are current (see `analyzer`) reads the
+            // toolchain's own, which a student cannot: it is made here.
+            rust_src = super::analyzer::kernel_env(paths)
+                .into_iter()
+                .filter(|(k, _)| *k == super::analyzer::RUST_SRC_ENV)
+                .map(|(k, v)| format!("{}: {}, ", py(k), py(&v.to_string_lossy())))
+                .collect::<String>(),
+        ),
+        None => {
+            let cargo_home =
+                home("CARGO_HOME").unwrap_or_else(|| format!("{}/.cargo", home("HOME").unwrap_or_default()));
+            let rustup_home =
+                home("RUSTUP_HOME").unwrap_or_else(|| format!("{}/.rustup", home("HOME").unwrap_or_default()));
+            let root_args = if is_root() { "[\"--allow-root\"]" } else { "[]" };
+            format!(
+                r#"c.JupyterHub.spawner_class = "simple"
+c.SimpleLocalProcessSpawner.home_dir_template = {homes} + "/{{username}}"
+c.Spawner.cmd = [{singleuser}]
+c.Spawner.args = {root_args}
+# The user's servers find the venv's `rust` kernel first, and cargo and rustup where the
+# instructor has them (HOME is the student's home).
+c.Spawner.environment = {{
+    "JUPYTER_PREFER_ENV_PATH": "1",
+    "VIRTUAL_ENV": {venv},
+    "CARGO_HOME": {cargo_home},
+    "RUSTUP_HOME": {rustup_home},
+    "LAB_HUB_ID": os.environ["LAB_HUB_ID"],
+    "LAB_SPARE_KERNEL": "{spare}",
+}}
+"#,
+                homes = py(&setup.dir.join("home").display().to_string()),
+                singleuser = py(&paths.venv_bin("jupyterhub-singleuser").display().to_string()),
+                venv = py(&paths.venv.display().to_string()),
+                cargo_home = py(&cargo_home),
+                rustup_home = py(&rustup_home),
+            )
+        }
+    };
+    let culler = if setup.cull_after == 0 {
+        String::new()
+    } else {
+        format!(
+            r#"# Servers idle for {cull} s are stopped (their files stay), so a room's memory comes back.
+c.JupyterHub.services.append({{
+    "name": "idle-culler",
+    "command": [sys.executable, "-m", "jupyterhub_idle_culler", "--timeout={cull}", "--cull-every={every}"],
+}})
+c.JupyterHub.load_roles.append({{
+    "name": "idle-culler",
+    "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+    "services": ["idle-culler"],
+}})
+"#,
+            cull = setup.cull_after,
+            every = (setup.cull_after / 2).clamp(1, 600),
+        )
+    };
+    let mut users = setup.users.clone();
+    users.push(ADMIN.to_string());
     format!(
         r#"# Written by `cargo lab hub` at every start; edit lab/src/cmd/hub.rs instead.
-import os
+import dbm, os, sys
+import bcrypt
 c = get_config()
 c.JupyterHub.bind_url = "http://{ip}:{port}"
 c.JupyterHub.hub_bind_url = "http://127.0.0.1:{hub_port}"
@@ -120,9 +234,17 @@ c.JupyterHub.db_url = "sqlite:///" + {db}
 c.JupyterHub.cookie_secret_file = {cookie}
 c.JupyterHub.pid_file = {pid}
 
-c.JupyterHub.authenticator_class = "shared-password"
-c.SharedPasswordAuthenticator.user_password = os.environ["LAB_HUB_PASSWORD"]
+# Each student sets their own password at their first login (FirstUseAuthenticator, as The
+# Littlest JupyterHub does); the admin's is set here, from the password this tool made.
+c.JupyterHub.authenticator_class = "firstuseauthenticator.FirstUseAuthenticator"
+c.FirstUseAuthenticator.dbm_path = {dbm}
+c.FirstUseAuthenticator.create_users = False
+c.FirstUseAuthenticator.min_password_length = 8
 c.Authenticator.allowed_users = set({users})
+c.Authenticator.admin_users = {{"{admin}"}}
+with dbm.open({dbm}, "c", 0o600) as db:
+    if b"{admin}" not in db:
+        db[b"{admin}"] = bcrypt.hashpw(os.environ["LAB_HUB_PASSWORD"].encode(), bcrypt.gensalt())
 
 # The lab tool's own service: creates users and starts and stops servers for `cargo lab hub`.
 c.JupyterHub.services = [{{"name": "lab", "api_token": os.environ["LAB_HUB_TOKEN"]}}]
@@ -131,27 +253,13 @@ c.JupyterHub.load_roles = [{{
     "scopes": ["admin:users", "admin:servers", "access:servers", "tokens"],
     "services": ["lab"],
 }}]
-
-c.JupyterHub.spawner_class = "simple"
-c.SimpleLocalProcessSpawner.home_dir_template = {homes} + "/{{username}}"
-c.Spawner.cmd = [{singleuser}]
-c.Spawner.args = {root_args}
+{culler}
 c.Spawner.default_url = "/lab/tree/notebooks"
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 120
-# The user's servers find the venv's `rust` kernel first, and cargo and rustup where the
-# instructor has them (HOME is the student's home).
-c.Spawner.environment = {{
-    "JUPYTER_PREFER_ENV_PATH": "1",
-    "VIRTUAL_ENV": {venv},
-    "CARGO_HOME": {cargo_home},
-    "RUSTUP_HOME": {rustup_home},
-    "LAB_HUB_ID": os.environ["LAB_HUB_ID"],
-    # A warm spare kernel per server (lab/kernel-pool/) only when the instructor asks for one
-    # (LAB_SPARE_KERNEL=1 cargo lab hub): it holds about one more kernel's memory per student.
-    "LAB_SPARE_KERNEL": "{spare}",
-}}
-"#,
+# A warm spare kernel per server (lab/kernel-pool/) only when the instructor asks for one
+# (LAB_SPARE_KERNEL=1 cargo lab hub): it holds about one more kernel's memory per student.
+{spawner}"#,
         ip = setup.ip,
         port = setup.port,
         hub_port = setup.port + 1,
@@ -160,13 +268,9 @@ c.Spawner.environment = {{
         db = py(&setup.dir.join("jupyterhub.sqlite").display().to_string()),
         cookie = py(&setup.dir.join("jupyterhub_cookie_secret").display().to_string()),
         pid = py(&setup.dir.join("jupyterhub.pid").display().to_string()),
-        users = list(&setup.users),
-        homes = py(&setup.dir.join("home").display().to_string()),
-        singleuser = py(&paths.venv_bin("jupyterhub-singleuser").display().to_string()),
-        venv = py(&paths.venv.display().to_string()),
-        cargo_home = py(&cargo_home),
-        rustup_home = py(&rustup_home),
-        spare = if std::env::var(SPARE_ENV).as_deref() == Ok("1") { "1" } else { "0" },
+        dbm = py(&setup.dir.join("passwords.dbm").display().to_string()),
+        users = list(&users),
+        admin = ADMIN,
     )
 }
 
@@ -181,18 +285,31 @@ impl Hub {
         }
         for u in &setup.users {
             check_name(u)?;
+            if u == ADMIN {
+                return Err(format!("{ADMIN:?} is the hub's admin (you): give the students other names"));
+            }
         }
-        std::fs::create_dir_all(setup.dir.join("home")).at(&setup.dir)?;
-        for u in &setup.users {
-            prepare_home(paths, &setup.dir.join("home").join(u))?;
+        let mut everyone = setup.users.clone();
+        everyone.push(ADMIN.to_string());
+        let (runtime, homes) = if is_root() {
+            let (rt, homes) = super::isolation::prepare(paths, &everyone)?;
+            (Some(rt), homes)
+        } else {
+            (None, everyone.iter().map(|u| setup.dir.join("home").join(u)).collect())
+        };
+        for (u, home) in everyone.iter().zip(&homes) {
+            let owner = runtime.as_ref().map(|_| super::isolation::unix_name(u));
+            prepare_home(paths, home, owner.as_deref())?;
         }
+        // The hub's own files (its database, the passwords' hashes, the cookie secret): its alone.
+        std::fs::set_permissions(&setup.dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).at(&setup.dir)?;
         for port in [setup.port, setup.port + 1, setup.port + 2] {
             if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
                 return Err(format!("port {port} on 127.0.0.1 is busy (the hub needs {0}, {1} and {2}): stop what uses it, or choose another with --port", setup.port, setup.port + 1, setup.port + 2));
             }
         }
         let config_file = setup.dir.join("jupyterhub_config.py");
-        std::fs::write(&config_file, config(paths, setup, &proxy)).at(&config_file)?;
+        std::fs::write(&config_file, config(paths, setup, &proxy, runtime.as_ref())).at(&config_file)?;
         let password = password(&setup.dir)?;
         let token = random_token()?;
         let id = random_token()?[..16].to_string();
@@ -208,7 +325,8 @@ impl Hub {
             .stderr(log_file);
         // Its own process group: a Ctrl-C on the terminal is for `cargo lab hub` to handle.
         let server = ChildServer::spawn(&mut cmd).map_err(|e| format!("could not start jupyterhub: {e}"))?;
-        let mut hub = Hub { server, port: setup.port, token, id, password };
+        let homes = everyone.into_iter().zip(homes).collect();
+        let mut hub = Hub { server, port: setup.port, token, id, password, homes, isolated: runtime.is_some() };
         let answers = || matches!(request(hub.port, "GET", "/hub/api/", Some(&hub.token), None), Ok((200, _)));
         match hub.server.wait_ready(Duration::from_secs(60), Duration::from_millis(300), answers) {
             Ok(()) => Ok(hub),
@@ -291,26 +409,48 @@ impl Drop for Hub {
 }
 
 /// `cargo lab hub`: starts the hub for a room and keeps it running until Ctrl-C.
-pub fn serve(users: Vec<String>, ip: String, port: u16) -> CliResult<()> {
+pub fn serve(users: Vec<String>, ip: String, port: u16, cull_after: u64, shared_unix_user: bool) -> CliResult<()> {
     let paths = Paths::new();
-    if ip != "127.0.0.1" {
-        eprintln!("warning: the hub listens on {ip}: anyone who can reach this machine and knows the room's password gets a server. Put it behind HTTPS (a reverse proxy) before a real class.");
+    if !is_root() {
+        if ip != "127.0.0.1" && !shared_unix_user {
+            return Err(format!(
+                "not run as root, every student's server would run as your Unix user, so any student could \
+                 read and change the others' notebooks, the solutions and course/. Run it as root (each \
+                 student then gets a Unix user of their own), or keep it on 127.0.0.1, or pass \
+                 --shared-unix-user to listen on {ip} anyway"
+            ));
+        }
+        eprintln!(
+            "warning: not run as root, so not isolated: every student's server runs as your Unix user, and a \
+             student's code can read and change the other students' notebooks, the solutions and course/. \
+             Run `cargo lab hub` as root to give each student a Unix user of their own."
+        );
     }
-    let setup = HubSetup { dir: paths.state.join("hub"), users, ip, port };
+    if ip != "127.0.0.1" {
+        eprintln!("warning: the hub listens on {ip}: put it behind HTTPS (a reverse proxy) before a real class; passwords cross the network.");
+    }
+    let setup = HubSetup { dir: paths.state.join("hub"), users, ip, port, cull_after };
     let log = setup.dir.join("jupyterhub.log");
     std::fs::create_dir_all(&setup.dir).at(&setup.dir)?;
     let mut hub = Hub::start(&paths, &setup, &log)?;
     println!("JupyterHub for {} students: http://{}:{port}/", setup.users.len(), setup.ip);
     println!(
-        "They log in with their name ({}) and the room's password, which is in {} (not printed here).",
+        "Each student ({}) logs in with their name and chooses a password at their first login; you log in \
+         as {ADMIN:?} with the password in {} (not printed here).",
         setup.users.join(", "),
         setup.dir.join("password").display()
     );
-    println!(
-        "Their notebooks: {}/home/<name>/notebooks/. The hub's log: {}. Ctrl-C stops the hub and every server.",
-        setup.dir.display(),
-        log.display()
-    );
+    let where_ = if hub.isolated {
+        "/home/jupyter-<name>/notebooks/, each their own Unix user's".to_string()
+    } else {
+        format!("{}/home/<name>/notebooks/", setup.dir.display())
+    };
+    println!("Their notebooks: {where_}. The hub's log: {}. Ctrl-C stops the hub and every server.", log.display());
+    if cull_after > 0 {
+        println!(
+            "A server idle for {cull_after} s is stopped (its files stay; the student starts it again by logging in)."
+        );
+    }
     // Ctrl-C is ours alone (the hub runs in a process group of its own): `stop` then shuts every
     // kernel and server down in order, which JupyterHub's own SIGINT handling would not.
     // SAFETY: the handler only stores to an atomic.

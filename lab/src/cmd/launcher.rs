@@ -31,9 +31,40 @@ pub const SLOTS: usize = 32;
 /// Set (to `seed`) by `cargo lab up` to build the seed itself.
 pub const SLOT_ENV: &str = "LAB_KERNEL_SLOT";
 
-/// The folder that holds the slots.
+/// The folder that holds the slots (and the seed).
 pub fn slots_dir(paths: &Paths) -> PathBuf {
     paths.state.join("kernels")
+}
+
+/// The cargo home every kernel builds with, `.lab/cargo/`: its registry is a copy (hard links
+/// where the file system allows) of the user's, made by `cargo lab up`, and its `config.toml` holds
+/// the kernels' cargo settings. Cargo's fingerprints of registry crates name the folder they were
+/// compiled from, so a kernel that built with another cargo home rebuilds candle and every other
+/// dependency (minutes): every kernel, the seed's and a hub student's under their own Unix user
+/// (who cannot reach the instructor's home), uses this one.
+pub fn cargo_home(paths: &Paths) -> PathBuf {
+    paths.state.join("cargo")
+}
+
+/// Where this user's kernels keep their slots: `.lab/kernels/` for the user who set the lab up,
+/// `~/.cache/lab-kernels/` for anyone who cannot write there (a student of a hub that gives every
+/// student a Unix user of their own): a slot holds the code of every cell its kernels ran.
+fn own_slots_dir(paths: &Paths) -> PathBuf {
+    let shared = slots_dir(paths);
+    if writable(&shared) {
+        return shared;
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".cache/lab-kernels"),
+        None => shared,
+    }
+}
+
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    // SAFETY: a valid C string; access only reads it.
+    !dir.exists() || unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0
 }
 
 /// The seed every new slot is copied from.
@@ -44,11 +75,11 @@ pub fn seed_dir(paths: &Paths) -> PathBuf {
 /// Takes a slot and becomes evcxr_jupyter; returns only on failure.
 pub fn launch(evcxr: &Path, connection_file: &str) -> CliResult<()> {
     let paths = Paths::new();
-    let dir = slots_dir(&paths);
+    let dir = own_slots_dir(&paths);
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let (slot, lock) = match std::env::var(SLOT_ENV).ok().as_deref() {
         Some("seed") => {
-            let lock = try_lock(&dir.join("seed.lock"), libc::LOCK_EX)?.ok_or("the seed is locked")?;
+            let lock = try_lock(&slots_dir(&paths).join("seed.lock"), libc::LOCK_EX)?.ok_or("the seed is locked")?;
             (seed_dir(&paths), lock)
         }
         _ => free_slot(&dir)?,
@@ -67,6 +98,10 @@ pub fn launch(evcxr: &Path, connection_file: &str) -> CliResult<()> {
     command.arg("--control_file").arg(connection_file).env("EVCXR_TMPDIR", &slot);
     // Less for its rust-analyzer to hold (see `analyzer`).
     command.envs(super::analyzer::kernel_env(&paths));
+    let cargo_home = cargo_home(&paths);
+    if cargo_home.join("registry").exists() {
+        command.env("CARGO_HOME", &cargo_home);
+    }
     // `cargo run` adds the workspace's target folder (or CARGO_TARGET_DIR) to the path.
     let mut targets = vec![paths.root.join("target")];
     targets.extend(std::env::var_os("CARGO_TARGET_DIR").map(|d| paths.root.join(d)));
@@ -134,10 +169,13 @@ fn free_slot(dir: &Path) -> CliResult<(PathBuf, File)> {
 /// Locks `path` (`flock` operation `mode`); `None` if another process holds it and `mode` has
 /// `LOCK_NB`.
 fn try_lock(path: &Path, mode: libc::c_int) -> CliResult<Option<File>> {
+    // A shared lock needs only reading: a student's kernel takes one on the instructor's seed.
+    let shared = mode & libc::LOCK_SH != 0 && path.exists();
     let file = std::fs::OpenOptions::new()
-        .create(true)
+        .read(true)
+        .create(!shared)
         .truncate(false)
-        .write(true)
+        .write(!shared)
         .open(path)
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     if unsafe { libc::flock(file.as_raw_fd(), mode) } == 0 {
@@ -154,7 +192,14 @@ fn try_lock(path: &Path, mode: libc::c_int) -> CliResult<Option<File>> {
 /// A slot ready for evcxr: copied from the seed the first time, with the lab's `Cargo.lock`.
 fn prepare(paths: &Paths, slot: &Path) -> CliResult<()> {
     let seed = seed_dir(paths);
-    if !slot.join("target").exists() && slot != seed && seed.join("target").exists() {
+    // A slot built with another cargo home would rebuild every dependency: the seed is quicker.
+    let stale = |dir: &Path| built_with(dir).as_deref() != Some(cargo_home(paths).as_path());
+    let from_seed = slot != seed && seed.join("target").exists() && !stale(&seed);
+    if from_seed && slot.join("target").exists() && stale(slot) {
+        eprintln!("lab kernel: {} was built with another cargo home; copying the seed again", slot.display());
+        let _ = std::fs::remove_dir_all(slot);
+    }
+    if !slot.join("target").exists() && from_seed {
         // Not while `cargo lab up` is building the seed (it holds the lock for that).
         let Some(_seed_lock) = try_lock(&slots_dir(paths).join("seed.lock"), libc::LOCK_SH | libc::LOCK_NB)? else {
             eprintln!(
@@ -183,8 +228,27 @@ fn prepare(paths: &Paths, slot: &Path) -> CliResult<()> {
     finish(paths, slot)
 }
 
+/// The file in a slot that names the cargo home its builds used.
+const BUILT_WITH: &str = ".lab-cargo-home";
+
+fn built_with(slot: &Path) -> Option<PathBuf> {
+    std::fs::read_to_string(slot.join(BUILT_WITH)).ok().map(|s| PathBuf::from(s.trim_end()))
+}
+
 fn finish(paths: &Paths, slot: &Path) -> CliResult<()> {
     std::fs::create_dir_all(slot).map_err(|e| format!("cannot create {}: {e}", slot.display()))?;
+    if slot != seed_dir(paths) {
+        // A slot holds the code of every cell its kernels ran: its user's alone. (The seed, which
+        // holds only the `:dep` cell, is what other users' slots are copied from.)
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(slot, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("cannot restrict {}: {e}", slot.display()))?;
+    }
+    if cargo_home(paths).join("registry").exists() {
+        let marker = slot.join(BUILT_WITH);
+        std::fs::write(&marker, cargo_home(paths).display().to_string())
+            .map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
+    }
     // The lab's own versions (candle, image, ...), the ones its tests use, resolved without asking
     // the registry. Copied at every start, so a `git pull` that changes them is followed.
     std::fs::copy(paths.root.join("Cargo.lock"), slot.join("Cargo.lock"))

@@ -1,7 +1,8 @@
 //! The commands of `cargo lab`, one file each; `main.rs` parses the command line and calls them.
 //!
 //! - `setup`: `cargo lab up` (the venv, the kernel, its build seed) and what installs things;
-//! - `server`: JupyterLab for `cargo lab up`; `hub`: JupyterHub for `cargo lab hub`;
+//! - `server`: JupyterLab for `cargo lab up`; `hub`: JupyterHub for `cargo lab hub`; `isolation`:
+//!   a Unix user, a home and reachable runtime copies for each student of a hub run as root;
 //! - `course`: `cargo lab course` (nbgrader); `grade`: `cargo lab grade`; `student`: `cargo lab student`;
 //! - `launcher`: `lab kernel`, what Jupyter starts for the `rust` kernel; `analyzer`: what the
 //!   kernel's rust-analyzer reads, and how its memory is given back;
@@ -11,6 +12,7 @@ pub mod analyzer;
 pub mod course;
 pub mod grade;
 pub mod hub;
+pub mod isolation;
 pub mod launcher;
 pub mod model;
 pub mod server;

@@ -185,6 +185,7 @@ fn write_kernel(paths: &Paths, evcxr: &Path, n: usize, total: usize) -> CliResul
     let cargo_config = super::launcher::slots_dir(paths).join(".cargo");
     std::fs::create_dir_all(&cargo_config).at(&cargo_config)?;
     std::fs::write(cargo_config.join("config.toml"), KERNEL_CARGO_CONFIG).at(&cargo_config)?;
+    kernel_cargo_home(paths)?;
     let kernel = serde_json::json!({
         "argv": [launcher, "kernel", "--evcxr", evcxr, "{connection_file}"],
         "display_name": "Rust (lab)",
@@ -220,6 +221,40 @@ fn write_kernel(paths: &Paths, evcxr: &Path, n: usize, total: usize) -> CliResul
     std::fs::write(settings.join("overrides.json"), overrides.to_string()).at(&settings)
 }
 
+/// The kernels' own cargo home (see `launcher::cargo_home`): the user's registry, hard-linked
+/// (copied where `.lab/` is on another file system), and a `config.toml` with the user's cargo
+/// settings and the kernels' own (the slots' `.cargo/config.toml` is not above a slot outside
+/// `.lab/kernels/`). Crates the copy lacks, cargo downloads into it when the seed is built.
+fn kernel_cargo_home(paths: &Paths) -> CliResult<()> {
+    let home = super::launcher::cargo_home(paths);
+    std::fs::create_dir_all(&home).at(&home)?;
+    let registry = home.join("registry");
+    let users = cargo_home().join("registry");
+    if !registry.exists() && users.exists() {
+        let partial = home.join("registry.partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        let linked = Command::new("cp").arg("-al").arg(&users).arg(&partial).stderr(Stdio::null()).status();
+        if !linked.is_ok_and(|s| s.success()) {
+            let _ = std::fs::remove_dir_all(&partial);
+            run(Command::new("cp").arg("-a").arg(&users).arg(&partial), "copying cargo's registry into .lab/cargo")?;
+        }
+        std::fs::rename(&partial, &registry).at(&registry)?;
+    }
+    let mut config = String::new();
+    for name in ["config.toml", "config"] {
+        if let Ok(text) = std::fs::read_to_string(cargo_home().join(name)) {
+            config = format!("# From {}:\n{text}\n", cargo_home().join(name).display());
+            break;
+        }
+    }
+    config.push_str(KERNEL_CARGO_CONFIG);
+    let file = home.join("config.toml");
+    if std::fs::read_to_string(&file).ok().as_deref() != Some(config.as_str()) {
+        std::fs::write(&file, config).at(&file)?;
+    }
+    Ok(())
+}
+
 /// A copy of this tool for the kernel spec to start, out of cargo's reach: a rebuild or a `cargo
 /// clean` must not pull it from under a running kernel. Copied then renamed, since a kernel may be
 /// running the old one.
@@ -240,7 +275,8 @@ fn warm_cache(paths: &Paths, n: usize, total: usize) -> CliResult<()> {
     // What the seed's build depends on: evcxr, the kernel's cargo settings, the locked versions,
     // lab-support's manifest and sources.
     let mut key = format!(
-        "{EVCXR_VERSION}\n{KERNEL_CARGO_ENV:?}\n{}",
+        "{EVCXR_VERSION}\n{KERNEL_CARGO_ENV:?}\n{}\n{}",
+        super::launcher::cargo_home(paths).display(),
         std::fs::read_to_string(paths.root.join("Cargo.lock")).unwrap_or_default()
     );
     let crate_dir = paths.root.join("lab-support");

@@ -3,7 +3,7 @@
 
 use super::grading::filled_in;
 use super::{CELL_LIMIT, LAB_KERNEL_MANAGER_LINE};
-use crate::cmd::hub::{Hub, HubSetup};
+use crate::cmd::hub::{Hub, HubSetup, CULL_AFTER_S};
 use crate::ipynb::{self, source_text};
 use crate::jupyter::{check_outputs, RemoteKernel};
 use crate::paths::Paths;
@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Users in the hub test.
+/// Users in the hub test (`labtest1`, ...: not names a real class would use, since as root each is
+/// a Unix user, `jupyter-labtest1`, whose notebook 03 the test overwrites).
 pub const TEST_USERS: usize = 4;
 /// The notebook every test user runs.
 const TEST_NOTEBOOK: &str = "03-adversarial";
@@ -38,7 +39,7 @@ fn run_test(paths: &Paths, log: &Path) -> CliResult<Vec<String>> {
     let dir = paths.root.join("target/hub-test");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).at(&dir)?;
-    let users: Vec<String> = (1..=TEST_USERS).map(|i| format!("student{i}")).collect();
+    let users: Vec<String> = (1..=TEST_USERS).map(|i| format!("labtest{i}")).collect();
     // Three free ports in a row.
     let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
     let port = (0..50)
@@ -47,45 +48,50 @@ fn run_test(paths: &Paths, log: &Path) -> CliResult<Vec<String>> {
         })
         .find(|&p| p < 65000 && free(p + 1) && free(p + 2))
         .ok_or("no three free ports in a row on 127.0.0.1")?;
-    let hub =
-        Hub::start(paths, &HubSetup { dir: dir.clone(), users: users.clone(), ip: "127.0.0.1".into(), port }, log)?;
+    let setup =
+        HubSetup { dir: dir.clone(), users: users.clone(), ip: "127.0.0.1".into(), port, cull_after: CULL_AFTER_S };
+    let hub = Hub::start(paths, &setup, log)?;
     let mut problems = Vec::new();
     let solution = ipynb::read(&paths.root.join(format!("notebooks/solutions/{TEST_NOTEBOOK}.ipynb")))?;
     let student = ipynb::read(&paths.root.join(format!("notebooks/{TEST_NOTEBOOK}.ipynb")))?;
     let filled = filled_in(&student, &solution)?;
-    // Log in (the hub's token API with name and password, as a script of a student would) and start.
+    // Log in (the hub's token API with name and password, as a script of a student would; the
+    // first login sets the password) and start.
+    let login = |user: &str, password: &str| {
+        let body = json!({"auth": {"username": user, "password": password}, "note": "cargo lab test (hub)", "expires_in": 3600});
+        request(hub.port, "POST", &format!("/hub/api/users/{user}/tokens"), None, Some(&body))
+    };
+    let password_of = |u: &str| format!("{u}-{}", &hub.id[..8]);
     let mut tokens = HashMap::new();
     for u in &users {
-        let body = json!({"auth": {"username": u, "password": hub.password}, "note": "cargo lab test (hub)", "expires_in": 3600});
-        let (status, answer) = request(hub.port, "POST", &format!("/hub/api/users/{u}/tokens"), None, Some(&body))?;
+        let (status, answer) = login(u, &password_of(u))?;
         let token =
             answer["token"].as_str().ok_or_else(|| format!("{u} could not log in ({status}): {answer}"))?.to_string();
-        let (wrong, _) = request(
-            hub.port,
-            "POST",
-            &format!("/hub/api/users/{u}/tokens"),
-            None,
-            Some(&json!({"auth": {"username": u, "password": "not-the-password"}})),
-        )?;
-        if wrong / 100 == 2 {
-            problems.push(format!("{u} logged in with a wrong password ({wrong})"));
-        }
         let (status, answer) = request(hub.port, "POST", &format!("/hub/api/users/{u}/server"), Some(&token), None)?;
         if status / 100 != 2 {
             return Err(format!("{u}'s server did not start ({status}): {answer}"));
         }
-        ipynb::write(&dir.join("home").join(u).join(format!("notebooks/{TEST_NOTEBOOK}.ipynb")), &filled)?;
+        let notebook = hub.homes[u].join(format!("notebooks/{TEST_NOTEBOOK}.ipynb"));
+        ipynb::write(&notebook, &filled)?;
+        if hub.isolated {
+            crate::cmd::isolation::give(&notebook, &crate::cmd::isolation::unix_name(u))?;
+        }
         tokens.insert(u.clone(), token);
     }
-    let (outsider, _) = request(
-        hub.port,
-        "POST",
-        "/hub/api/users/mallory/tokens",
-        None,
-        Some(&json!({"auth": {"username": "mallory", "password": hub.password}})),
-    )?;
-    if outsider / 100 == 2 {
-        problems.push(format!("a user not on the list logged in ({outsider})"));
+    // Now that each has a password: nobody gets in with a wrong one, another student's, or the
+    // admin's, nor as a name not on the list.
+    let (a, b) = (&users[0], &users[1]);
+    for (user, password, what) in [
+        (a.as_str(), "not-the-password".to_string(), format!("{a} logged in with a wrong password")),
+        (a.as_str(), password_of(b), format!("{b}'s password logged in as {a}")),
+        (b.as_str(), password_of(a), format!("{a}'s password logged in as {b}")),
+        (b.as_str(), hub.password.clone(), format!("the admin's password logged in as {b}")),
+        ("mallory", password_of("mallory"), "a user not on the list logged in".to_string()),
+    ] {
+        let (status, _) = login(user, &password)?;
+        if status / 100 == 2 {
+            problems.push(format!("{what} ({status})"));
+        }
     }
     for u in &users {
         hub.wait_ready(u, Duration::from_secs(120))?;
@@ -160,6 +166,11 @@ fn run_test(paths: &Paths, log: &Path) -> CliResult<Vec<String>> {
             Err(e) => problems.push(format!("{u}: {e}")),
         }
     }
+    if hub.isolated {
+        problems.extend(isolation_check(paths, &hub, &users, &tokens[&users[0]]).err());
+    } else {
+        eprintln!("  not root: the students' servers run as this user, isolation not tested");
+    }
     let managed = std::fs::read_to_string(log).unwrap_or_default().matches(LAB_KERNEL_MANAGER_LINE).count();
     if managed < users.len() {
         problems.push(format!("{managed} of {} servers said \"{LAB_KERNEL_MANAGER_LINE}\": their kernels may die when a notebook connects (lab/kernel-pool/)", users.len()));
@@ -201,6 +212,55 @@ fn run_test(paths: &Paths, log: &Path) -> CliResult<Vec<String>> {
         json!({"users": users.len(), "cores": cores, "wall_s": wall, "busy_core_s": busy, "notebook_s": seconds.iter().map(|(_, s)| *s).collect::<Vec<_>>(), "kernel_peak_mb": peaks.values().map(|p| p.0 / 1024).collect::<Vec<_>>(), "server_peak_mb": peaks.values().map(|p| p.1 / 1024).collect::<Vec<_>>()})
     );
     Ok(problems)
+}
+
+/// In the first student's kernel, a Rust cell reads their own notebook, the second student's, a
+/// solution notebook and the gradebook: only the first may succeed, the others must fail with
+/// "Permission denied".
+fn isolation_check(paths: &Paths, hub: &Hub, users: &[String], token: &str) -> CliResult<()> {
+    let notebook = format!("notebooks/{TEST_NOTEBOOK}.ipynb");
+    let own = hub.homes[&users[0]].join(&notebook);
+    let closed = [
+        hub.homes[&users[1]].join(&notebook),
+        paths.root.join("notebooks/solutions").join(format!("{TEST_NOTEBOOK}.ipynb")),
+        paths.root.join("course/gradebook.db"),
+    ];
+    let cell = std::iter::once(&own)
+        .chain(&closed)
+        .map(|p| format!("println!(\"{{}}\", match std::fs::read({p:?}) {{ Ok(b) => format!(\"read {{}} bytes\", b.len()), Err(e) => e.to_string() }});\n", p = p.display().to_string()))
+        .collect::<String>();
+    let mut kernel = RemoteKernel::open(hub.port, &format!("/user/{}", users[0]), token, &notebook)?;
+    let (outputs, _) = kernel.execute(&cell, CELL_LIMIT)?;
+    kernel.close();
+    let text = outputs
+        .iter()
+        .filter_map(|o| {
+            o["text"]
+                .as_str()
+                .map(String::from)
+                .or_else(|| o["text"].as_array().map(|a| a.iter().filter_map(|l| l.as_str()).collect()))
+        })
+        .collect::<String>();
+    let lines: Vec<&str> = text.lines().collect();
+    let ok =
+        lines.len() == 4 && lines[0].starts_with("read ") && lines[1..].iter().all(|l| l.contains("Permission denied"));
+    eprintln!(
+        "  isolation: {}'s kernel read its own notebook and was refused the rest: {}",
+        users[0],
+        if ok { "yes" } else { "NO" }
+    );
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}'s kernel, reading {}, {} and {}: expected its own notebook readable and \"Permission denied\" for \
+             the other student's notebook, the solution and the gradebook; it printed:\n{text}",
+            users[0],
+            own.display(),
+            closed[0].display(),
+            closed[1..].iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        ))
+    }
 }
 
 /// One user's run of a notebook through the hub: the executed notebook and its wall time.
