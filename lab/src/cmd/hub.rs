@@ -208,6 +208,9 @@ c.Spawner.environment = {{
 c.JupyterHub.services.append({{
     "name": "idle-culler",
     "command": [sys.executable, "-m", "jupyterhub_idle_culler", "--timeout={cull}", "--cull-every={every}"],
+    # Marked, so that `cargo lab hub` stops it before the hub: a SIGINT from the hub that lands
+    # while it fetches is swallowed, and the hub then waited on it (measured: 30 s, then killed).
+    "environment": {{"LAB_HUB_ID": os.environ["LAB_HUB_ID"], "LAB_HUB_CULLER": os.environ["LAB_HUB_ID"]}},
 }})
 c.JupyterHub.load_roles.append({{
     "name": "idle-culler",
@@ -389,6 +392,8 @@ impl Hub {
                 std::thread::sleep(Duration::from_millis(300));
             }
         }
+        // The culler first (see its entry in the config); it keeps no state.
+        kill_processes_with(&format!("LAB_HUB_CULLER={}", self.id));
         // The hub stops every user server when it gets SIGTERM (JupyterHub's cleanup_servers).
         self.server.signal(libc::SIGTERM);
         self.server.wait_exit(Duration::from_secs(30));
