@@ -104,23 +104,29 @@ fn password(dir: &Path) -> CliResult<String> {
 }
 
 /// A user's home: the student notebooks (only those not there yet) and the lab-support link,
-/// given to `owner` (their Unix user) where there is one.
+/// made as `owner`'s (their Unix user) where there is one (see `isolation::install`: the student
+/// owns the home, so nothing there is followed).
 fn prepare_home(paths: &Paths, home: &Path, owner: Option<&str>) -> CliResult<()> {
+    let mut notebooks = Vec::new();
+    for (_, student) in super::student::pairs(&paths.root)? {
+        let name = student.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        notebooks.push((name, std::fs::read(&student).at(&student)?));
+    }
+    let lab_support = paths.root.join("lab-support");
+    if let Some(owner) = owner {
+        return super::isolation::install(home, owner, &notebooks, &lab_support);
+    }
     let nbs = home.join("notebooks");
     std::fs::create_dir_all(&nbs).at(&nbs)?;
-    for (_, student) in super::student::pairs(&paths.root)? {
-        let to = nbs.join(student.file_name().unwrap_or_default());
+    for (name, bytes) in &notebooks {
+        let to = nbs.join(name);
         if !to.exists() {
-            std::fs::copy(&student, &to).map_err(|e| format!("{} to {}: {e}", student.display(), to.display()))?;
+            std::fs::write(&to, bytes).at(&to)?;
         }
     }
     let link = home.join("lab-support");
     if std::fs::symlink_metadata(&link).is_err() {
-        std::os::unix::fs::symlink(paths.root.join("lab-support"), &link).at(&link)?;
-    }
-    if let Some(owner) = owner {
-        super::isolation::give(&nbs, owner)?;
-        super::isolation::give(&link, owner)?;
+        std::os::unix::fs::symlink(&lab_support, &link).at(&link)?;
     }
     Ok(())
 }

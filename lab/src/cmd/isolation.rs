@@ -253,10 +253,114 @@ fn ensure_user(name: &str) -> CliResult<PathBuf> {
     Ok(home)
 }
 
+/// Puts `notebooks` (name and bytes) into `home/notebooks/` and a `home/lab-support` link to
+/// `lab_support`, each only if nothing of that name is there (a student's work is never
+/// overwritten), all owned by the Unix user `owner`. The student owns `home` and could put a
+/// symbolic link where this writes, so every step goes through a descriptor of the folder above,
+/// with `O_NOFOLLOW` and `O_EXCL`: nothing the student made is followed, and no path is looked up
+/// twice.
+pub fn install(home: &Path, owner: &str, notebooks: &[(String, Vec<u8>)], lab_support: &Path) -> CliResult<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::FromRawFd;
+    let (uid, gid) = ids(owner)?;
+    let c = |s: &[u8]| CString::new(s).map_err(|_| format!("a NUL byte in {}", String::from_utf8_lossy(s)));
+    let error = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
+    let dir_flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY (the libc calls below): valid C strings and descriptors opened here; every descriptor
+    // is owned by a `File`, which closes it.
+    let home_fd = unsafe { libc::open(c(home.as_os_str().as_bytes())?.as_ptr(), dir_flags) };
+    if home_fd < 0 {
+        return Err(error(&format!("opening {}", home.display())));
+    }
+    let home_dir = unsafe { std::fs::File::from_raw_fd(home_fd) };
+    let nbs = c(b"notebooks")?;
+    if unsafe { libc::mkdirat(home_fd, nbs.as_ptr(), 0o755) } == 0 {
+        unsafe { libc::fchownat(home_fd, nbs.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) };
+    }
+    let nbs_fd = unsafe { libc::openat(home_fd, nbs.as_ptr(), dir_flags) };
+    if nbs_fd < 0 {
+        eprintln!(
+            "warning: {} is not a folder ({}); {owner}'s notebooks were not copied there",
+            home.join("notebooks").display(),
+            std::io::Error::last_os_error()
+        );
+    } else {
+        let nbs_dir = unsafe { std::fs::File::from_raw_fd(nbs_fd) };
+        for (name, bytes) in notebooks {
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+            let fd = unsafe { libc::openat(nbs_fd, c(name.as_bytes())?.as_ptr(), flags, 0o644 as libc::c_uint) };
+            if fd < 0 {
+                // There already (the student's own copy, or something they put there): left alone.
+                continue;
+            }
+            let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+            std::io::Write::write_all(&mut file, bytes).map_err(|e| format!("writing {name} for {owner}: {e}"))?;
+            if unsafe { libc::fchown(fd, uid, gid) } != 0 {
+                return Err(error(&format!("giving {name} to {owner}")));
+            }
+        }
+        drop(nbs_dir);
+    }
+    let link = c(b"lab-support")?;
+    if unsafe { libc::symlinkat(c(lab_support.as_os_str().as_bytes())?.as_ptr(), home_fd, link.as_ptr()) } == 0 {
+        unsafe { libc::fchownat(home_fd, link.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) };
+    }
+    drop(home_dir);
+    Ok(())
+}
+
+/// The user and group ids of the Unix user `name`.
+fn ids(name: &str) -> CliResult<(libc::uid_t, libc::gid_t)> {
+    let entry =
+        output_of(Command::new("getent").args(["passwd", name])).ok_or_else(|| format!("no Unix user {name}"))?;
+    let fields: Vec<&str> = entry.trim().split(':').collect();
+    match (fields.get(2).and_then(|v| v.parse().ok()), fields.get(3).and_then(|v| v.parse().ok())) {
+        (Some(uid), Some(gid)) => Ok((uid, gid)),
+        _ => Err(format!("cannot read the ids of the Unix user {name} from {entry:?}")),
+    }
+}
+
 /// Gives `path` (and what is under it) to the Unix user `name`.
 pub fn give(path: &Path, name: &str) -> CliResult<()> {
     run(
         Command::new("chown").args(["-R", "-h"]).arg(format!("{name}:")).arg(path),
         &format!("giving {} to {name}", path.display()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A student owns their home and can plant symbolic links where the hub writes: a link where a
+    /// notebook would go, dangling into a folder of the instructor's, and a `notebooks` that is a
+    /// link to such a folder. Nothing may be written through either, and a notebook already there
+    /// (the student's work) stays as it is.
+    #[test]
+    fn install_follows_no_link_a_student_planted_and_overwrites_nothing() {
+        let me = output_of(Command::new("id").arg("-un")).unwrap().trim().to_string();
+        let root = std::env::temp_dir().join(format!("lab-install-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (home, outside) = (root.join("home"), root.join("outside"));
+        std::fs::create_dir_all(home.join("notebooks")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(outside.join("a.ipynb"), home.join("notebooks/a.ipynb")).unwrap();
+        std::fs::write(home.join("notebooks/b.ipynb"), "the student's work").unwrap();
+        let files = [("a.ipynb", "A"), ("b.ipynb", "B"), ("c.ipynb", "C")]
+            .map(|(n, t)| (n.to_string(), t.as_bytes().to_vec()))
+            .to_vec();
+        install(&home, &me, &files, Path::new("/nowhere/lab-support")).unwrap();
+        assert!(!outside.join("a.ipynb").exists(), "wrote through the student's link");
+        assert_eq!(std::fs::read_to_string(home.join("notebooks/b.ipynb")).unwrap(), "the student's work");
+        assert_eq!(std::fs::read_to_string(home.join("notebooks/c.ipynb")).unwrap(), "C");
+        assert_eq!(std::fs::read_link(home.join("lab-support")).unwrap(), Path::new("/nowhere/lab-support"));
+        // `notebooks` itself a link: nothing is copied, and the hub goes on.
+        let second = root.join("home2");
+        std::fs::create_dir_all(&second).unwrap();
+        std::os::unix::fs::symlink(&outside, second.join("notebooks")).unwrap();
+        install(&second, &me, &files, Path::new("/nowhere/lab-support")).unwrap();
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "wrote into the folder the link names");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }
