@@ -34,18 +34,25 @@ const GROUP: usize = 8;
 /// `x` is `(N, C, H, W)`, `w` is `(O, C, 3, 3)`, `b` is `(O)`; the result is
 /// `(N, O, (H - 2) / 2, (W - 2) / 2)`. CPU only, f32 or f64.
 pub fn conv_relu_pool(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    check_block(x, w, b, 1, "conv_relu_pool: input")?;
+    let op = ConvReluPool { argmax: Mutex::new(Vec::new()) };
+    x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op)
+}
+
+/// That `x` has `halves` times the input channels of `w` and `w`, `b` are a 3x3 convolution of
+/// an image at least 4x4.
+fn check_block(x: &Tensor, w: &Tensor, b: &Tensor, halves: usize, what: &str) -> candle_core::Result<()> {
     let (_, c, h, wd) = x.dims4()?;
     let (o, wc, kh, kw) = w.dims4()?;
-    if wc != c || kh != 3 || kw != 3 || b.dims() != [o] || h < 4 || wd < 4 {
+    if c != halves * wc || kh != 3 || kw != 3 || b.dims() != [o] || h < 4 || wd < 4 {
         candle_core::bail!(
-            "conv_relu_pool: input {:?}, weight {:?}, bias {:?} do not fit a 3x3 convolution of an image at least 4x4",
+            "{what} {:?}, weight {:?}, bias {:?} do not fit a 3x3 convolution of an image at least 4x4",
             x.dims(),
             w.dims(),
             b.dims()
         );
     }
-    let op = ConvReluPool { argmax: Mutex::new(Vec::new()) };
-    x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op)
+    Ok(())
 }
 
 /// `x w^T + b` for `x (N, in)`, `w (out, in)`, `b (out)`, as one op whose backward pass skips the
@@ -64,7 +71,54 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor>
     x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, Linear)
 }
 
+/// The `CustomOp3` of a kernel type with `fwd::<T>` and `bwd_typed::<T>` for both float types.
+macro_rules! float_op3 {
+    ($op:ty, $name:literal, $label:literal) => {
+        impl CustomOp3 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(
+                &self,
+                s1: &CpuStorage,
+                l1: &Layout,
+                s2: &CpuStorage,
+                l2: &Layout,
+                s3: &CpuStorage,
+                l3: &Layout,
+            ) -> candle_core::Result<(CpuStorage, Shape)> {
+                let args = [(s1, l1), (s2, l2), (s3, l3)];
+                match (s1.dtype(), s2.dtype(), s3.dtype()) {
+                    (DType::F32, DType::F32, DType::F32) => self.fwd::<f32>(args),
+                    (DType::F64, DType::F64, DType::F64) => self.fwd::<f64>(args),
+                    other => {
+                        candle_core::bail!(concat!($label, " runs on f32 or f64, all three alike; got {:?}"), other)
+                    }
+                }
+            }
+
+            fn bwd(
+                &self,
+                x: &Tensor,
+                w: &Tensor,
+                b: &Tensor,
+                res: &Tensor,
+                grad: &Tensor,
+            ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+                match x.dtype() {
+                    DType::F32 => self.bwd_typed::<f32>(x, w, b, res, grad),
+                    DType::F64 => self.bwd_typed::<f64>(x, w, b, res, grad),
+                    other => candle_core::bail!(concat!($label, " runs on f32 or f64, got {:?}"), other),
+                }
+            }
+        }
+    };
+}
+
 struct Linear;
+
+float_op3!(Linear, "linear", "linear");
 
 /// `gemm` threads for a product of `macs` multiply-adds: small ones stay on one thread.
 fn threads_for(macs: usize) -> Parallelism {
@@ -99,9 +153,11 @@ impl Linear {
     }
 
     fn bwd_typed<T: Float>(
+        &self,
         x: &Tensor,
         w: &Tensor,
         b: &Tensor,
+        _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let ((n, inputs), outputs) = (x.dims2()?, w.dim(0)?);
@@ -136,44 +192,6 @@ impl Linear {
             db.iter_mut().zip(row).for_each(|(d, v)| *d += *v);
         }
         Ok((dx, Some(Tensor::from_vec(dw, w.shape(), w.device())?), Some(Tensor::from_vec(db, b.shape(), b.device())?)))
-    }
-}
-
-impl CustomOp3 for Linear {
-    fn name(&self) -> &'static str {
-        "linear"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let args = [(s1, l1), (s2, l2), (s3, l3)];
-        match (s1.dtype(), s2.dtype(), s3.dtype()) {
-            (DType::F32, DType::F32, DType::F32) => self.fwd::<f32>(args),
-            (DType::F64, DType::F64, DType::F64) => self.fwd::<f64>(args),
-            other => candle_core::bail!("linear runs on f32 or f64, all three alike; got {other:?}"),
-        }
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        match x.dtype() {
-            DType::F32 => Self::bwd_typed::<f32>(x, w, b, grad),
-            DType::F64 => Self::bwd_typed::<f64>(x, w, b, grad),
-            other => candle_core::bail!("linear runs on f32 or f64, got {other:?}"),
-        }
     }
 }
 
@@ -242,8 +260,11 @@ trait Float: WithDType {}
 impl Float for f32 {}
 impl Float for f64 {}
 
+float_op3!(ConvReluPool, "conv-relu-pool", "conv_relu_pool");
+
 struct ConvReluPool {
-    /// For each pooled output, which corner of its window was the maximum (0..4, row-major).
+    /// For each pooled output, which corner of its window was the maximum (0..4, row-major, in
+    /// bits 0-1; see `pool_bound`).
     argmax: Mutex<Vec<u8>>,
 }
 
@@ -342,25 +363,13 @@ fn forward<T: Float>(x: &[T], w: &[T], b: &[T], g: Geom) -> (Vec<T>, Vec<u8>) {
         |(col, pre), (i, (out, argmax))| {
             im2col(&x[i * g.image()..][..g.image()], &g, col);
             matmul((g.o, p, k), pre, (p, 1), false, w, (k, 1), col, (p, 1), par);
-            for (j, ((out, am), &start)) in out.iter_mut().zip(argmax.iter_mut()).zip(&starts).enumerate() {
-                let window = &pre[start..];
-                let (mut best, mut pick) = (window[0], 0u8);
-                for (corner, &offset) in corners.iter().enumerate().skip(1) {
-                    if window[offset] > best {
-                        (best, pick) = (window[offset], corner as u8);
-                    }
-                }
-                let v = best + b[j / plane];
-                *out = if v > zero { v } else { zero };
-                *am = pick;
-            }
+            pool_bound(pre, b, (&starts, &corners, plane), out, argmax);
         },
     );
     (out, argmax)
 }
 
 /// Gradients of the block: `(dx, dw, db)`, each only when asked for.
-#[allow(clippy::type_complexity)]
 fn backward<T: Float>(
     x: &[T],
     w: &[T],
@@ -369,7 +378,7 @@ fn backward<T: Float>(
     argmax: &[u8],
     g: Geom,
     (want_x, want_w): (bool, bool),
-) -> (Option<Vec<T>>, Option<(Vec<T>, Vec<T>)>) {
+) -> BlockGrads<T> {
     let (k, p, pooled) = (g.k(), g.p(), g.pooled());
     let zero = T::from_f64(0.0);
     // Weight gradients are summed over fixed groups of images; an input gradient alone is
@@ -403,7 +412,7 @@ fn backward<T: Float>(
                 for (j, &start) in starts.iter().enumerate() {
                     if res[at + j] > zero {
                         let (d, oc) = (grad[at + j], j / plane);
-                        let at_conv = start + corners[argmax[at + j] as usize];
+                        let at_conv = start + corners[(argmax[at + j] & 3) as usize];
                         if want_w {
                             dpre[at_conv] = d;
                             db[oc] += d;
@@ -446,6 +455,37 @@ fn backward<T: Float>(
     (want_x.then_some(dx), dwb)
 }
 
+/// The gradients a conv block's backward pass returns: the input's, and the weights' and bias's.
+type BlockGrads<T> = (Option<Vec<T>>, Option<(Vec<T>, Vec<T>)>);
+
+/// The frame of a conv block's backward pass: what is asked for (the input's gradient, the
+/// weights'), the input (only when the weights' gradient needs it) and the weights as vectors, the
+/// pooling choices the forward pass recorded, and the gradients back as tensors.
+#[allow(clippy::type_complexity)]
+fn block_bwd<T: Float>(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    record: &Mutex<Vec<u8>>,
+    run: impl FnOnce(&[T], &[T], &[u8], (bool, bool)) -> candle_core::Result<BlockGrads<T>>,
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let want = (x.track_op(), w.track_op() || b.track_op());
+    if !want.0 && !want.1 {
+        return Ok((None, None, None));
+    }
+    let argmax = record.lock().map_err(|_| candle_core::Error::Msg("conv block: poisoned lock".into()))?;
+    let xs = if want.1 { to_vec::<T>(x)? } else { Vec::new() };
+    let (dx, dwb) = run(&xs, &to_vec::<T>(w)?, &argmax, want)?;
+    let dx = dx.map(|d| Tensor::from_vec(d, x.shape(), x.device())).transpose()?;
+    let (dw, db) = match dwb {
+        Some((dw, db)) => {
+            (Some(Tensor::from_vec(dw, w.shape(), w.device())?), Some(Tensor::from_vec(db, b.shape(), b.device())?))
+        }
+        None => (None, None),
+    };
+    Ok((dx, dw, db))
+}
+
 fn slice<'a, T: Float>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
     let (start, end) = l
         .contiguous_offsets()
@@ -474,59 +514,9 @@ impl ConvReluPool {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = Geom::new(x.dims(), w.dim(0)?);
-        let want = (x.track_op(), w.track_op() || b.track_op());
-        if !want.0 && !want.1 {
-            return Ok((None, None, None));
-        }
-        let argmax = self.argmax.lock().map_err(|_| candle_core::Error::Msg("conv_relu_pool: poisoned lock".into()))?;
-        let xs = if want.1 { to_vec::<T>(x)? } else { Vec::new() };
-        let (dx, dwb) = backward(&xs, &to_vec::<T>(w)?, &to_vec::<T>(res)?, &to_vec::<T>(grad)?, &argmax, g, want);
-        let dx = dx.map(|d| Tensor::from_vec(d, x.shape(), x.device())).transpose()?;
-        let (dw, db) = match dwb {
-            Some((dw, db)) => {
-                (Some(Tensor::from_vec(dw, w.shape(), w.device())?), Some(Tensor::from_vec(db, b.shape(), b.device())?))
-            }
-            None => (None, None),
-        };
-        Ok((dx, dw, db))
-    }
-}
-
-impl CustomOp3 for ConvReluPool {
-    fn name(&self) -> &'static str {
-        "conv-relu-pool"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let args = [(s1, l1), (s2, l2), (s3, l3)];
-        match (s1.dtype(), s2.dtype(), s3.dtype()) {
-            (DType::F32, DType::F32, DType::F32) => self.fwd::<f32>(args),
-            (DType::F64, DType::F64, DType::F64) => self.fwd::<f64>(args),
-            other => candle_core::bail!("conv_relu_pool runs on f32 or f64, all three alike; got {other:?}"),
-        }
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        match x.dtype() {
-            DType::F32 => self.bwd_typed::<f32>(x, w, b, res, grad),
-            DType::F64 => self.bwd_typed::<f64>(x, w, b, res, grad),
-            other => candle_core::bail!("conv_relu_pool runs on f32 or f64, got {other:?}"),
-        }
+        block_bwd(x, w, b, &self.argmax, |xs, ws, argmax, want| {
+            Ok(backward(xs, ws, &to_vec::<T>(res)?, &to_vec::<T>(grad)?, argmax, g, want))
+        })
     }
 }
 
@@ -543,19 +533,12 @@ impl CustomOp3 for ConvReluPool {
 /// Its backward pass gives the gradient of `[c, r]` and of `w` (through `|W|`, whose derivative is
 /// taken as +1 at 0, as candle's `abs` does) and `b`, each only when asked for.
 pub fn interval_conv_relu_pool(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-    let (_, c2, h, wd) = x.dims4()?;
-    let (o, wc, kh, kw) = w.dims4()?;
-    if c2 != 2 * wc || kh != 3 || kw != 3 || b.dims() != [o] || h < 4 || wd < 4 {
-        candle_core::bail!(
-            "interval_conv_relu_pool: input {:?} (centre and radius, 2C channels), weight {:?}, bias {:?} do not fit a 3x3 convolution of an image at least 4x4",
-            x.dims(),
-            w.dims(),
-            b.dims()
-        );
-    }
+    check_block(x, w, b, 2, "interval_conv_relu_pool: input (centre and radius, 2C channels)")?;
     let op = IntervalConvReluPool { argmax: Mutex::new(Vec::new()) };
     x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op)
 }
+
+float_op3!(IntervalConvReluPool, "interval-conv-relu-pool", "interval_conv_relu_pool");
 
 struct IntervalConvReluPool {
     /// For each pooled output of each bound (lower, then upper, per image): which corner of its
@@ -566,7 +549,8 @@ struct IntervalConvReluPool {
 /// In the op's record of a pooled bound: it was above 0, so its gradient goes through.
 const PASSED: u8 = 4;
 
-/// Max-pools one bound of the pre-activations, adds the bias and applies relu.
+/// Max-pools the pre-activations (of a block, or of one bound of an interval block), adds the bias
+/// and applies relu; records each window's maximum's corner and whether it passed.
 fn pool_bound<T: Float>(
     pre: &[T],
     b: &[T],
@@ -626,7 +610,6 @@ fn interval_forward<T: Float>(x: &[T], w: &[T], b: &[T], g: Geom) -> (Vec<T>, Ve
 }
 
 /// Gradients of the interval block: `(dx, (dw, db))`, each only when asked for.
-#[allow(clippy::type_complexity)]
 fn interval_backward<T: Float>(
     x: &[T],
     w: &[T],
@@ -634,7 +617,7 @@ fn interval_backward<T: Float>(
     argmax: &[u8],
     g: Geom,
     (want_x, want_w): (bool, bool),
-) -> (Option<Vec<T>>, Option<(Vec<T>, Vec<T>)>) {
+) -> BlockGrads<T> {
     let (k, p, pooled) = (g.k(), g.p(), g.pooled());
     let zero = T::from_f64(0.0);
     let half = T::from_f64(0.5);
@@ -741,62 +724,12 @@ impl IntervalConvReluPool {
         x: &Tensor,
         w: &Tensor,
         b: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = Self::geom(x.dims(), w.dim(0)?);
-        let want = (x.track_op(), w.track_op() || b.track_op());
-        if !want.0 && !want.1 {
-            return Ok((None, None, None));
-        }
-        let argmax =
-            self.argmax.lock().map_err(|_| candle_core::Error::Msg("interval_conv_relu_pool: poisoned lock".into()))?;
-        let xs = if want.1 { to_vec::<T>(x)? } else { Vec::new() };
-        let (dx, dwb) = interval_backward(&xs, &to_vec::<T>(w)?, &to_vec::<T>(grad)?, &argmax, g, want);
-        let dx = dx.map(|d| Tensor::from_vec(d, x.shape(), x.device())).transpose()?;
-        let (dw, db) = match dwb {
-            Some((dw, db)) => {
-                (Some(Tensor::from_vec(dw, w.shape(), w.device())?), Some(Tensor::from_vec(db, b.shape(), b.device())?))
-            }
-            None => (None, None),
-        };
-        Ok((dx, dw, db))
-    }
-}
-
-impl CustomOp3 for IntervalConvReluPool {
-    fn name(&self) -> &'static str {
-        "interval-conv-relu-pool"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let args = [(s1, l1), (s2, l2), (s3, l3)];
-        match (s1.dtype(), s2.dtype(), s3.dtype()) {
-            (DType::F32, DType::F32, DType::F32) => self.fwd::<f32>(args),
-            (DType::F64, DType::F64, DType::F64) => self.fwd::<f64>(args),
-            other => candle_core::bail!("interval_conv_relu_pool runs on f32 or f64, all three alike; got {other:?}"),
-        }
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        match x.dtype() {
-            DType::F32 => self.bwd_typed::<f32>(x, w, b, grad),
-            DType::F64 => self.bwd_typed::<f64>(x, w, b, grad),
-            other => candle_core::bail!("interval_conv_relu_pool runs on f32 or f64, got {other:?}"),
-        }
+        let g = Self::geom(x.dims(), w.dim(0)?);
+        block_bwd(x, w, b, &self.argmax, |xs, ws, argmax, want| {
+            Ok(interval_backward(xs, ws, &to_vec::<T>(grad)?, argmax, g, want))
+        })
     }
 }

@@ -41,6 +41,10 @@ pub const WEIGHTS_FILE: &str = "models/lab-cnn.safetensors";
 pub const ROBUST_WEIGHTS_FILE: &str = "models/lab-cnn-robust.safetensors";
 /// Where the weights trained for certificates live (`cargo lab train --certified`).
 pub const CERTIFIED_WEIGHTS_FILE: &str = "models/lab-cnn-certified.safetensors";
+/// The certified models by the budget they were trained for (`cargo lab train --certified --eps E`):
+/// one model does not serve both budgets well (see `docs/models.md`).
+pub const CERTIFIED_WEIGHTS_FILES: [(f32, &str); 2] =
+    [(0.3, CERTIFIED_WEIGHTS_FILE), (0.1, "models/lab-cnn-certified-0.1.safetensors")];
 /// The base models of randomized smoothing, trained on noisy digits (`cargo lab train --noise S`):
 /// the noise's standard deviation and the file.
 pub const NOISE_WEIGHTS_FILES: [(f32, &str); 2] =
@@ -109,6 +113,15 @@ impl Classifier {
     /// hash-checked.
     pub fn certified() -> Result<Self> {
         Self::load_from(&data_dir(), CERTIFIED_WEIGHTS_FILE)
+    }
+
+    /// The shipped certified model trained for the L-inf budget `eps`: 0.3 ([`Self::certified`])
+    /// or 0.1, which keeps more of the clean accuracy and proves less at 0.3.
+    pub fn certified_for(eps: f32) -> Result<Self> {
+        match CERTIFIED_WEIGHTS_FILES.iter().find(|(e, _)| *e == eps) {
+            Some((_, file)) => Self::load_from(&data_dir(), file),
+            None => Err(LabError::invalid("eps", eps, "0.3 or 0.1: the budgets the lab ships a certified model for")),
+        }
     }
 
     /// The shipped base model for randomized smoothing at noise `sigma` (0.25 or 0.5): the same
