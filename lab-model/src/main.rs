@@ -32,7 +32,8 @@ enum Command {
         /// Adversarial training (PGD on every batch): writes lab-cnn-robust.safetensors.
         #[arg(long)]
         adversarial: bool,
-        /// Certified training (interval bound propagation): writes lab-cnn-certified.safetensors.
+        /// Certified training (interval bound propagation): writes lab-cnn-certified.safetensors
+        /// (--eps 0.3, the default) or lab-cnn-certified-0.1.safetensors (--eps 0.1).
         #[arg(long, conflicts_with = "adversarial")]
         certified: bool,
         /// Train on digits with Gaussian noise of this standard deviation (0.25 or 0.5): a base
@@ -72,7 +73,7 @@ enum Command {
     /// Attack (a black box), each on the digits the earlier ones left standing; a digit counts as
     /// robust only if every attack fails. On the MNIST test digits, L-inf.
     Eval {
-        /// `plain`, `robust`, `certified`, or a path to a .safetensors file.
+        /// `plain`, `robust`, `certified`, `certified-0.1`, or a path to a .safetensors file.
         #[arg(long, default_value = "robust")]
         model: String,
         /// Instead of attacking, prove: the share of digits interval bound propagation certifies

@@ -8,7 +8,7 @@ use crate::CliResult;
 use lab_support::attack::Norm;
 use lab_support::data::{data_dir, mnist, sha256_hex};
 use lab_support::evaluation::{evaluate, Attack, Evaluation};
-use lab_support::model::{Classifier, CERTIFIED_WEIGHTS_FILE, NOISE_WEIGHTS_FILES, ROBUST_WEIGHTS_FILE, WEIGHTS_FILE};
+use lab_support::model::{Classifier, CERTIFIED_WEIGHTS_FILES, NOISE_WEIGHTS_FILES, ROBUST_WEIGHTS_FILE, WEIGHTS_FILE};
 use lab_support::train::{train, AdversarialTraining, CertifiedTraining, TrainConfig, TrainReport};
 use serde_json::json;
 use std::path::Path;
@@ -31,7 +31,16 @@ pub fn run(epochs: Option<usize>, seed: u64, mode: Mode, learning_rate: f64, tri
     let (file, default_epochs, adversarial, certified) = match mode {
         Mode::Plain => (WEIGHTS_FILE, TrainConfig::default().epochs, None, None),
         Mode::Adversarial(a) => (ROBUST_WEIGHTS_FILE, 20, Some(a), None),
-        Mode::Certified(c) => (CERTIFIED_WEIGHTS_FILE, 30, None, Some(c)),
+        Mode::Certified(c) => match CERTIFIED_WEIGHTS_FILES.iter().find(|(e, _)| *e == c.eps) {
+            Some((_, file)) => (*file, 30, None, Some(c)),
+            None if trial => ("models/lab-cnn-certified-trial.safetensors", 30, None, Some(c)),
+            None => {
+                return Err(format!(
+                    "--certified --eps {}: the lab ships certified models for 0.3 and 0.1; train for another budget with --trial",
+                    c.eps
+                ))
+            }
+        },
         Mode::Noise(sigma) => match NOISE_WEIGHTS_FILES.iter().find(|(s, _)| *s == sigma) {
             Some((_, file)) => (*file, TrainConfig::default().epochs, None, None),
             None => return Err(format!("--noise {sigma}: the lab ships base models for 0.25 and 0.5 only")),
@@ -164,7 +173,10 @@ fn section(file: &str, config: &TrainConfig, report: &TrainReport, hash: &str) -
             Some(c) => (
                 format!("certified by IBP at eps {}", c.eps),
                 "certified",
-                "Certified and empirical robustness: `cargo lab eval --certify --model certified` and `cargo lab eval --model certified`.".to_string(),
+                {
+                    let name = if c.eps == CertifiedTraining::shipped().eps { "certified".to_string() } else { format!("certified-{}", c.eps) };
+                    format!("Certified and empirical robustness: `cargo lab eval --certify --model {name}` and `cargo lab eval --model {name}`.")
+                },
             ),
             None => (
                 "under PGD-10 at the full budget".to_string(),
@@ -234,9 +246,12 @@ fn load_model(which: &str) -> CliResult<Classifier> {
         "plain" => Classifier::pretrained(),
         "robust" => Classifier::robust(),
         "certified" => Classifier::certified(),
+        "certified-0.1" => Classifier::certified_for(0.1),
         path => {
             let tensors = candle_core::safetensors::load(path, &candle_core::Device::Cpu).map_err(|e| {
-                format!("--model {path}: {e} (give `plain`, `robust`, `certified` or a .safetensors file)")
+                format!(
+                    "--model {path}: {e} (give `plain`, `robust`, `certified`, `certified-0.1` or a .safetensors file)"
+                )
             })?;
             Classifier::from_tensors(tensors)
         }

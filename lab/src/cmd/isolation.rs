@@ -194,8 +194,10 @@ fn make_runtime(paths: &Paths) -> CliResult<Runtime> {
     std::fs::write(kernels.join("kernel.json"), serde_json::to_string_pretty(&spec).map_err(|e| e.to_string())?)
         .at(&kernels)?;
     // Crate sources keep the modes of their archives (some are 0600); the seed's incremental
-    // lock files are 0600. Students read both.
-    for d in [super::launcher::cargo_home(paths), super::launcher::seed_dir(paths)] {
+    // lock files are 0600; weights written by `cargo lab train` are 0600 (written whole, then
+    // renamed). Students read all of them, and the rest of what `PUBLIC` names.
+    let public = PUBLIC.iter().filter(|p| !p.starts_with('.')).map(|p| paths.root.join(p));
+    for d in public.chain([super::launcher::cargo_home(paths), super::launcher::seed_dir(paths)]) {
         if d.exists() {
             run(Command::new("chmod").arg("-R").arg("a+rX").arg(&d), &format!("opening {} to students", d.display()))?;
         }

@@ -216,7 +216,7 @@ fn run_test(paths: &Paths, log: &Path) -> CliResult<Vec<String>> {
 
 /// In the first student's kernel, a Rust cell reads their own notebook, the second student's, a
 /// solution notebook and the gradebook: only the first may succeed, the others must fail with
-/// "Permission denied".
+/// "Permission denied". And every file under `data/` must be readable (a notebook loads them).
 fn isolation_check(paths: &Paths, hub: &Hub, users: &[String], token: &str) -> CliResult<()> {
     let notebook = format!("notebooks/{TEST_NOTEBOOK}.ipynb");
     let own = hub.homes[&users[0]].join(&notebook);
@@ -225,10 +225,15 @@ fn isolation_check(paths: &Paths, hub: &Hub, users: &[String], token: &str) -> C
         paths.root.join("notebooks/solutions").join(format!("{TEST_NOTEBOOK}.ipynb")),
         paths.root.join("course/gradebook.db"),
     ];
-    let cell = std::iter::once(&own)
+    let mut cell = std::iter::once(&own)
         .chain(&closed)
         .map(|p| format!("println!(\"{{}}\", match std::fs::read({p:?}) {{ Ok(b) => format!(\"read {{}} bytes\", b.len()), Err(e) => e.to_string() }});\n", p = p.display().to_string()))
         .collect::<String>();
+    // And every file a notebook may load (weights written by `cargo lab train` are 0600).
+    cell.push_str(&format!(
+        "fn unreadable(d: &std::path::Path) -> usize {{ std::fs::read_dir(d).map(|es| es.flatten().map(|e| {{ let p = e.path(); if p.is_dir() {{ unreadable(&p) }} else {{ std::fs::File::open(&p).is_err() as usize }} }}).sum()).unwrap_or(1_000_000) }}\nprintln!(\"unreadable in data: {{}}\", unreadable(std::path::Path::new({:?})));\n",
+        paths.root.join("data").display().to_string()
+    ));
     let mut kernel = RemoteKernel::open(hub.port, &format!("/user/{}", users[0]), token, &notebook)?;
     let (outputs, _) = kernel.execute(&cell, CELL_LIMIT)?;
     kernel.close();
@@ -242,10 +247,12 @@ fn isolation_check(paths: &Paths, hub: &Hub, users: &[String], token: &str) -> C
         })
         .collect::<String>();
     let lines: Vec<&str> = text.lines().collect();
-    let ok =
-        lines.len() == 4 && lines[0].starts_with("read ") && lines[1..].iter().all(|l| l.contains("Permission denied"));
+    let ok = lines.len() == 5
+        && lines[0].starts_with("read ")
+        && lines[1..4].iter().all(|l| l.contains("Permission denied"))
+        && lines[4] == "unreadable in data: 0";
     eprintln!(
-        "  isolation: {}'s kernel read its own notebook and was refused the rest: {}",
+        "  isolation: {}'s kernel read its own notebook and data/, and was refused the rest: {}",
         users[0],
         if ok { "yes" } else { "NO" }
     );
@@ -253,8 +260,9 @@ fn isolation_check(paths: &Paths, hub: &Hub, users: &[String], token: &str) -> C
         Ok(())
     } else {
         Err(format!(
-            "{}'s kernel, reading {}, {} and {}: expected its own notebook readable and \"Permission denied\" for \
-             the other student's notebook, the solution and the gradebook; it printed:\n{text}",
+            "{}'s kernel, reading {}, {} and {}: expected its own notebook readable, \"Permission denied\" for \
+             the other student's notebook, the solution and the gradebook, and every file of data/ \
+             readable; it printed:\n{text}",
             users[0],
             own.display(),
             closed[0].display(),
