@@ -22,7 +22,7 @@ use crate::sys::process::{output_of, run};
 use crate::sys::{At, CliResult};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// The repository's top-level entries a student's server reads: lab-support's sources (the
 /// notebooks `:dep` them) and the workspace manifest and lock cargo reads with them, the datasets
@@ -100,22 +100,15 @@ fn reachable(root: &Path) -> CliResult<()> {
     Ok(())
 }
 
-/// Hard links of `from` at `to` (a copy where links cannot cross file systems), made whole before
-/// it takes the name; kept while `stamp` (what it was made from) is unchanged.
+/// Hard links of `from` at `to` (see `setup::link_tree`), kept while `stamp` (what it was made
+/// from) is unchanged.
 fn link_copy(from: &Path, to: &Path, stamp: &str) -> CliResult<()> {
     let stamp_file = to.with_extension("stamp");
     if to.exists() && std::fs::read_to_string(&stamp_file).ok().as_deref() == Some(stamp) {
         return Ok(());
     }
-    let partial = to.with_extension("partial");
-    let _ = std::fs::remove_dir_all(&partial);
     let _ = std::fs::remove_dir_all(to);
-    let linked = Command::new("cp").arg("-al").arg(from).arg(&partial).stderr(Stdio::null()).status();
-    if !linked.is_ok_and(|s| s.success()) {
-        let _ = std::fs::remove_dir_all(&partial);
-        run(Command::new("cp").arg("-a").arg(from).arg(&partial), &format!("copying {}", from.display()))?;
-    }
-    std::fs::rename(&partial, to).at(to)?;
+    super::setup::link_tree(from, to)?;
     std::fs::write(&stamp_file, stamp).at(&stamp_file)
 }
 
@@ -237,15 +230,13 @@ fn close_private(paths: &Paths) -> CliResult<()> {
 
 /// The Unix user `name` (made if missing, with a home in /home), its home: owned by it, mode 0700.
 fn ensure_user(name: &str) -> CliResult<PathBuf> {
-    if output_of(Command::new("getent").args(["passwd", name])).is_none() {
+    if passwd(name).is_err() {
         run(
             Command::new("useradd").args(["--create-home", "--shell", "/bin/bash", "--user-group", name]),
             &format!("creating the Unix user {name}"),
         )?;
     }
-    let entry =
-        output_of(Command::new("getent").args(["passwd", name])).ok_or_else(|| format!("no Unix user {name}"))?;
-    let home = PathBuf::from(entry.trim().split(':').nth(5).unwrap_or_default());
+    let home = PathBuf::from(&passwd(name)?[5]);
     if !home.is_absolute() || home == Path::new("/") {
         return Err(format!("the Unix user {name} has no home of its own ({})", home.display()));
     }
@@ -312,14 +303,24 @@ pub fn install(home: &Path, owner: &str, notebooks: &[(String, Vec<u8>)], lab_su
     Ok(())
 }
 
-/// The user and group ids of the Unix user `name`.
-fn ids(name: &str) -> CliResult<(libc::uid_t, libc::gid_t)> {
+/// The seven fields of the Unix user `name`'s entry in the system's user list.
+fn passwd(name: &str) -> CliResult<Vec<String>> {
     let entry =
         output_of(Command::new("getent").args(["passwd", name])).ok_or_else(|| format!("no Unix user {name}"))?;
-    let fields: Vec<&str> = entry.trim().split(':').collect();
-    match (fields.get(2).and_then(|v| v.parse().ok()), fields.get(3).and_then(|v| v.parse().ok())) {
-        (Some(uid), Some(gid)) => Ok((uid, gid)),
-        _ => Err(format!("cannot read the ids of the Unix user {name} from {entry:?}")),
+    let fields: Vec<String> = entry.trim().split(':').map(String::from).collect();
+    if fields.len() == 7 {
+        Ok(fields)
+    } else {
+        Err(format!("cannot read the Unix user {name} from {entry:?}"))
+    }
+}
+
+/// The user and group ids of the Unix user `name`.
+fn ids(name: &str) -> CliResult<(libc::uid_t, libc::gid_t)> {
+    let fields = passwd(name)?;
+    match (fields[2].parse(), fields[3].parse()) {
+        (Ok(uid), Ok(gid)) => Ok((uid, gid)),
+        _ => Err(format!("cannot read the ids of the Unix user {name} from {fields:?}")),
     }
 }
 

@@ -231,14 +231,7 @@ fn kernel_cargo_home(paths: &Paths) -> CliResult<()> {
     let registry = home.join("registry");
     let users = cargo_home().join("registry");
     if !registry.exists() && users.exists() {
-        let partial = home.join("registry.partial");
-        let _ = std::fs::remove_dir_all(&partial);
-        let linked = Command::new("cp").arg("-al").arg(&users).arg(&partial).stderr(Stdio::null()).status();
-        if !linked.is_ok_and(|s| s.success()) {
-            let _ = std::fs::remove_dir_all(&partial);
-            run(Command::new("cp").arg("-a").arg(&users).arg(&partial), "copying cargo's registry into .lab/cargo")?;
-        }
-        std::fs::rename(&partial, &registry).at(&registry)?;
+        link_tree(&users, &registry)?;
     }
     let mut config = String::new();
     for name in ["config.toml", "config"] {
@@ -253,6 +246,19 @@ fn kernel_cargo_home(paths: &Paths) -> CliResult<()> {
         std::fs::write(&file, config).at(&file)?;
     }
     Ok(())
+}
+
+/// Hard links of the tree `from` at `to` (a copy where links cannot cross file systems), made in
+/// a folder beside it and renamed when whole: a copy cut short never takes the name.
+pub fn link_tree(from: &Path, to: &Path) -> CliResult<()> {
+    let partial = to.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    let linked = Command::new("cp").arg("-al").arg(from).arg(&partial).stderr(Stdio::null()).status();
+    if !linked.is_ok_and(|s| s.success()) {
+        let _ = std::fs::remove_dir_all(&partial);
+        run(Command::new("cp").arg("-a").arg(from).arg(&partial), &format!("copying {}", from.display()))?;
+    }
+    std::fs::rename(&partial, to).at(to)
 }
 
 /// A copy of this tool for the kernel spec to start, out of cargo's reach: a rebuild or a `cargo
