@@ -167,7 +167,7 @@ fn run_test(paths: &Paths, log: &Path) -> CliResult<Vec<String>> {
         }
     }
     if hub.isolated {
-        problems.extend(isolation_check(paths, &hub, &users, &tokens[&users[0]]).err());
+        problems.extend(isolation_check(paths, &dir, &hub, &users, &tokens[&users[0]]).err());
     } else {
         eprintln!("  not root: the students' servers run as this user, isolation not tested");
     }
@@ -215,15 +215,16 @@ fn run_test(paths: &Paths, log: &Path) -> CliResult<Vec<String>> {
 }
 
 /// In the first student's kernel, a Rust cell reads their own notebook, the second student's, a
-/// solution notebook and the gradebook: only the first may succeed, the others must fail with
-/// "Permission denied". And every file under `data/` must be readable (a notebook loads them).
-fn isolation_check(paths: &Paths, hub: &Hub, users: &[String], token: &str) -> CliResult<()> {
+/// solution notebook and the hub's admin password: only the first may succeed, the others must
+/// fail with "Permission denied". And every file under `data/` must be readable (a notebook loads them).
+fn isolation_check(paths: &Paths, dir: &Path, hub: &Hub, users: &[String], token: &str) -> CliResult<()> {
     let notebook = format!("notebooks/{TEST_NOTEBOOK}.ipynb");
     let own = hub.homes[&users[0]].join(&notebook);
     let closed = [
         hub.homes[&users[1]].join(&notebook),
         paths.root.join("notebooks/solutions").join(format!("{TEST_NOTEBOOK}.ipynb")),
-        paths.root.join("course/gradebook.db"),
+        // Always there, unlike the gradebook of a clone that has not graded yet.
+        dir.join("password"),
     ];
     let mut cell = std::iter::once(&own)
         .chain(&closed)
@@ -261,7 +262,7 @@ fn isolation_check(paths: &Paths, hub: &Hub, users: &[String], token: &str) -> C
     } else {
         Err(format!(
             "{}'s kernel, reading {}, {} and {}: expected its own notebook readable, \"Permission denied\" for \
-             the other student's notebook, the solution and the gradebook, and every file of data/ \
+             the other student's notebook, the solution and the admin's password, and every file of data/ \
              readable; it printed:\n{text}",
             users[0],
             own.display(),
