@@ -2,7 +2,7 @@
 //! im2col, products and pooling as the plain block (`super`), on a box's centre and radius.
 
 use super::{
-    block_bwd, check_block, im2col, matmul, patches_to_image, pool_bound, slice, to_vec, BlockGrads, Float, Geom,
+    block_bwd, check_block, im2col, matmul, patches_to_image, pool_bound, slice, with_data, BlockGrads, Float, Geom,
     GROUP, PASSED,
 };
 use candle_core::backend::BackendStorage;
@@ -45,8 +45,6 @@ fn interval_forward<T: Float>(x: &[T], w: &[T], b: &[T], g: Geom) -> (Vec<T>, Ve
     let mut out = vec![zero; g.n * 2 * pooled];
     let mut argmax = vec![0u8; g.n * 2 * pooled];
     let par = g.parallelism(1);
-    let (starts, corners) = g.windows();
-    let plane = g.hp * g.wp;
     let image = g.image();
     out.par_chunks_mut(2 * pooled).zip(argmax.par_chunks_mut(2 * pooled)).enumerate().for_each_init(
         || (vec![zero; k * p], vec![zero; g.o * p], vec![zero; g.o * p]),
@@ -62,8 +60,8 @@ fn interval_forward<T: Float>(x: &[T], w: &[T], b: &[T], g: Geom) -> (Vec<T>, Ve
             }
             let (out_c, out_r) = out.split_at_mut(pooled);
             let (am_lo, am_hi) = argmax.split_at_mut(pooled);
-            pool_bound(centre, b, (&starts, &corners, plane), out_c, am_lo);
-            pool_bound(spread, b, (&starts, &corners, plane), out_r, am_hi);
+            pool_bound(centre, b, &g, out_c, am_lo);
+            pool_bound(spread, b, &g, out_r, am_hi);
             // Lower and upper bound to centre and radius.
             for (c, r) in out_c.iter_mut().zip(out_r.iter_mut()) {
                 (*c, *r) = ((*c + *r) * half, (*r - *c) * half);
@@ -193,7 +191,7 @@ impl IntervalConvReluPool {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = Self::geom(x.dims(), w.dim(0)?);
         block_bwd(x, w, b, &self.argmax, |xs, ws, argmax, want| {
-            Ok(interval_backward(xs, ws, &to_vec::<T>(grad)?, argmax, g, want))
+            with_data(grad, |grad: &[T]| Ok(interval_backward(xs, ws, grad, argmax, g, want)))
         })
     }
 }
