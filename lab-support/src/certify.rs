@@ -95,6 +95,7 @@ fn stacked(x: &Bounds) -> Result<Tensor> {
 }
 
 /// The centre and the radius of a stacked tensor.
+#[cfg(test)]
 fn unstack(cr: &Tensor) -> Result<(Tensor, Tensor)> {
     let half = cr.dim(1)? / 2;
     Ok((cr.narrow(1, 0, half)?, cr.narrow(1, half, half)?))
@@ -116,15 +117,25 @@ pub(crate) fn conv_block_stacked(x: &Bounds, w: &Tensor, b: &Tensor) -> Result<B
     split(&kernels::conv_relu_pool(&input, &bound_weights(w, 1)?, &Tensor::cat(&[b, b], 0)?)?)
 }
 
-/// A linear layer `W x + b` on intervals (no relu): `W c + b ± |W| r`.
+/// A linear layer `W x + b` on intervals (no relu): `W c + b ± |W| r`, one fused op
+/// ([`kernels::interval_linear`]).
 pub(crate) fn linear(x: &Bounds, w: &Tensor, b: &Tensor) -> Result<Bounds> {
-    linear_of(&x.center()?, &x.radius()?, w, b)
+    linear_of(&Tensor::cat(&[&x.center()?, &x.radius()?], 1)?, w, b)
 }
 
-/// [`linear`] on the box of centre `c` and radius `r`.
-fn linear_of(c: &Tensor, r: &Tensor, w: &Tensor, b: &Tensor) -> Result<Bounds> {
-    let centre = kernels::linear(c, w, b)?;
-    let spread = kernels::linear(r, &w.abs()?, &b.zeros_like()?)?;
+/// [`linear`] on boxes stacked as rows `[c, r]` (centre, then radius).
+fn linear_of(cr: &Tensor, w: &Tensor, b: &Tensor) -> Result<Bounds> {
+    let out = kernels::interval_linear(cr, w, b)?;
+    let half = out.dim(1)? / 2;
+    let (centre, spread) = (out.narrow(1, 0, half)?, out.narrow(1, half, half)?);
+    Ok(Bounds { lo: (&centre - &spread)?, hi: (&centre + &spread)? })
+}
+
+/// The same layer from candle ops: the yardstick the fused op is tested against.
+#[cfg(test)]
+fn linear_reference(x: &Bounds, w: &Tensor, b: &Tensor) -> Result<Bounds> {
+    let centre = x.center()?.matmul(&w.t()?)?.broadcast_add(b)?;
+    let spread = x.radius()?.matmul(&w.abs()?.t()?)?;
     Ok(Bounds { lo: (&centre - &spread)?, hi: (&centre + &spread)? })
 }
 
@@ -175,8 +186,8 @@ pub(crate) fn before_relu(model: &Classifier, input: &Bounds) -> Result<Bounds> 
     let p = |name: &str| param(model, name, dtype);
     let h = kernels::interval_conv_relu_pool(&stacked(input)?, &p("conv1.weight")?, &p("conv1.bias")?)?;
     let h = kernels::interval_conv_relu_pool(&h, &p("conv2.weight")?, &p("conv2.bias")?)?;
-    let (c, r) = unstack(&h)?;
-    linear_of(&c.flatten_from(1)?, &r.flatten_from(1)?, &p("fc1.weight")?, &p("fc1.bias")?)
+    // (N, 2C, H, W) with the centre's channels first: each row `[c, r]` as it lies.
+    linear_of(&h.flatten_from(1)?, &p("fc1.weight")?, &p("fc1.bias")?)
 }
 
 /// Bounds on each logit `(N, 10)` over the box of radius `eps` around each image. Looser than
@@ -395,6 +406,49 @@ mod tests {
             let worst = a.iter().zip(e).fold(0.0f64, |m, (a, e)| m.max((a - e).abs()));
             assert!(worst < 1e-10 * scale, "the {name} gradient differs by {worst}");
         }
+    }
+
+    #[test]
+    fn the_fused_interval_linear_layer_matches_candle_ops_with_gradients() {
+        let mut rng = SeededRng::new(6);
+        let mut f64t = |shape: &[usize], lo: f32, hi: f32| {
+            rng.uniform_tensor(shape, lo, hi).unwrap().to_dtype(DType::F64).unwrap()
+        };
+        // Weights on both sides of 0, and a 0 (whose |W| derivative is +1 on both sides).
+        let w0 = f64t(&[5, 7], -1.0, 1.0);
+        let zero_at = Tensor::ones((5, 7), DType::F64, &Device::Cpu)
+            .unwrap()
+            .slice_assign(&[0..1, 0..1], &Tensor::zeros((1, 1), DType::F64, &Device::Cpu).unwrap())
+            .unwrap();
+        let w = candle_core::Var::from_tensor(&(w0 * zero_at).unwrap()).unwrap();
+        let b = candle_core::Var::from_tensor(&f64t(&[5], -0.3, 0.3)).unwrap();
+        let c = candle_core::Var::from_tensor(&f64t(&[4, 7], -1.0, 1.0)).unwrap();
+        let r = candle_core::Var::from_tensor(&f64t(&[4, 7], 0.0, 0.5)).unwrap();
+        let probe = f64t(&[4, 10], -1.0, 1.0);
+        let input =
+            Bounds { lo: (c.as_tensor() - r.as_tensor()).unwrap(), hi: (c.as_tensor() + r.as_tensor()).unwrap() };
+        let run = |layer: fn(&Bounds, &Tensor, &Tensor) -> Result<Bounds>| {
+            let out = layer(&input, w.as_tensor(), b.as_tensor()).unwrap();
+            let both = Tensor::cat(&[&out.lo, &out.hi], 1).unwrap();
+            let g = (&both * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let grads = [c.as_tensor(), r.as_tensor(), w.as_tensor(), b.as_tensor()]
+                .map(|t| g.get(t).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap());
+            (both.flatten_all().unwrap().to_vec1::<f64>().unwrap(), grads)
+        };
+        let (fused, fused_grads) = run(linear);
+        let (reference, reference_grads) = run(linear_reference);
+        assert!(fused.iter().zip(&reference).all(|(a, e)| (a - e).abs() < 1e-12), "the bounds differ");
+        for (name, (a, e)) in
+            ["centre", "radius", "weight", "bias"].iter().zip(fused_grads.iter().zip(&reference_grads))
+        {
+            assert_eq!(a.len(), e.len());
+            let worst = a.iter().zip(e).fold(0.0f64, |m, (a, e)| m.max((a - e).abs()));
+            assert!(worst < 1e-12, "the {name} gradient differs by {worst}");
+        }
+        // Shapes that do not fit: a clear error, no panic.
+        let odd = Tensor::zeros((4, 13), DType::F64, &Device::Cpu).unwrap();
+        let err = kernels::interval_linear(&odd, w.as_tensor(), b.as_tensor()).unwrap_err().to_string();
+        assert!(err.contains("2F columns"), "{err}");
     }
 
     #[test]

@@ -279,14 +279,15 @@ fn warm_cache(paths: &Paths, n: usize, total: usize) -> CliResult<()> {
     let stamp = paths.state.join("warm.stamp");
     let seed = super::launcher::seed_dir(paths);
     // What the seed's build depends on: evcxr, the kernel's cargo settings, the locked versions,
-    // lab-support's manifest and sources.
+    // the workspace's manifest (its dependencies' features), lab-support's manifest and sources.
     let mut key = format!(
         "{EVCXR_VERSION}\n{KERNEL_CARGO_ENV:?}\n{}\n{}",
         super::launcher::cargo_home(paths).display(),
         std::fs::read_to_string(paths.root.join("Cargo.lock")).unwrap_or_default()
     );
     let crate_dir = paths.root.join("lab-support");
-    for file in std::iter::once(crate_dir.join("Cargo.toml")).chain(files_under(&crate_dir.join("src"))) {
+    let manifests = [paths.root.join("Cargo.toml"), crate_dir.join("Cargo.toml")];
+    for file in manifests.into_iter().chain(files_under(&crate_dir.join("src"))) {
         key.push_str(&format!("\n{}\n", file.display()));
         key.push_str(&String::from_utf8_lossy(&std::fs::read(&file).unwrap_or_default()));
     }

@@ -2,8 +2,8 @@
 //! im2col, products and pooling as the plain block (`super`), on a box's centre and radius.
 
 use super::{
-    block_bwd, check_block, im2col, matmul, patches_to_image, pool_bound, slice, with_data, BlockGrads, Float, Geom,
-    GROUP, PASSED,
+    block_bwd, check_block, im2col, matmul, patches_to_image, pool_bound, slice, threads_for, with_data, BlockGrads,
+    Float, Geom, GROUP, PASSED,
 };
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
@@ -41,7 +41,7 @@ fn interval_forward<T: Float>(x: &[T], w: &[T], b: &[T], g: Geom) -> (Vec<T>, Ve
     let (k, p, pooled) = (g.k(), g.p(), g.pooled());
     let zero = T::from_f64(0.0);
     let half = T::from_f64(0.5);
-    let abs_w: Vec<T> = w.iter().map(|&v| if v < zero { zero - v } else { v }).collect();
+    let abs_w = abs(w);
     let mut out = vec![zero; g.n * 2 * pooled];
     let mut argmax = vec![0u8; g.n * 2 * pooled];
     let par = g.parallelism(1);
@@ -83,7 +83,7 @@ fn interval_backward<T: Float>(
     let (k, p, pooled) = (g.k(), g.p(), g.pooled());
     let zero = T::from_f64(0.0);
     let half = T::from_f64(0.5);
-    let abs_w: Vec<T> = w.iter().map(|&v| if v < zero { zero - v } else { v }).collect();
+    let abs_w = abs(w);
     let group_size = if want_w { GROUP } else { 1 };
     let par = g.parallelism(group_size);
     let (starts, corners) = g.windows();
@@ -192,6 +192,136 @@ impl IntervalConvReluPool {
         let g = Self::geom(x.dims(), w.dim(0)?);
         block_bwd(x, w, b, &self.argmax, |xs, ws, argmax, want| {
             with_data(grad, |grad: &[T]| Ok(interval_backward(xs, ws, grad, argmax, g, want)))
+        })
+    }
+}
+
+/// A linear layer on intervals in centre/radius form: `x` is `(N, 2F)`, each row the centre `c` of
+/// a box and then its radius `r`; `w` `(H, F)` and `b` `(H)` are the layer's own weights. The
+/// result is `(N, 2H)` in the same form: `W c + b` and `|W| r`, the box around the layer's image
+/// of the input box.
+///
+/// As one op it takes the conv blocks' stacked output as it is (a reshape, no copy) and its
+/// backward pass gives `W`'s gradient through `|W|` directly (+1 at 0, as candle's `abs`): built
+/// from candle ops, the split, `|W|` and their backward passes cost several passes over the
+/// weights and the activations.
+pub fn interval_linear(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    let (_, width) = x.dims2()?;
+    let (outputs, inputs) = w.dims2()?;
+    if width != 2 * inputs || b.dims() != [outputs] {
+        candle_core::bail!(
+            "interval_linear: input (centre and radius, 2F columns) {:?}, weight {:?}, bias {:?} do not fit together",
+            x.dims(),
+            w.dims(),
+            b.dims()
+        );
+    }
+    x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, IntervalLinear)
+}
+
+struct IntervalLinear;
+
+float_op3!(IntervalLinear, "interval-linear", "interval_linear");
+
+fn abs<T: Float>(w: &[T]) -> Vec<T> {
+    let zero = T::from_f64(0.0);
+    w.iter().map(|&v| if v < zero { zero - v } else { v }).collect()
+}
+
+impl IntervalLinear {
+    fn fwd<T: Float>(&self, s: [(&CpuStorage, &Layout); 3]) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (slice::<T>(s[0].0, s[0].1)?, slice::<T>(s[1].0, s[1].1)?, slice::<T>(s[2].0, s[2].1)?);
+        let (n, outputs, inputs) = (s[0].1.dims()[0], b.len(), s[1].1.dims()[1]);
+        let zero = T::from_f64(0.0);
+        let mut y = vec![zero; n * 2 * outputs];
+        for row in y.chunks_exact_mut(2 * outputs) {
+            row[..outputs].copy_from_slice(b);
+        }
+        if n > 0 && outputs > 0 && inputs > 0 {
+            let par = threads_for(n * inputs * outputs);
+            // y_c (N x out) += c (N x in) * w^T (in x out), then y_r = r * |w|^T; rows 2 out apart.
+            matmul((n, outputs, inputs), &mut y, (2 * outputs, 1), true, x, (2 * inputs, 1), w, (1, inputs), par);
+            let (abs_w, r) = (abs(w), &x[inputs..]);
+            let yr = &mut y[outputs..];
+            matmul((n, outputs, inputs), yr, (2 * outputs, 1), false, r, (2 * inputs, 1), &abs_w, (1, inputs), par);
+        }
+        Ok((T::to_cpu_storage_owned(y), Shape::from((n, 2 * outputs))))
+    }
+
+    fn bwd_typed<T: Float>(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, (outputs, inputs)) = (x.dim(0)?, w.dims2()?);
+        let zero = T::from_f64(0.0);
+        if n == 0 || outputs == 0 || inputs == 0 {
+            let none = |t: &Tensor| t.track_op().then(|| t.zeros_like()).transpose();
+            return Ok((none(x)?, none(w)?, none(b)?));
+        }
+        let par = threads_for(n * inputs * outputs);
+        with_data(grad, |g: &[T]| {
+            with_data(w, |w_data: &[T]| {
+                let abs_w = abs(w_data);
+                let (gc, gr) = (g, &g[outputs..]);
+                let dx = if x.track_op() {
+                    let mut dx = vec![zero; n * 2 * inputs];
+                    // dc (N x in) = g_c (N x out) * w (out x in), then dr = g_r * |w|; rows 2 in apart.
+                    let rows = (2 * inputs, 1);
+                    matmul((n, inputs, outputs), &mut dx, rows, false, gc, (2 * outputs, 1), w_data, (inputs, 1), par);
+                    let dr = &mut dx[inputs..];
+                    matmul((n, inputs, outputs), dr, rows, false, gr, (2 * outputs, 1), &abs_w, (inputs, 1), par);
+                    Some(Tensor::from_vec(dx, x.shape(), x.device())?)
+                } else {
+                    None
+                };
+                if !(w.track_op() || b.track_op()) {
+                    return Ok((dx, None, None));
+                }
+                let (mut dw, mut dw_r) = (vec![zero; outputs * inputs], vec![zero; outputs * inputs]);
+                with_data(x, |x: &[T]| {
+                    // dw (out x in) = g_c^T (out x N) * c (N x in), and through |w|: g_r^T * r.
+                    matmul(
+                        (outputs, inputs, n),
+                        &mut dw,
+                        (inputs, 1),
+                        false,
+                        gc,
+                        (1, 2 * outputs),
+                        x,
+                        (2 * inputs, 1),
+                        par,
+                    );
+                    let r = &x[inputs..];
+                    matmul(
+                        (outputs, inputs, n),
+                        &mut dw_r,
+                        (inputs, 1),
+                        false,
+                        gr,
+                        (1, 2 * outputs),
+                        r,
+                        (2 * inputs, 1),
+                        par,
+                    );
+                    Ok(())
+                })?;
+                for ((d, dr), &wv) in dw.iter_mut().zip(&dw_r).zip(w_data) {
+                    *d = if wv >= zero { *d + *dr } else { *d - *dr };
+                }
+                let mut db = vec![zero; outputs];
+                for row in gc.chunks(2 * outputs) {
+                    db.iter_mut().zip(row).for_each(|(d, v)| *d += *v);
+                }
+                Ok((
+                    dx,
+                    Some(Tensor::from_vec(dw, w.shape(), w.device())?),
+                    Some(Tensor::from_vec(db, b.shape(), b.device())?),
+                ))
+            })
         })
     }
 }

@@ -118,7 +118,7 @@ macro_rules! float_op3 {
 
 // After the macro, which it uses.
 mod interval;
-pub use interval::interval_conv_relu_pool;
+pub use interval::{interval_conv_relu_pool, interval_linear};
 
 struct Linear;
 
@@ -191,7 +191,11 @@ impl Linear {
             for row in g.chunks(outputs) {
                 db.iter_mut().zip(row).for_each(|(d, v)| *d += *v);
             }
-            Ok((dx, Some(Tensor::from_vec(dw, w.shape(), w.device())?), Some(Tensor::from_vec(db, b.shape(), b.device())?)))
+            Ok((
+                dx,
+                Some(Tensor::from_vec(dw, w.shape(), w.device())?),
+                Some(Tensor::from_vec(db, b.shape(), b.device())?),
+            ))
         })
     }
 }
