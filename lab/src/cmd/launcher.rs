@@ -189,14 +189,20 @@ fn try_lock(path: &Path, mode: libc::c_int) -> CliResult<Option<File>> {
     }
 }
 
-/// A slot ready for evcxr: copied from the seed the first time, with the lab's `Cargo.lock`.
+/// A slot ready for evcxr: copied from the seed the first time, and again after `cargo lab up`
+/// rebuilt the seed, with the lab's `Cargo.lock`.
 fn prepare(paths: &Paths, slot: &Path) -> CliResult<()> {
     let seed = seed_dir(paths);
     // A slot built with another cargo home would rebuild every dependency: the seed is quicker.
     let stale = |dir: &Path| built_with(dir).as_deref() != Some(cargo_home(paths).as_path());
     let from_seed = slot != seed && seed.join("target").exists() && !stale(&seed);
-    if from_seed && slot.join("target").exists() && stale(slot) {
-        eprintln!("lab kernel: {} was built with another cargo home; copying the seed again", slot.display());
+    // So would a slot copied from an older seed when a dependency's version or features changed
+    // (measured: four hub students' kernels, each rebuilding gemm and candle in its slot, did not
+    // finish `:dep` in 300 s).
+    let older = seed_key(slot) != seed_key(&seed);
+    if from_seed && slot.join("target").exists() && (stale(slot) || older) {
+        let why = if older { "an older build of the seed" } else { "another cargo home" };
+        eprintln!("lab kernel: {} was built with {why}; copying the seed again", slot.display());
         let _ = std::fs::remove_dir_all(slot);
     }
     if !slot.join("target").exists() && from_seed {
@@ -230,6 +236,14 @@ fn prepare(paths: &Paths, slot: &Path) -> CliResult<()> {
 
 /// The file in a slot that names the cargo home its builds used.
 const BUILT_WITH: &str = ".lab-cargo-home";
+
+/// The file in the seed that names the build it holds (the key `cargo lab up` keeps it by); a
+/// slot copied from the seed carries it along.
+pub const SEED_KEY: &str = ".lab-seed-key";
+
+fn seed_key(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join(SEED_KEY)).ok()
+}
 
 fn built_with(slot: &Path) -> Option<PathBuf> {
     std::fs::read_to_string(slot.join(BUILT_WITH)).ok().map(|s| PathBuf::from(s.trim_end()))
@@ -288,6 +302,33 @@ mod tests {
         let inherited = std::env::join_paths([&stray, &workspace_debug]).unwrap();
         assert_eq!(library_path(&fresh, Some(inherited), &targets), None);
         assert_eq!(library_path(&fresh, None, &targets), None);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A slot copied from an older seed is copied again; one from the current seed keeps what its
+    /// kernels built.
+    #[test]
+    fn a_slot_from_an_older_seed_is_copied_again_and_a_current_one_kept() {
+        let root = std::env::temp_dir().join(format!("lab-slot-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let paths = Paths { venv: root.join(".venv"), state: root.join(".lab"), root: root.clone() };
+        let home = cargo_home(&paths);
+        std::fs::create_dir_all(home.join("registry")).unwrap();
+        std::fs::write(root.join("Cargo.lock"), "# lock").unwrap();
+        let (seed, slot) = (seed_dir(&paths), slots_dir(&paths).join("slot-0"));
+        for (dir, key, build) in [(&seed, "new seed", "new"), (&slot, "old seed", "old")] {
+            std::fs::create_dir_all(dir.join("target")).unwrap();
+            std::fs::write(dir.join("target/build"), build).unwrap();
+            std::fs::write(dir.join(BUILT_WITH), home.display().to_string()).unwrap();
+            std::fs::write(dir.join(SEED_KEY), key).unwrap();
+        }
+        let read = |p: &str| std::fs::read_to_string(slot.join(p)).unwrap();
+        prepare(&paths, &slot).unwrap();
+        assert_eq!((read("target/build"), read(SEED_KEY)), ("new".into(), "new seed".into()));
+        assert_eq!(read("Cargo.lock"), "# lock");
+        std::fs::write(slot.join("target/cell"), "a kernel's own build").unwrap();
+        prepare(&paths, &slot).unwrap();
+        assert!(slot.join("target/cell").exists(), "a slot of the current seed was copied again");
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -284,29 +284,10 @@ impl IntervalLinear {
                 let (mut dw, mut dw_r) = (vec![zero; outputs * inputs], vec![zero; outputs * inputs]);
                 with_data(x, |x: &[T]| {
                     // dw (out x in) = g_c^T (out x N) * c (N x in), and through |w|: g_r^T * r.
-                    matmul(
-                        (outputs, inputs, n),
-                        &mut dw,
-                        (inputs, 1),
-                        false,
-                        gc,
-                        (1, 2 * outputs),
-                        x,
-                        (2 * inputs, 1),
-                        par,
-                    );
+                    let (g_cols, rows) = ((1, 2 * outputs), (2 * inputs, 1));
+                    matmul((outputs, inputs, n), &mut dw, (inputs, 1), false, gc, g_cols, x, rows, par);
                     let r = &x[inputs..];
-                    matmul(
-                        (outputs, inputs, n),
-                        &mut dw_r,
-                        (inputs, 1),
-                        false,
-                        gr,
-                        (1, 2 * outputs),
-                        r,
-                        (2 * inputs, 1),
-                        par,
-                    );
+                    matmul((outputs, inputs, n), &mut dw_r, (inputs, 1), false, gr, g_cols, r, rows, par);
                     Ok(())
                 })?;
                 for ((d, dr), &wv) in dw.iter_mut().zip(&dw_r).zip(w_data) {
