@@ -276,7 +276,6 @@ fn install_launcher(paths: &Paths) -> CliResult<PathBuf> {
 }
 
 fn warm_cache(paths: &Paths, n: usize, total: usize) -> CliResult<()> {
-    let stamp = paths.state.join("warm.stamp");
     let seed = super::launcher::seed_dir(paths);
     // What the seed's build depends on: evcxr, the kernel's cargo settings, the locked versions,
     // the workspace's manifest (its dependencies' features), lab-support's manifest and sources.
@@ -292,12 +291,9 @@ fn warm_cache(paths: &Paths, n: usize, total: usize) -> CliResult<()> {
         key.push_str(&String::from_utf8_lossy(&std::fs::read(&file).unwrap_or_default()));
     }
     let key = crate::sys::hex::sha256_hex(key.as_bytes());
-    // In the seed too, where kernels (a hub student's among them) compare their slot's copy.
-    let seed_key = seed.join(super::launcher::SEED_KEY);
+    // Kept in the seed, where kernels (a hub student's among them) compare their slot's copy.
+    let stamp = seed.join(super::launcher::SEED_KEY);
     if seed.join("target").exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&key) {
-        if std::fs::read_to_string(&seed_key).ok().as_deref() != Some(&key) {
-            std::fs::write(&seed_key, &key).at(&seed_key)?;
-        }
         step(n, total, "kernel build seed: ready");
         return Ok(());
     }
@@ -315,7 +311,6 @@ fn warm_cache(paths: &Paths, n: usize, total: usize) -> CliResult<()> {
         return Err(format!("building the kernel's seed failed:\n{}", report.problems.join("\n")));
     }
     eprintln!("    built in {:.0} s", start.elapsed().as_secs_f64());
-    std::fs::write(&seed_key, &key).at(&seed_key)?;
     std::fs::write(&stamp, key).at(&stamp)
 }
 
