@@ -168,6 +168,10 @@ fn in_root(path: &std::path::Path) -> PathBuf {
 }
 
 fn main() -> ExitCode {
+    // `.lab/bin/cargo`, a link to this tool, is cargo for the kernel's rust-analyzer.
+    if cmd::analyzer::started_as_cargo() {
+        return cmd::analyzer::act_as_cargo();
+    }
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Up { no_browser, port, setup_only } => setup::up(no_browser, port, setup_only),

@@ -1,9 +1,9 @@
 //! What the kernel's rust-analyzer holds in memory, made smaller from outside evcxr.
 //!
 //! evcxr_jupyter keeps a rust-analyzer in its own process to learn the types of a cell's
-//! variables. It reads the source of every crate in lab-support's dependency graph and of the
-//! standard library, and it allocates with mimalloc. Measured on this machine, a kernel after the
-//! `:dep` and load cells (the process's PSS; `cargo lab bench --kernel` reports it):
+//! variables. Left alone, it reads the source of every crate in lab-support's dependency graph
+//! and of the standard library, and it allocates with mimalloc. Measured on this machine, a kernel
+//! after the `:dep` and load cells (the process's PSS; `cargo lab bench --kernel` reports it):
 //!
 //! | kernel | idle |
 //! |---|---|
@@ -11,36 +11,51 @@
 //! | `:dep candle-core` alone | 1.02 GB |
 //! | `:dep lab-support` | 1.10 GB |
 //!
-//! So candle's own graph (tokenizers, zip, gemm and pulp among it, which candle-core requires
-//! unconditionally) sets the size, and lab-support's other dependencies add little: a probe crate
-//! with all of them but image, indicatif and sha2 measured 1.09 GB against 1.11 GB with them. What
-//! the launcher can change without forking evcxr or candle is the standard library it reads and how
-//! mimalloc gives memory back:
+//! rust-analyzer builds a name table for every crate of the graph it is given, whether a cell can
+//! name the crate or not, so the graph sets the size. What the launcher changes, without forking
+//! evcxr or candle:
 //!
-//! - `RUST_SRC_PATH`, which rust-analyzer reads before asking rustc for its sysroot, points to a
+//! - **The graph the analyzer sees** (`analyzer_graph`). rust-analyzer learns the graph from
+//!   `cargo metadata`, run by the program in `CARGO` (when `$CARGO_HOME/bin/cargo` does not exist,
+//!   as in the kernels' own cargo home). The launcher points `CARGO` at `.lab/bin/cargo`, a link to
+//!   this tool, which runs the real cargo and leaves out of its answer what no variable's type can
+//!   come from: proc-macro crates (evcxr gives its analyzer no proc-macro server, so they expand to
+//!   nothing anyway), crates that only build scripts use, and the crates lab-support's manifest
+//!   lists under `[package.metadata.lab] analyzer-skips`, with what only they pull in: the matrix
+//!   products and threads inside candle and lab-support, candle's tokenizer and archive support,
+//!   image decoding, compression, hashing, progress bars, system bindings. evcxr builds with its own
+//!   cargo, so builds see the whole graph: only what the analyzer reads changes, 175 crates down to
+//!   49. A crate a notebook `:dep`s itself is kept whole.
+//! - **`RUST_SRC_PATH`**, which rust-analyzer reads before asking rustc for its sysroot, points to a
 //!   copy of the toolchain's `library/` without what no notebook's types come from: the test and
-//!   bench crates and folders, and the intrinsics of other processor families
-//!   (`core::arch::aarch64`, `wasm32`, ...), 52 MB of source down to 38 MB. Cargo and rustc do not
-//!   read the variable: builds are unchanged.
+//!   bench crates and folders, and the processors' intrinsics (`core::arch`), 52 MB of source down
+//!   to 17 MB. Cargo and rustc do not read the variable: builds are unchanged.
 //! - mimalloc commits its arenas as it uses them (`MIMALLOC_ARENA_EAGER_COMMIT=0`) instead of
 //!   whole when it creates them, its default on Linux. Its other settings changed nothing measurable
 //!   (`MIMALLOC_PURGE_DELAY=0`: 0.955 GB against 0.951 GB).
 //!
-//! Each alone saves about 0.075 GB. Together, measured by `cargo lab bench --kernel`: evcxr_jupyter
-//! idle 1.12 GB down to 0.99 GB, and the kernel's peak with cargo and rustc while a cell compiles
-//! 1.51-1.55 GB down to 1.37-1.39 GB; cell times unchanged (docs/performance.md).
+//! Measured by `cargo lab bench --kernel` (docs/performance.md has the table): with the trimmed
+//! sources (then keeping this processor's intrinsics) and mimalloc's setting alone, a kernel after
+//! its first cells held 1.04-1.06 GB and peaked at 1.41 GB while a cell compiled; with the narrowed
+//! graph, 0.58-0.61 GB and 0.94 GB; without the intrinsics too, 0.50-0.55 GB and 0.81-0.85 GB.
 
 use crate::paths::Paths;
 use crate::sys::process::output_of;
 use crate::sys::{At, CliResult};
-use std::ffi::OsString;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitCode, Stdio};
 
 /// mimalloc's settings for evcxr_jupyter (see the module's comment).
 pub const MIMALLOC_ENV: [(&str, &str); 1] = [("MIMALLOC_ARENA_EAGER_COMMIT", "0")];
 /// The variable rust-analyzer reads for the standard library's sources.
 pub const RUST_SRC_ENV: &str = "RUST_SRC_PATH";
+/// Names the rules of `left_out`: a copy made under other rules is made again.
+const TRIM_RULES: &str = "2026-12-05, no intrinsics";
 /// Files whose size and time say whether the toolchain's sources changed since the copy.
 const WITNESSES: [&str; 3] = ["core/src/lib.rs", "alloc/src/lib.rs", "std/src/lib.rs"];
 
@@ -58,24 +73,13 @@ fn toolchain_library() -> Option<PathBuf> {
 
 /// The stamp of `library`: its path, then the size and time of each witness file.
 fn stamp_of(library: &Path) -> Option<String> {
-    let mut stamp = format!("{}\n", library.display());
+    let mut stamp = format!("{}\ntrimmed as of {TRIM_RULES}\n", library.display());
     for file in WITNESSES {
         let meta = std::fs::metadata(library.join(file)).ok()?;
         let mtime = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
         stamp.push_str(&format!("{file} {} {mtime}\n", meta.len()));
     }
     Some(stamp)
-}
-
-/// The core_arch folders to keep on this processor family; `None`: keep them all.
-fn arch_folders() -> Option<&'static [&'static str]> {
-    match std::env::consts::ARCH {
-        "x86_64" => Some(&["x86", "x86_64"]),
-        "x86" => Some(&["x86"]),
-        "aarch64" => Some(&["aarch64", "arm_shared"]),
-        "arm" => Some(&["arm", "arm_shared"]),
-        _ => None,
-    }
 }
 
 /// Whether the copy leaves out the folder `rel` (relative to `library/`).
@@ -91,8 +95,12 @@ fn left_out(rel: &Path) -> bool {
         ["stdarch", "crates", name] => !matches!(*name, "core_arch" | "std_detect"),
         // Of portable-simd, core includes core_simd.
         ["portable-simd", "crates", name] => *name != "core_simd",
-        // The intrinsics of other processor families: `core::arch` compiles in only this one's.
-        ["stdarch", "crates", "core_arch", "src", arch] => arch_folders().is_some_and(|keep| !keep.contains(arch)),
+        // The processors' intrinsics, this one's too (`core::arch::x86_64::_mm_add_ps` and the
+        // like): 8 MB of macro-made functions that no notebook calls. The analyzer's name table for
+        // them cost 0.08 GB per kernel, and 0.1 s of every small cell.
+        ["stdarch", "crates", "core_arch", "src", _] => true,
+        // JSON data on the intrinsics, no source.
+        ["stdarch", "intrinsics_data"] => true,
         _ => false,
     }
 }
@@ -146,9 +154,10 @@ pub fn ensure_sources(paths: &Paths) -> CliResult<String> {
     ))
 }
 
-/// The environment the launcher gives evcxr_jupyter: mimalloc's settings, and `RUST_SRC_PATH` when
-/// the trimmed copy matches the toolchain's sources as they are now. A variable the user set is
-/// left alone.
+/// The environment the launcher gives evcxr_jupyter: mimalloc's settings, `RUST_SRC_PATH` when
+/// the trimmed copy matches the toolchain's sources as they are now (a variable the user set is
+/// left alone), and `CARGO`, the link that narrows the analyzer's graph, when `cargo lab up` made
+/// it.
 pub fn kernel_env(paths: &Paths) -> Vec<(&'static str, OsString)> {
     let mut env: Vec<(&'static str, OsString)> = MIMALLOC_ENV
         .iter()
@@ -159,6 +168,13 @@ pub fn kernel_env(paths: &Paths) -> Vec<(&'static str, OsString)> {
         if let Some(copy) = current_copy(paths) {
             env.push((RUST_SRC_ENV, copy.into_os_string()));
         }
+    }
+    // `cargo run` sets CARGO for the tool itself, so an inherited one is the real cargo.
+    let link = cargo_link(paths);
+    if link.exists() {
+        let real = std::env::var_os("CARGO").filter(|c| Path::new(c) != link).unwrap_or_else(|| "cargo".into());
+        env.push(("CARGO", link.into_os_string()));
+        env.push((REAL_CARGO_ENV, real));
     }
     env
 }
@@ -173,12 +189,129 @@ fn current_copy(paths: &Paths) -> Option<PathBuf> {
     (stamp_of(&library)? == stamp && copy.join("core/src/lib.rs").exists()).then_some(copy)
 }
 
+/// The name this tool answers to when the kernel's rust-analyzer runs it as cargo.
+const CARGO_NAME: &str = "cargo";
+/// The real cargo, for the link to run (the launcher sets it).
+const REAL_CARGO_ENV: &str = "LAB_REAL_CARGO";
+/// Where a crate's manifest lists the crates the analyzer is not given:
+/// `[package.metadata.lab] analyzer-skips = [...]`.
+const SKIPS_KEY: &str = "analyzer-skips";
+
+/// `.lab/bin/cargo`, the link to this tool that the kernel's rust-analyzer runs as cargo.
+pub fn cargo_link(paths: &Paths) -> PathBuf {
+    paths.state.join("bin").join(CARGO_NAME)
+}
+
+/// Makes `bin/cargo` a link to `bin/lab` (relative, so that a hub's copies keep it), beside the
+/// launcher's copy that `cargo lab up` puts in `bin/`.
+pub fn ensure_cargo_link(bin: &Path) -> CliResult<()> {
+    let link = bin.join(CARGO_NAME);
+    if std::fs::read_link(&link).is_ok_and(|to| to == Path::new("lab")) {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink("lab", &link).at(&link)
+}
+
+/// Whether this process was started through the link, as cargo.
+pub fn started_as_cargo() -> bool {
+    std::env::args_os().next().is_some_and(|arg0| Path::new(&arg0).file_name() == Some(OsStr::new(CARGO_NAME)))
+}
+
+/// Runs the real cargo with this process's arguments. `cargo metadata`'s answer comes back through
+/// `analyzer_graph`; anything else is cargo's own, and so is any answer this cannot read.
+pub fn act_as_cargo() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let real = std::env::var_os(REAL_CARGO_ENV).unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(&real);
+    command.args(&args);
+    let subcommand = args.iter().find(|a| !a.to_string_lossy().starts_with('-'));
+    if subcommand.is_none_or(|s| s != "metadata") {
+        let error = command.exec();
+        eprintln!("lab, run as cargo: cannot start {}: {error}", Path::new(&real).display());
+        return ExitCode::FAILURE;
+    }
+    let output = match command.stderr(Stdio::inherit()).output() {
+        Ok(output) => output,
+        Err(error) => {
+            eprintln!("lab, run as cargo: cannot start {}: {error}", Path::new(&real).display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut stdout = output.stdout;
+    if output.status.success() {
+        if let Ok(mut metadata) = serde_json::from_slice::<Value>(&stdout) {
+            analyzer_graph(&mut metadata);
+            stdout = metadata.to_string().into_bytes();
+        }
+    }
+    let _ = std::io::stdout().write_all(&stdout);
+    ExitCode::from(output.status.code().unwrap_or(1).clamp(0, 255) as u8)
+}
+
+/// Narrows `cargo metadata`'s answer for a kernel's crate to what a variable's type can come from
+/// (see the module's comment): the crates reachable from the root by normal dependencies, not
+/// through a proc-macro crate, nor through a crate some package's manifest lists in
+/// `analyzer-skips` unless the root itself depends on it (a notebook's own `:dep`). An answer with
+/// no root (the standard library's workspace, or `--no-deps`) is left whole.
+pub fn analyzer_graph(metadata: &mut Value) {
+    let Some(root) = metadata["resolve"]["root"].as_str().map(str::to_string) else { return };
+    let Some(packages) = metadata["packages"].as_array() else { return };
+    let Some(nodes) = metadata["resolve"]["nodes"].as_array() else { return };
+    let skips: HashSet<&str> = packages
+        .iter()
+        .filter_map(|p| p["metadata"]["lab"][SKIPS_KEY].as_array())
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let by_id: HashMap<&str, &Value> = packages.iter().filter_map(|p| Some((p["id"].as_str()?, p))).collect();
+    let proc_macro = |p: &Value| {
+        p["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["kind"].as_array().into_iter().flatten().any(|k| k == "proc-macro"))
+    };
+    let node_of: HashMap<&str, &Value> = nodes.iter().filter_map(|n| Some((n["id"].as_str()?, n))).collect();
+    let mut keep: HashSet<String> = HashSet::new();
+    let mut todo = vec![root.clone()];
+    while let Some(id) = todo.pop() {
+        if !keep.insert(id.clone()) {
+            continue;
+        }
+        for dep in node_of.get(id.as_str()).and_then(|n| n["deps"].as_array()).into_iter().flatten() {
+            let Some(package) = dep["pkg"].as_str().and_then(|pkg| by_id.get(pkg)) else { continue };
+            // Without dep_kinds (cargo before 1.41), every dependency counts as a normal one.
+            let normal = dep["dep_kinds"].as_array().is_none_or(|kinds| kinds.iter().any(|k| k["kind"].is_null()));
+            let skipped = id != root && package["name"].as_str().is_some_and(|name| skips.contains(name));
+            if normal && !skipped && !proc_macro(package) {
+                todo.extend(package["id"].as_str().map(str::to_string));
+            }
+        }
+    }
+    let kept = |v: &Value, key: &str| v[key].as_str().is_some_and(|id| keep.contains(id));
+    if let Some(packages) = metadata["packages"].as_array_mut() {
+        packages.retain(|p| kept(p, "id"));
+    }
+    if let Some(nodes) = metadata["resolve"]["nodes"].as_array_mut() {
+        nodes.retain(|n| kept(n, "id"));
+        for node in nodes {
+            if let Some(deps) = node["deps"].as_array_mut() {
+                deps.retain(|d| kept(d, "pkg"));
+            }
+            if let Some(ids) = node["dependencies"].as_array_mut() {
+                ids.retain(|id| id.as_str().is_some_and(|id| keep.contains(id)));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_copy_leaves_out_tests_other_processors_and_other_stdarch_crates() {
+    fn the_copy_leaves_out_tests_intrinsics_and_other_stdarch_crates() {
         for out in [
             "coretests",
             "alloctests",
@@ -186,11 +319,11 @@ mod tests {
             "core/benches",
             "stdarch/crates/stdarch-gen-arm",
             "stdarch/crates/core_arch/src/wasm32",
+            "stdarch/crates/core_arch/src/x86",
+            "stdarch/crates/core_arch/src/x86_64",
+            "stdarch/intrinsics_data",
             "portable-simd/crates/std_float",
         ] {
-            if out.contains("wasm32") && arch_folders().is_none() {
-                continue;
-            }
             assert!(left_out(Path::new(out)), "{out} should be left out");
         }
         for kept in [
@@ -206,11 +339,110 @@ mod tests {
         ] {
             assert!(!left_out(Path::new(kept)), "{kept} should be kept");
         }
-        if let Some(keep) = arch_folders() {
-            for arch in keep {
-                assert!(!left_out(&Path::new("stdarch/crates/core_arch/src").join(arch)));
-            }
-        }
+    }
+
+    /// A `cargo metadata` answer: packages as (name, proc-macro, skips), edges as (from, to, kind).
+    fn metadata(packages: &[(&str, bool, &[&str])], edges: &[(&str, &str, Option<&str>)]) -> Value {
+        let id = |name: &str| format!("{name} 1.0.0");
+        let packages: Vec<Value> = packages
+            .iter()
+            .map(|(name, proc_macro, skips)| {
+                serde_json::json!({
+                    "id": id(name), "name": name,
+                    "targets": [{"kind": [if *proc_macro { "proc-macro" } else { "lib" }]}],
+                    "metadata": if skips.is_empty() { Value::Null } else { serde_json::json!({"lab": {SKIPS_KEY: skips}}) },
+                })
+            })
+            .collect();
+        let nodes: Vec<Value> = packages
+            .iter()
+            .map(|p| {
+                let from = p["name"].as_str().unwrap();
+                let out: Vec<_> = edges.iter().filter(|e| e.0 == from).collect();
+                serde_json::json!({
+                    "id": p["id"],
+                    "dependencies": out.iter().map(|e| id(e.1)).collect::<Vec<_>>(),
+                    "deps": out.iter().map(|e| serde_json::json!({
+                        "name": e.1, "pkg": id(e.1), "dep_kinds": [{"kind": e.2, "target": null}],
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        serde_json::json!({"packages": packages, "resolve": {"root": id("ctx"), "nodes": nodes}})
+    }
+
+    fn names(metadata: &Value) -> Vec<&str> {
+        let mut names: Vec<&str> =
+            metadata["packages"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_analyzer_sees_no_proc_macro_build_only_or_skipped_crate_but_a_notebooks_own_dep() {
+        let mut m = metadata(
+            &[
+                ("ctx", false, &[]),
+                ("lab-support", false, &["gemm", "image"]),
+                ("candle-core", false, &[]),
+                ("half", false, &[]),
+                ("thiserror", false, &[]),
+                ("thiserror-impl", true, &[]),
+                ("gemm", false, &[]),
+                ("pulp", false, &[]),
+                ("cc", false, &[]),
+                ("image", false, &[]),
+                ("png", false, &[]),
+            ],
+            &[
+                ("ctx", "lab-support", None),
+                // A notebook's own `:dep image`: kept, with what it needs, though lab-support skips it.
+                ("ctx", "image", None),
+                ("lab-support", "candle-core", None),
+                ("lab-support", "gemm", None),
+                ("lab-support", "image", None),
+                ("lab-support", "cc", Some("build")),
+                ("candle-core", "gemm", None),
+                ("candle-core", "half", None),
+                ("candle-core", "thiserror", None),
+                ("thiserror", "thiserror-impl", None),
+                ("gemm", "pulp", None),
+                ("image", "png", None),
+            ],
+        );
+        analyzer_graph(&mut m);
+        assert_eq!(names(&m), ["candle-core", "ctx", "half", "image", "lab-support", "png", "thiserror"]);
+        let node = |name: &str| {
+            m["resolve"]["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["id"] == format!("{name} 1.0.0"))
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(node("lab-support")["dependencies"], serde_json::json!(["candle-core 1.0.0", "image 1.0.0"]));
+        assert_eq!(node("candle-core")["deps"].as_array().unwrap().len(), 2);
+        assert_eq!(node("thiserror")["deps"], serde_json::json!([]));
+        assert_eq!(m["resolve"]["nodes"].as_array().unwrap().len(), 7);
+
+        // Without the notebook's own dependency, image goes too.
+        let mut m = metadata(
+            &[("ctx", false, &[]), ("lab-support", false, &["image"]), ("image", false, &[]), ("png", false, &[])],
+            &[("ctx", "lab-support", None), ("lab-support", "image", None), ("image", "png", None)],
+        );
+        analyzer_graph(&mut m);
+        assert_eq!(names(&m), ["ctx", "lab-support"]);
+    }
+
+    #[test]
+    fn an_answer_without_a_root_is_left_whole() {
+        let mut m =
+            metadata(&[("std", false, &[]), ("core", false, &[]), ("macros", true, &[])], &[("std", "macros", None)]);
+        m["resolve"]["root"] = Value::Null;
+        let before = m.clone();
+        analyzer_graph(&mut m);
+        assert_eq!(m, before);
     }
 
     #[test]

@@ -263,7 +263,7 @@ pub fn link_tree(from: &Path, to: &Path) -> CliResult<()> {
 
 /// A copy of this tool for the kernel spec to start, out of cargo's reach: a rebuild or a `cargo
 /// clean` must not pull it from under a running kernel. Copied then renamed, since a kernel may be
-/// running the old one.
+/// running the old one. Beside it, `cargo`, the link the kernel's analyzer runs (see `analyzer`).
 fn install_launcher(paths: &Paths) -> CliResult<PathBuf> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the lab tool's own binary: {e}"))?;
     let bin = paths.state.join("bin");
@@ -272,6 +272,7 @@ fn install_launcher(paths: &Paths) -> CliResult<PathBuf> {
     std::fs::copy(&exe, &partial)
         .map_err(|e| format!("cannot copy {} to {}: {e}", exe.display(), partial.display()))?;
     std::fs::rename(&partial, &target).map_err(|e| format!("cannot rename {}: {e}", partial.display()))?;
+    super::analyzer::ensure_cargo_link(&bin)?;
     Ok(target)
 }
 

@@ -109,6 +109,55 @@ pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
     Ok(problems)
 }
 
+/// The kernel's rust-analyzer is given the narrowed crate graph (`cmd::analyzer`): `cargo metadata`
+/// through `.lab/bin/cargo`, on the seed's manifest, keeps what notebooks' types come from and
+/// drops what they cannot; and a kernel runs it, and still infers the types of variables made from
+/// candle's API (a `let` whose type it cannot infer is an error in evcxr).
+pub fn analyzer(paths: &Paths) -> CliResult<Vec<String>> {
+    let link = crate::cmd::analyzer::cargo_link(paths);
+    let manifest = crate::cmd::launcher::seed_dir(paths).join("Cargo.toml");
+    let mut command = std::process::Command::new(&link);
+    command
+        .args(["metadata", "--format-version", "1", "--manifest-path"])
+        .arg(&manifest)
+        .env("CARGO_HOME", crate::cmd::launcher::cargo_home(paths))
+        .envs(crate::cmd::analyzer::kernel_env(paths))
+        .stderr(std::process::Stdio::inherit());
+    let output = command.output().map_err(|e| format!("cannot run {}: {e}", link.display()))?;
+    let metadata: Value = serde_json::from_slice(&output.stdout)
+        .map_err(|e| format!("{} metadata gave no JSON ({e}), exit {}", link.display(), output.status))?;
+    let names: Vec<&str> =
+        metadata["packages"].as_array().into_iter().flatten().filter_map(|p| p["name"].as_str()).collect();
+    let mut problems = Vec::new();
+    for kept in ["lab-support", "candle-core", "candle-nn", "half", "plotters"] {
+        if !names.contains(&kept) {
+            problems.push(format!("the analyzer's graph lost {kept}, whose types notebooks hold"));
+        }
+    }
+    // A skipped crate (gemm), one only a skipped one pulls in (tokenizers), a proc-macro crate.
+    for dropped in ["gemm", "tokenizers", "thiserror-impl"] {
+        if names.contains(&dropped) {
+            problems.push(format!("the analyzer's graph still holds {dropped} ({} crates)", names.len()));
+        }
+    }
+    let cells = [
+        CELLS[0],
+        "let device = Device::Cpu;\nlet t = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &device)?;\nlet rows = t.to_vec2::<f32>()?;\nlet maybe = t.sum_all();\nlet dtype = t.dtype();",
+        r#"let cargo = std::env::var("CARGO").unwrap_or_default();"#,
+        r#"format!("{} {} {:?} {} {cargo}", rows.len(), maybe?.to_scalar::<f32>()?, dtype, t.dims().len())"#,
+    ];
+    let (nb, ok) = execute_cells(paths, "kernel-analyzer", &cells)?;
+    let shown: String = nb["cells"][3]["outputs"].as_array().into_iter().flatten().map(output_text).collect();
+    let found = check_outputs(&nb, false);
+    if !ok || !found.is_empty() || !shown.contains("2 10 F32 2 ") {
+        problems.push(format!("a kernel's variables from candle's API: {shown:?}; {}", found.join("; ")));
+    }
+    if !shown.trim().trim_matches('"').ends_with(&link.display().to_string()) {
+        problems.push(format!("the kernel's analyzer does not run {} as cargo: {shown:?}", link.display()));
+    }
+    Ok(problems)
+}
+
 /// Two kernels started at the same moment, `rounds` times: each must load lab-support and answer
 /// a cell that uses it. (With evcxr's shared `:cache`, one kernel in two failed here.)
 pub fn concurrent(paths: &Paths) -> CliResult<Vec<String>> {

@@ -89,13 +89,20 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
         Ok((start.elapsed().as_secs_f64(), problems))
     };
     // The test groups after the notebooks: `--notebook <group>` runs one alone.
-    let groups: [(&str, String, &str, &str, &GroupTest); 8] = [
+    let groups: [(&str, String, &str, &str, &GroupTest); 9] = [
         (
             "kernel",
             "kernel test: panics, errors and figures in a real evcxr kernel".into(),
             "kernel test",
             "",
             &kernel::test,
+        ),
+        (
+            "kernel",
+            "kernel test: the analyzer's narrowed crate graph, and the types a kernel infers with it".into(),
+            "kernel analyzer test",
+            "",
+            &kernel::analyzer,
         ),
         (
             "kernel",
