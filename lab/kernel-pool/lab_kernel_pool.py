@@ -1,13 +1,14 @@
 """A warm spare kernel for the lab's `rust` kernel.
 
 After a kernel start or restart, the first two cells of a lab notebook (`:dep lab-support` and the
-one that loads the model) wait about 11 s: evcxr's embedded rust-analyzer reads and analyses the
-~165 crates under lab-support before it can tell the types of a cell's variables. That work cannot
-be made smaller from outside evcxr, but it can be done before the student asks for it.
+one that loads the model) wait about 10 s: evcxr's embedded rust-analyzer reads and analyses the
+crates under lab-support (49 of them, as the launcher narrows its graph) and the standard library
+before it can tell the types of a cell's variables, and cargo checks the build. That work can be
+done before the student asks for it.
 
 `SpareProvisioner` is a jupyter_client kernel provisioner (the `kernel_provisioner` named in the
 kernel spec). When spares are on (LAB_SPARE_KERNEL=1 in the Jupyter server's environment; `cargo
-lab up` sets it), one spare kernel waits per server. It was started in a folder, has run the lab's
+lab up` and `cargo lab hub` set it), one spare kernel waits per server. It was started in a folder, has run the lab's
 first two cells there and dropped the variables they made. The next kernel launch in that folder
 (a restart, or another notebook) takes the spare over instead of starting a kernel from nothing:
 the student gets a fresh kernel, with no variables, whose build and rust-analyzer are already warm.
@@ -28,12 +29,13 @@ after every restart), but another client of the same kernel (a console, a second
 reconnect by hand.
 
 The module is also a Jupyter server extension (enabled in the venv by `cargo lab up`): with spares
-on, a server makes the first spare for its own folder as soon as it starts, so that the first
-notebook opened can get a warm kernel too.
+on, a server makes the first spare as soon as it starts, in its `notebooks/` folder if it has one
+(a hub student's home) and in its own folder otherwise, so that the first notebook opened can get
+a warm kernel too.
 
-Without LAB_SPARE_KERNEL=1 (the test runner's `jupyter execute`, nbgrader, the hub's servers
-unless the instructor asks) this is jupyter_client's own LocalProvisioner, unchanged, and the
-extension does nothing.
+Without LAB_SPARE_KERNEL=1 (the test runner's `jupyter execute`, nbgrader, `cargo lab up` or
+`cargo lab hub` with LAB_SPARE_KERNEL=0) this is jupyter_client's own LocalProvisioner,
+unchanged, and the extension does nothing.
 
 The price: one more kernel per Jupyter server, idle, holding its memory (measured in docs/instructors.md),
 and a warm-up in the background after every kernel launch.
@@ -283,9 +285,10 @@ def _jupyter_server_extension_points():
 
 def _load_jupyter_server_extension(server_app):
     """The lab's kernel manager for every kernel (unless the server's configuration names another),
-    and with spares on, a spare for the server's own folder as soon as it runs, so that the first
-    notebook opened can get a warm kernel too (`cargo lab up` serves notebooks/, where the lab's
-    notebooks are)."""
+    and with spares on, a spare as soon as the server runs, so that the first notebook opened can
+    get a warm kernel too. It warms in the folder where the lab's notebooks are: the server's own
+    (`cargo lab up` serves notebooks/), or its `notebooks/` (a hub student's home, a Binder
+    image's repository), since a spare started elsewhere moves there first."""
     kernels = server_app.kernel_manager
     if getattr(kernels, "kernel_manager_class", None) == DEFAULT_KERNEL_MANAGER:
         kernels.kernel_manager_class = LAB_KERNEL_MANAGER
@@ -305,7 +308,10 @@ def _load_jupyter_server_extension(server_app):
             return
         env = dict(os.environ)
         env.update(spec.env)
-        _replace_spare(Spare(spec.argv, os.path.realpath(server_app.root_dir), env, server_app.log))
+        folder = os.path.realpath(server_app.root_dir)
+        if os.path.isdir(os.path.join(folder, "notebooks")):
+            folder = os.path.join(folder, "notebooks")
+        _replace_spare(Spare(spec.argv, folder, env, server_app.log))
 
     server_app.io_loop.add_callback(start)
 

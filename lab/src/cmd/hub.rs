@@ -136,7 +136,8 @@ fn config(paths: &Paths, setup: &HubSetup, proxy: &Path, runtime: Option<&Runtim
     let py = |s: &str| format!("{s:?}");
     let list = |v: &[String]| format!("[{}]", v.iter().map(|s| py(s)).collect::<Vec<_>>().join(", "));
     let home = |v: &str| std::env::var(v).ok();
-    let spare = if std::env::var(SPARE_ENV).as_deref() == Ok("1") { "1" } else { "0" };
+    // A warm spare kernel per server unless the instructor turns them off (LAB_SPARE_KERNEL=0).
+    let spare = if std::env::var(SPARE_ENV).as_deref() == Ok("0") { "0" } else { "1" };
     let spawner = match runtime {
         // Each student a Unix user of their own (see `isolation`), started from the runtime copies.
         Some(rt) => format!(
@@ -266,8 +267,8 @@ c.JupyterHub.load_roles = [{{
 c.Spawner.default_url = "/lab/tree/notebooks"
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 120
-# A warm spare kernel per server (lab/kernel-pool/) only when the instructor asks for one
-# (LAB_SPARE_KERNEL=1 cargo lab hub): it holds about one more kernel's memory per student.
+# A warm spare kernel per server (lab/kernel-pool/) unless the instructor turns them off
+# (LAB_SPARE_KERNEL=0 cargo lab hub): it holds about one more idle kernel's memory per student.
 {spawner}"#,
         ip = setup.ip,
         port = setup.port,

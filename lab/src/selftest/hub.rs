@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -100,8 +100,10 @@ fn run_test(paths: &Paths, log: &Path) -> CliResult<Vec<String>> {
     // runs: cargo, rustc, the process that runs the cells) and the user's server apart.
     let done = Arc::new(AtomicBool::new(false));
     let peaks: Arc<Mutex<HashMap<String, (u64, u64)>>> = Arc::default();
+    // And the whole room's: the most all students' processes held at one moment.
+    let room_peak = Arc::new(AtomicU64::new(0));
     let sampler = {
-        let (done, peaks, id) = (done.clone(), peaks.clone(), hub.id.clone());
+        let (done, peaks, id, room_peak) = (done.clone(), peaks.clone(), hub.id.clone(), room_peak.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::SeqCst) {
                 let mut now: HashMap<String, (u64, u64)> = HashMap::new();
@@ -115,6 +117,7 @@ fn run_test(paths: &Paths, log: &Path) -> CliResult<Vec<String>> {
                         entry.0 += pss_kb(pid);
                     }
                 }
+                room_peak.fetch_max(now.values().map(|(k, s)| k + s).sum(), Ordering::SeqCst);
                 let mut p = peaks.lock().unwrap_or_else(|e| e.into_inner());
                 for (u, (k, s)) in now {
                     let e = p.entry(u).or_default();
@@ -195,6 +198,17 @@ fn run_test(paths: &Paths, log: &Path) -> CliResult<Vec<String>> {
             srv / 1024
         ));
     }
+    let hub_log = std::fs::read_to_string(log).unwrap_or_default();
+    report.push_str(&format!(
+        "  kernel starts that got a warm spare: {} of {}\n",
+        hub_log.matches("lab spare kernel: handed over a warm kernel").count(),
+        users.len()
+    ));
+    let room_mb = room_peak.load(Ordering::SeqCst) / 1024;
+    report.push_str(&format!(
+        "  the room at its peak (every student's kernels and server at one moment): {room_mb} MB, {} MB per student\n",
+        room_mb / users.len().max(1) as u64
+    ));
     eprint!("{report}");
     let mut hub = hub;
     let stopping = Instant::now();
@@ -209,7 +223,7 @@ fn run_test(paths: &Paths, log: &Path) -> CliResult<Vec<String>> {
     let _ = writeln!(
         log_file,
         "{}",
-        json!({"users": users.len(), "cores": cores, "wall_s": wall, "busy_core_s": busy, "notebook_s": seconds.iter().map(|(_, s)| *s).collect::<Vec<_>>(), "kernel_peak_mb": peaks.values().map(|p| p.0 / 1024).collect::<Vec<_>>(), "server_peak_mb": peaks.values().map(|p| p.1 / 1024).collect::<Vec<_>>()})
+        json!({"users": users.len(), "cores": cores, "wall_s": wall, "busy_core_s": busy, "notebook_s": seconds.iter().map(|(_, s)| *s).collect::<Vec<_>>(), "kernel_peak_mb": peaks.values().map(|p| p.0 / 1024).collect::<Vec<_>>(), "server_peak_mb": peaks.values().map(|p| p.1 / 1024).collect::<Vec<_>>(), "room_peak_mb": room_mb})
     );
     Ok(problems)
 }
