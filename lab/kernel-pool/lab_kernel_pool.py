@@ -1,7 +1,7 @@
 """A warm spare kernel for the lab's `rust` kernel.
 
 After a kernel start or restart, the first two cells of a lab notebook (`:dep lab-support` and the
-one that loads the model) wait about 10 s: evcxr's embedded rust-analyzer reads and analyses the
+one that loads the model) wait about 9 s: evcxr's embedded rust-analyzer reads and analyses the
 crates under lab-support (49 of them, as the launcher narrows its graph) and the standard library
 before it can tell the types of a cell's variables, and cargo checks the build. That work can be
 done before the student asks for it.
@@ -287,8 +287,8 @@ def _load_jupyter_server_extension(server_app):
     """The lab's kernel manager for every kernel (unless the server's configuration names another),
     and with spares on, a spare as soon as the server runs, so that the first notebook opened can
     get a warm kernel too. It warms in the folder where the lab's notebooks are: the server's own
-    (`cargo lab up` serves notebooks/), or its `notebooks/` (a hub student's home, a Binder
-    image's repository), since a spare started elsewhere moves there first."""
+    (`cargo lab up` serves notebooks/), or its `notebooks/` (a hub student's home), since a spare
+    started elsewhere moves there first."""
     kernels = server_app.kernel_manager
     if getattr(kernels, "kernel_manager_class", None) == DEFAULT_KERNEL_MANAGER:
         kernels.kernel_manager_class = LAB_KERNEL_MANAGER
@@ -310,7 +310,7 @@ def _load_jupyter_server_extension(server_app):
         env.update(spec.env)
         folder = os.path.realpath(server_app.root_dir)
         if os.path.isdir(os.path.join(folder, "notebooks")):
-            folder = os.path.join(folder, "notebooks")
+            folder = os.path.realpath(os.path.join(folder, "notebooks"))
         _replace_spare(Spare(spec.argv, folder, env, server_app.log))
 
     server_app.io_loop.add_callback(start)

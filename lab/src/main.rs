@@ -168,7 +168,7 @@ fn in_root(path: &std::path::Path) -> PathBuf {
 }
 
 fn main() -> ExitCode {
-    // `.lab/bin/cargo`, a link to this tool, is cargo for the kernel's rust-analyzer.
+    // `.lab/cargo/bin/cargo`, a link to this tool, is cargo for the kernel's rust-analyzer.
     if cmd::analyzer::started_as_cargo() {
         return cmd::analyzer::act_as_cargo();
     }

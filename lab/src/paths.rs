@@ -43,7 +43,7 @@ impl Paths {
     pub fn jupyter_env(&self, cmd: &mut Command) {
         // The venv's kernels come before a user's own `rust` kernel, if they have one.
         cmd.env("JUPYTER_PREFER_ENV_PATH", "1").env("VIRTUAL_ENV", &self.venv);
-        // Spare kernels only where a command asks for them (`cargo lab up`; see `cmd::server`), never
+        // Spare kernels only where a command asks for them (`cargo lab up`, `cargo lab hub`), never
         // in `jupyter execute` or nbgrader because a shell happened to export the variable.
         cmd.env_remove(SPARE_ENV);
         let path = std::env::var_os("PATH").unwrap_or_default();

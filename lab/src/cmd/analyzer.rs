@@ -16,15 +16,16 @@
 //! evcxr or candle:
 //!
 //! - **The graph the analyzer sees** (`analyzer_graph`). rust-analyzer learns the graph from
-//!   `cargo metadata`, run by the program in `CARGO` (when `$CARGO_HOME/bin/cargo` does not exist,
-//!   as in the kernels' own cargo home). The launcher points `CARGO` at `.lab/bin/cargo`, a link to
-//!   this tool, which runs the real cargo and leaves out of its answer what no variable's type can
-//!   come from: proc-macro crates (evcxr gives its analyzer no proc-macro server, so they expand to
+//!   `cargo metadata`, run by `$CARGO_HOME/bin/cargo` when that exists (before `CARGO` and `PATH`).
+//!   The launcher makes the kernels' own cargo home, `.lab/cargo`, their `CARGO_HOME`, and `cargo lab
+//!   up` puts there `bin/cargo`, a link to this tool (`.lab/bin/lab`). Nothing else runs it: evcxr
+//!   and cargo find cargo through rustup or `PATH`. It runs the real cargo and leaves out of its
+//!   answer what no variable's type can come from: proc-macro crates (evcxr gives its analyzer no proc-macro server, so they expand to
 //!   nothing anyway), crates that only build scripts use, and the crates lab-support's manifest
 //!   lists under `[package.metadata.lab] analyzer-skips`, with what only they pull in: the matrix
 //!   products and threads inside candle and lab-support, candle's tokenizer and archive support,
 //!   image decoding, compression, hashing, progress bars, system bindings. evcxr builds with its own
-//!   cargo, so builds see the whole graph: only what the analyzer reads changes, 175 crates down to
+//!   cargo, so builds see the whole graph: only what the analyzer reads changes, 169 crates down to
 //!   49. A crate a notebook `:dep`s itself is kept whole.
 //! - **`RUST_SRC_PATH`**, which rust-analyzer reads before asking rustc for its sysroot, points to a
 //!   copy of the toolchain's `library/` without what no notebook's types come from: the test and
@@ -169,14 +170,20 @@ pub fn kernel_env(paths: &Paths) -> Vec<(&'static str, OsString)> {
             env.push((RUST_SRC_ENV, copy.into_os_string()));
         }
     }
-    // `cargo run` sets CARGO for the tool itself, so an inherited one is the real cargo.
-    let link = cargo_link(paths);
-    if link.exists() {
-        let real = std::env::var_os("CARGO").filter(|c| Path::new(c) != link).unwrap_or_else(|| "cargo".into());
-        env.push(("CARGO", link.into_os_string()));
-        env.push((REAL_CARGO_ENV, real));
+    if cargo_link(paths).exists() {
+        env.push((REAL_CARGO_ENV, real_cargo()));
     }
     env
+}
+
+/// The cargo the link runs: one named before, else the one `cargo run` names in `CARGO` for this
+/// tool (unless that is this tool itself), else `cargo` on `PATH`.
+fn real_cargo() -> OsString {
+    if let Some(named) = std::env::var_os(REAL_CARGO_ENV) {
+        return named;
+    }
+    let me = std::env::current_exe().and_then(std::fs::canonicalize).ok();
+    std::env::var_os("CARGO").filter(|cargo| std::fs::canonicalize(cargo).ok() != me).unwrap_or_else(|| "cargo".into())
 }
 
 /// The trimmed copy, if its stamp matches the sources it was made from (no rustc call: a kernel
@@ -193,24 +200,31 @@ fn current_copy(paths: &Paths) -> Option<PathBuf> {
 const CARGO_NAME: &str = "cargo";
 /// The real cargo, for the link to run (the launcher sets it).
 const REAL_CARGO_ENV: &str = "LAB_REAL_CARGO";
+/// Set for the real cargo the link runs: a link that finds itself as the real cargo stops there.
+const AS_CARGO_ENV: &str = "LAB_RUNNING_AS_CARGO";
+/// When set, the link appends a line per `cargo metadata` it narrows to this file (the kernel
+/// analyzer test reads it).
+pub const CARGO_LOG_ENV: &str = "LAB_CARGO_LOG";
 /// Where a crate's manifest lists the crates the analyzer is not given:
 /// `[package.metadata.lab] analyzer-skips = [...]`.
 const SKIPS_KEY: &str = "analyzer-skips";
 
-/// `.lab/bin/cargo`, the link to this tool that the kernel's rust-analyzer runs as cargo.
+/// `.lab/cargo/bin/cargo`, the link to this tool that the kernel's rust-analyzer runs as cargo.
 pub fn cargo_link(paths: &Paths) -> PathBuf {
-    paths.state.join("bin").join(CARGO_NAME)
+    super::launcher::cargo_home(paths).join("bin").join(CARGO_NAME)
 }
 
-/// Makes `bin/cargo` a link to `bin/lab` (relative, so that a hub's copies keep it), beside the
-/// launcher's copy that `cargo lab up` puts in `bin/`.
-pub fn ensure_cargo_link(bin: &Path) -> CliResult<()> {
-    let link = bin.join(CARGO_NAME);
-    if std::fs::read_link(&link).is_ok_and(|to| to == Path::new("lab")) {
+/// Makes the link, to the launcher's copy that `cargo lab up` puts in `.lab/bin/lab`. Relative,
+/// so that it names the copy of the checkout it is in.
+pub fn ensure_cargo_link(paths: &Paths) -> CliResult<()> {
+    let (link, to) = (cargo_link(paths), Path::new("../../bin/lab"));
+    if std::fs::read_link(&link).is_ok_and(|now| now == to) {
         return Ok(());
     }
+    let dir = link.parent().unwrap_or(&paths.state);
+    std::fs::create_dir_all(dir).at(dir)?;
     let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink("lab", &link).at(&link)
+    std::os::unix::fs::symlink(to, &link).at(&link)
 }
 
 /// Whether this process was started through the link, as cargo.
@@ -223,8 +237,15 @@ pub fn started_as_cargo() -> bool {
 pub fn act_as_cargo() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let real = std::env::var_os(REAL_CARGO_ENV).unwrap_or_else(|| "cargo".into());
+    if std::env::var_os(AS_CARGO_ENV).is_some() {
+        eprintln!(
+            "lab, run as cargo: {} is this link again, not cargo; set {REAL_CARGO_ENV} to cargo's path",
+            Path::new(&real).display()
+        );
+        return ExitCode::FAILURE;
+    }
     let mut command = Command::new(&real);
-    command.args(&args);
+    command.args(&args).env(AS_CARGO_ENV, "1");
     let subcommand = args.iter().find(|a| !a.to_string_lossy().starts_with('-'));
     if subcommand.is_none_or(|s| s != "metadata") {
         let error = command.exec();
@@ -241,7 +262,13 @@ pub fn act_as_cargo() -> ExitCode {
     let mut stdout = output.stdout;
     if output.status.success() {
         if let Ok(mut metadata) = serde_json::from_slice::<Value>(&stdout) {
-            analyzer_graph(&mut metadata);
+            if let Some((kept, of)) = analyzer_graph(&mut metadata) {
+                if let Some(log) = std::env::var_os(CARGO_LOG_ENV) {
+                    let line = format!("metadata: {kept} of {of} crates\n");
+                    let file = std::fs::OpenOptions::new().create(true).append(true).open(log);
+                    let _ = file.and_then(|mut f| f.write_all(line.as_bytes()));
+                }
+            }
             stdout = metadata.to_string().into_bytes();
         }
     }
@@ -253,11 +280,13 @@ pub fn act_as_cargo() -> ExitCode {
 /// (see the module's comment): the crates reachable from the root by normal dependencies, not
 /// through a proc-macro crate, nor through a crate some package's manifest lists in
 /// `analyzer-skips` unless the root itself depends on it (a notebook's own `:dep`). An answer with
-/// no root (the standard library's workspace, or `--no-deps`) is left whole.
-pub fn analyzer_graph(metadata: &mut Value) {
-    let Some(root) = metadata["resolve"]["root"].as_str().map(str::to_string) else { return };
-    let Some(packages) = metadata["packages"].as_array() else { return };
-    let Some(nodes) = metadata["resolve"]["nodes"].as_array() else { return };
+/// no root (the standard library's workspace, or `--no-deps`) is left whole. Returns how many
+/// packages it kept, of how many, when it narrowed.
+pub fn analyzer_graph(metadata: &mut Value) -> Option<(usize, usize)> {
+    let root = metadata["resolve"]["root"].as_str()?.to_string();
+    let packages = metadata["packages"].as_array()?;
+    let nodes = metadata["resolve"]["nodes"].as_array()?;
+    let total = packages.len();
     let skips: HashSet<&str> = packages
         .iter()
         .filter_map(|p| p["metadata"]["lab"][SKIPS_KEY].as_array())
@@ -304,6 +333,7 @@ pub fn analyzer_graph(metadata: &mut Value) {
             }
         }
     }
+    Some((keep.len(), total))
 }
 
 #[cfg(test)]
@@ -410,7 +440,7 @@ mod tests {
                 ("image", "png", None),
             ],
         );
-        analyzer_graph(&mut m);
+        assert_eq!(analyzer_graph(&mut m), Some((7, 11)));
         assert_eq!(names(&m), ["candle-core", "ctx", "half", "image", "lab-support", "png", "thiserror"]);
         let node = |name: &str| {
             m["resolve"]["nodes"]
@@ -441,7 +471,7 @@ mod tests {
             metadata(&[("std", false, &[]), ("core", false, &[]), ("macros", true, &[])], &[("std", "macros", None)]);
         m["resolve"]["root"] = Value::Null;
         let before = m.clone();
-        analyzer_graph(&mut m);
+        assert_eq!(analyzer_graph(&mut m), None);
         assert_eq!(m, before);
     }
 

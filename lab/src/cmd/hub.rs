@@ -137,7 +137,23 @@ fn config(paths: &Paths, setup: &HubSetup, proxy: &Path, runtime: Option<&Runtim
     let list = |v: &[String]| format!("[{}]", v.iter().map(|s| py(s)).collect::<Vec<_>>().join(", "));
     let home = |v: &str| std::env::var(v).ok();
     // A warm spare kernel per server unless the instructor turns them off (LAB_SPARE_KERNEL=0).
-    let spare = if std::env::var(SPARE_ENV).as_deref() == Ok("0") { "0" } else { "1" };
+    // Without a Unix user per student, every kernel takes one of this checkout's slots: a spare
+    // each would leave a room of more than half of them without kernels, unless asked for.
+    let shared_slots = runtime.is_none() && setup.users.len() * 2 > super::launcher::SLOTS;
+    let spare = match std::env::var(SPARE_ENV).as_deref() {
+        Ok("0") => "0",
+        Ok("1") => "1",
+        _ if shared_slots => {
+            eprintln!(
+                "note: no spare kernels: {} students with a spare each would need {} kernel slots, and without root they share this checkout's {} (LAB_SPARE_KERNEL=1 asks for spares anyway)",
+                setup.users.len(),
+                setup.users.len() * 2,
+                super::launcher::SLOTS
+            );
+            "0"
+        }
+        _ => "1",
+    };
     let spawner = match runtime {
         // Each student a Unix user of their own (see `isolation`), started from the runtime copies.
         Some(rt) => format!(

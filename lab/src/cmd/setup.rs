@@ -195,8 +195,8 @@ fn write_kernel(paths: &Paths, evcxr: &Path, n: usize, total: usize) -> CliResul
         // nothing; lab-support's panic hook keeps panics short (see `lab_support::kernel`).
         // RUST_LIB_BACKTRACE=0 keeps candle's errors from carrying a backtrace in their text.
         "env": { "EVCXR_CONFIG_DIR": config, "RUST_LIB_BACKTRACE": "0", "LAB_SUPPORT_DIR": paths.root.join("lab-support") },
-        // A warm spare kernel where the server asks for one (LAB_SPARE_KERNEL=1, which `cargo
-        // lab up` sets): see lab/kernel-pool/lab_kernel_pool.py.
+        // A warm spare kernel where the server asks for one (LAB_SPARE_KERNEL=1, which `cargo lab
+        // hub` and `cargo lab up` set): see lab/kernel-pool/lab_kernel_pool.py.
         "metadata": { "kernel_provisioner": { "provisioner_name": "lab-spare" } },
     });
     let mut kernel = kernel;
@@ -263,7 +263,8 @@ pub fn link_tree(from: &Path, to: &Path) -> CliResult<()> {
 
 /// A copy of this tool for the kernel spec to start, out of cargo's reach: a rebuild or a `cargo
 /// clean` must not pull it from under a running kernel. Copied then renamed, since a kernel may be
-/// running the old one. Beside it, `cargo`, the link the kernel's analyzer runs (see `analyzer`).
+/// running the old one. And `.lab/cargo/bin/cargo`, a link to it that the kernel's analyzer runs
+/// (see `analyzer`).
 fn install_launcher(paths: &Paths) -> CliResult<PathBuf> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the lab tool's own binary: {e}"))?;
     let bin = paths.state.join("bin");
@@ -272,7 +273,7 @@ fn install_launcher(paths: &Paths) -> CliResult<PathBuf> {
     std::fs::copy(&exe, &partial)
         .map_err(|e| format!("cannot copy {} to {}: {e}", exe.display(), partial.display()))?;
     std::fs::rename(&partial, &target).map_err(|e| format!("cannot rename {}: {e}", partial.display()))?;
-    super::analyzer::ensure_cargo_link(&bin)?;
+    super::analyzer::ensure_cargo_link(paths)?;
     Ok(target)
 }
 
