@@ -35,6 +35,16 @@ impl Paths {
         self.venv.join("share/jupyter/kernels/rust")
     }
 
+    /// The cargo home every kernel builds with, `.lab/cargo/`: its registry is a copy (hard links
+    /// where the file system allows) of the user's, made by `cargo lab up`, and its `config.toml` holds
+    /// the kernels' cargo settings. Cargo's fingerprints of registry crates name the folder they were
+    /// compiled from, so a kernel that built with another cargo home rebuilds candle and every other
+    /// dependency (minutes): every kernel, the seed's and a hub student's under their own Unix user
+    /// (who cannot reach the instructor's home), uses this one.
+    pub fn kernel_cargo_home(&self) -> PathBuf {
+        self.state.join("cargo")
+    }
+
     pub fn evcxr_config(&self) -> PathBuf {
         self.state.join("evcxr")
     }

@@ -157,8 +157,8 @@ pub fn ensure_sources(paths: &Paths) -> CliResult<String> {
 
 /// The environment the launcher gives evcxr_jupyter: mimalloc's settings, `RUST_SRC_PATH` when
 /// the trimmed copy matches the toolchain's sources as they are now (a variable the user set is
-/// left alone), and `CARGO`, the link that narrows the analyzer's graph, when `cargo lab up` made
-/// it.
+/// left alone), and the real cargo for the link that narrows the analyzer's graph, when `cargo lab
+/// up` made it (the launcher makes `.lab/cargo` the cargo home, where rust-analyzer finds it).
 pub fn kernel_env(paths: &Paths) -> Vec<(&'static str, OsString)> {
     let mut env: Vec<(&'static str, OsString)> = MIMALLOC_ENV
         .iter()
@@ -211,7 +211,7 @@ const SKIPS_KEY: &str = "analyzer-skips";
 
 /// `.lab/cargo/bin/cargo`, the link to this tool that the kernel's rust-analyzer runs as cargo.
 pub fn cargo_link(paths: &Paths) -> PathBuf {
-    super::launcher::cargo_home(paths).join("bin").join(CARGO_NAME)
+    paths.kernel_cargo_home().join("bin").join(CARGO_NAME)
 }
 
 /// Makes the link, to the launcher's copy that `cargo lab up` puts in `.lab/bin/lab`. Relative,

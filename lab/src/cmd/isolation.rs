@@ -9,7 +9,7 @@
 //!   evcxr_jupyter (`bin/`), and `venv/`, a venv over that Python whose site-packages, JupyterLab
 //!   and server settings are the project venv's own (links), with a `rust` kernel spec naming the
 //!   copy of evcxr. Kernels build with the lab's own cargo home (`.lab/cargo/`, see
-//!   `launcher::cargo_home`), in slots of their own under `~/.cache/lab-kernels/`, each copied from
+//!   `Paths::kernel_cargo_home`), in slots of their own under `~/.cache/lab-kernels/`, each copied from
 //!   the instructor's seed.
 //! - **What they must not read.** The repository's folders and `.lab/`'s are closed to other users
 //!   (mode 0700 or 0600) except what a student's server needs (`PUBLIC` and `PUBLIC_STATE`): the
@@ -190,7 +190,7 @@ fn make_runtime(paths: &Paths) -> CliResult<Runtime> {
     // lock files are 0600; weights written by `cargo lab train` are 0600 (written whole, then
     // renamed). Students read all of them, and the rest of what `PUBLIC` names.
     let public = PUBLIC.iter().filter(|p| !p.starts_with('.')).map(|p| paths.root.join(p));
-    for d in public.chain([super::launcher::cargo_home(paths), super::launcher::seed_dir(paths)]) {
+    for d in public.chain([paths.kernel_cargo_home(), super::launcher::seed_dir(paths)]) {
         if d.exists() {
             run(Command::new("chmod").arg("-R").arg("a+rX").arg(&d), &format!("opening {} to students", d.display()))?;
         }

@@ -36,16 +36,6 @@ pub fn slots_dir(paths: &Paths) -> PathBuf {
     paths.state.join("kernels")
 }
 
-/// The cargo home every kernel builds with, `.lab/cargo/`: its registry is a copy (hard links
-/// where the file system allows) of the user's, made by `cargo lab up`, and its `config.toml` holds
-/// the kernels' cargo settings. Cargo's fingerprints of registry crates name the folder they were
-/// compiled from, so a kernel that built with another cargo home rebuilds candle and every other
-/// dependency (minutes): every kernel, the seed's and a hub student's under their own Unix user
-/// (who cannot reach the instructor's home), uses this one.
-pub fn cargo_home(paths: &Paths) -> PathBuf {
-    paths.state.join("cargo")
-}
-
 /// Where this user's kernels keep their slots: `.lab/kernels/` for the user who set the lab up,
 /// `~/.cache/lab-kernels/` for anyone who cannot write there (a student of a hub that gives every
 /// student a Unix user of their own): a slot holds the code of every cell its kernels ran.
@@ -98,7 +88,7 @@ pub fn launch(evcxr: &Path, connection_file: &str) -> CliResult<()> {
     command.arg("--control_file").arg(connection_file).env("EVCXR_TMPDIR", &slot);
     // Less for its rust-analyzer to hold (see `analyzer`).
     command.envs(super::analyzer::kernel_env(&paths));
-    let cargo_home = cargo_home(&paths);
+    let cargo_home = paths.kernel_cargo_home();
     if cargo_home.join("registry").exists() {
         command.env("CARGO_HOME", &cargo_home);
     }
@@ -194,7 +184,7 @@ fn try_lock(path: &Path, mode: libc::c_int) -> CliResult<Option<File>> {
 fn prepare(paths: &Paths, slot: &Path) -> CliResult<()> {
     let seed = seed_dir(paths);
     // A slot built with another cargo home would rebuild every dependency: the seed is quicker.
-    let stale = |dir: &Path| built_with(dir).as_deref() != Some(cargo_home(paths).as_path());
+    let stale = |dir: &Path| built_with(dir).as_deref() != Some(paths.kernel_cargo_home().as_path());
     let from_seed = slot != seed && seed.join("target").exists() && !stale(&seed);
     // So would a slot copied from an older seed when a dependency's version or features changed
     // (measured: four hub students' kernels, each rebuilding gemm and candle in its slot, did not
@@ -258,9 +248,9 @@ fn finish(paths: &Paths, slot: &Path) -> CliResult<()> {
         std::fs::set_permissions(slot, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| format!("cannot restrict {}: {e}", slot.display()))?;
     }
-    if cargo_home(paths).join("registry").exists() {
+    if paths.kernel_cargo_home().join("registry").exists() {
         let marker = slot.join(BUILT_WITH);
-        std::fs::write(&marker, cargo_home(paths).display().to_string())
+        std::fs::write(&marker, paths.kernel_cargo_home().display().to_string())
             .map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
     }
     // The lab's own versions (candle, image, ...), the ones its tests use, resolved without asking
@@ -312,7 +302,7 @@ mod tests {
         let root = std::env::temp_dir().join(format!("lab-slot-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let paths = Paths { venv: root.join(".venv"), state: root.join(".lab"), root: root.clone() };
-        let home = cargo_home(&paths);
+        let home = paths.kernel_cargo_home();
         std::fs::create_dir_all(home.join("registry")).unwrap();
         std::fs::write(root.join("Cargo.lock"), "# lock").unwrap();
         let (seed, slot) = (seed_dir(&paths), slots_dir(&paths).join("slot-0"));

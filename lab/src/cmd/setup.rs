@@ -221,12 +221,12 @@ fn write_kernel(paths: &Paths, evcxr: &Path, n: usize, total: usize) -> CliResul
     std::fs::write(settings.join("overrides.json"), overrides.to_string()).at(&settings)
 }
 
-/// The kernels' own cargo home (see `launcher::cargo_home`): the user's registry, hard-linked
+/// The kernels' own cargo home (see `Paths::kernel_cargo_home`): the user's registry, hard-linked
 /// (copied where `.lab/` is on another file system), and a `config.toml` with the user's cargo
 /// settings and the kernels' own (the slots' `.cargo/config.toml` is not above a slot outside
 /// `.lab/kernels/`). Crates the copy lacks, cargo downloads into it when the seed is built.
 fn kernel_cargo_home(paths: &Paths) -> CliResult<()> {
-    let home = super::launcher::cargo_home(paths);
+    let home = paths.kernel_cargo_home();
     std::fs::create_dir_all(&home).at(&home)?;
     let registry = home.join("registry");
     let users = cargo_home().join("registry");
@@ -283,7 +283,7 @@ fn warm_cache(paths: &Paths, n: usize, total: usize) -> CliResult<()> {
     // the workspace's manifest (its dependencies' features), lab-support's manifest and sources.
     let mut key = format!(
         "{EVCXR_VERSION}\n{KERNEL_CARGO_ENV:?}\n{}\n{}",
-        super::launcher::cargo_home(paths).display(),
+        paths.kernel_cargo_home().display(),
         std::fs::read_to_string(paths.root.join("Cargo.lock")).unwrap_or_default()
     );
     let crate_dir = paths.root.join("lab-support");

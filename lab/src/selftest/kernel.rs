@@ -121,7 +121,7 @@ pub fn analyzer(paths: &Paths) -> CliResult<Vec<String>> {
     let output = std::process::Command::new(&link)
         .args(["metadata", "--format-version", "1", "--manifest-path"])
         .arg(&manifest)
-        .env("CARGO_HOME", crate::cmd::launcher::cargo_home(paths))
+        .env("CARGO_HOME", paths.kernel_cargo_home())
         .envs(kernel_env(paths))
         .stderr(std::process::Stdio::inherit())
         .output()
