@@ -174,7 +174,8 @@ fn run_test(paths: &Paths, log: &Path) -> CliResult<Vec<String>> {
     } else {
         eprintln!("  not root: the students' servers run as this user, isolation not tested");
     }
-    let managed = std::fs::read_to_string(log).unwrap_or_default().matches(LAB_KERNEL_MANAGER_LINE).count();
+    let hub_log = std::fs::read_to_string(log).unwrap_or_default();
+    let managed = hub_log.matches(LAB_KERNEL_MANAGER_LINE).count();
     if managed < users.len() {
         problems.push(format!("{managed} of {} servers said \"{LAB_KERNEL_MANAGER_LINE}\": their kernels may die when a notebook connects (lab/kernel-pool/)", users.len()));
     }
@@ -198,7 +199,6 @@ fn run_test(paths: &Paths, log: &Path) -> CliResult<Vec<String>> {
             srv / 1024
         ));
     }
-    let hub_log = std::fs::read_to_string(log).unwrap_or_default();
     report.push_str(&format!(
         "  kernel starts that got a warm spare: {} of {}\n",
         hub_log.matches("lab spare kernel: handed over a warm kernel").count(),
