@@ -1,7 +1,8 @@
 // cargo lab test's browser test: opens a notebook in JupyterLab in headless Chromium, runs all its
 // cells as a student would (Run > Run All Cells), waits for the kernel, then checks what the page
 // shows: every image decoded, every SVG plot drawn, no error or panic output, no raw escape codes,
-// and the check cells' PASS lines. Saves a screenshot of the whole notebook either way.
+// and the check cells' PASS lines. Saves the notebook once it has run, and a screenshot of the whole
+// notebook either way.
 //
 // usage: node run-notebook.mjs URL SCREENSHOT.png EXPECTED_PASS_LINES CODE_CELLS FIGURE_CELLS [restart]
 // FIGURE_CELLS: comma-separated positions (0-based, among the code cells) of the cells that must
@@ -65,6 +66,18 @@ try {
     await waitForIdle(page, 60_000);
     seen.restart_run_seconds = Math.round((Date.now() - again) / 1000);
   }
+
+  // Saved as a student would (File > Save Notebook): `cargo lab test` reads the file the server
+  // wrote and checks its outputs as it checks a notebook run headless.
+  const saved = page.waitForResponse(
+    (r) => r.url().includes("/api/contents/") && r.request().method() === "PUT",
+    { timeout: 60_000 },
+  );
+  await page.locator(".lm-MenuBar-itemLabel", { hasText: /^File$/ }).click();
+  await page.locator(".lm-Menu-itemLabel", { hasText: /^Save Notebook$/ }).click();
+  const answer = await saved;
+  seen.saved = answer.ok();
+  if (!answer.ok()) problems.push(`saving the notebook failed: HTTP ${answer.status()}`);
 
   // JupyterLab renders cells lazily: bring each output into view before judging it.
   const outputs = page.locator(".jp-OutputArea-output");

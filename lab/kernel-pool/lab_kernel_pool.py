@@ -61,6 +61,7 @@ so that the kernel's late answers find it open.
 import asyncio
 import atexit
 import os
+import queue
 import signal
 import time
 import uuid
@@ -150,6 +151,8 @@ class Spare:
             raise
         except Exception as error:  # no spare this time: launches start cold
             self.log.warning("lab spare kernel: could not start a spare: %s", error)
+            # Not left running unused, holding its memory and a slot.
+            self._end_process()
             return False
 
     def _launch(self):
@@ -176,9 +179,10 @@ class Spare:
     async def _warm_up(self, cells):
         client = AsyncKernelClient()
         client.load_connection_info(self.info)
-        client.start_channels()
+        # No heartbeat channel: `_wait_ready` and `_alive_while` watch the process instead.
+        client.start_channels(hb=False)
         try:
-            await self._alive_while(client.wait_for_ready(timeout=WARM_UP_TIMEOUT))
+            await self._wait_ready(client)
             for code in cells:
                 errors = []
 
@@ -199,6 +203,35 @@ class Spare:
             return True
         finally:
             client.stop_channels()
+
+    async def _wait_ready(self, client):
+        """Until the kernel answers `kernel_info` and its iopub channel delivers.
+
+        Not jupyter_client's `wait_for_ready`: without a kernel manager it judges the kernel by its
+        heartbeat, which a kernel that is still starting (its launcher copying the slot) or short of
+        CPU misses for a second. Measured in hub tests with new slots (four students' kernels
+        starting on two cores): 2, then 4, of a run's spares were given up as "Kernel died before
+        replying to kernel_info" while they were starting, and only 2 and 1 of 4 kernel starts got a
+        warm spare. The process itself says whether the kernel died."""
+        deadline = time.monotonic() + WARM_UP_TIMEOUT
+        while True:
+            client.kernel_info()
+            try:
+                reply = await client.shell_channel.get_msg(timeout=1)
+            except queue.Empty:
+                reply = None
+            if reply is not None and reply["msg_type"] == "kernel_info_reply":
+                # As jupyter_client does: the reply's status messages show that iopub is
+                # connected; a cell's output sent before it is would be lost.
+                try:
+                    await client.iopub_channel.get_msg(timeout=0.2)
+                    return
+                except queue.Empty:
+                    pass
+            if not self.alive():
+                raise RuntimeError(f"the spare kernel exited ({self.process.poll()}) while starting")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the spare kernel did not answer within {WARM_UP_TIMEOUT} s")
 
     async def _alive_while(self, awaitable):
         """`awaitable`'s result, unless the spare's process ends first (then an error at once,
@@ -227,14 +260,17 @@ class Spare:
     def alive(self):
         return self.process is not None and self.process.poll() is None
 
-    def kill(self):
-        _waiting.discard(self)
+    def _end_process(self):
         if self.alive():
             try:
                 os.killpg(self.pgid, signal.SIGKILL)
             except OSError:
                 pass
             self.process.wait()
+
+    def kill(self):
+        _waiting.discard(self)
+        self._end_process()
         try:
             self.task.cancel()
         except RuntimeError:  # the event loop is already closed (at exit)

@@ -169,6 +169,7 @@ fn run_test(paths: &Paths, log: &Path) -> CliResult<Vec<String>> {
             Err(e) => problems.push(format!("{u}: {e}")),
         }
     }
+    problems.extend(super::explain_dlopen(&problems));
     if hub.isolated {
         problems.extend(isolation_check(paths, &dir, &hub, &users, &tokens[&users[0]]).err());
     } else {

@@ -1,6 +1,7 @@
 //! `cargo lab test`: the crate's tests and the format check, then every notebook executed
-//! headless (`notebooks`), then the test groups, each of which `--notebook <group>` runs alone:
-//! `kernel`, `spare`, `hub`, `grading`, `server` and `browser`.
+//! headless (`notebooks`; those the browser test runs, there instead), then the test groups,
+//! each of which `--notebook <group>` runs alone: `kernel`, `spare`, `hub`, `grading`, `server`
+//! and `browser`.
 //!
 //! evcxr reports a panic or a `?` error as a cell that ran fine, so passing through nbclient
 //! proves little. After each run we read the executed notebook and fail on any error output,
@@ -27,6 +28,11 @@ pub const LAB_KERNEL_MANAGER_LINE: &str = "lab kernel pool: kernels are managed 
 /// The longest a test waits for one cell: with four kernels at once on two cores, all of
 /// notebook 03 takes about 120 s.
 pub const CELL_LIMIT: Duration = Duration::from_secs(300);
+
+/// Notebooks executed at once. One kernel keeps about one core and a quarter busy (the hub test:
+/// four students' notebook 03 at once kept two cores busy 57 s each, in a notebook of 45 s alone),
+/// so two at a time finish the notebooks sooner on two cores.
+const NOTEBOOK_JOBS: usize = 2;
 
 /// One test group after the notebooks: it returns the problems it found.
 type GroupTest = dyn Fn(&Paths) -> CliResult<Vec<String>>;
@@ -60,7 +66,15 @@ impl Tally {
 pub fn test(filter: Option<&str>) -> CliResult<()> {
     let paths = Paths::new();
     let mut tally = Tally::default();
+    let whole = Instant::now();
+    // Where the time went, printed last: CI shows the end of the output.
+    let mut phases: Vec<(&str, f64)> = Vec::new();
+    let mut phase = |name: &'static str, since: Instant| match phases.iter_mut().find(|(n, _)| *n == name) {
+        Some((_, s)) => *s += since.elapsed().as_secs_f64(),
+        None => phases.push((name, since.elapsed().as_secs_f64())),
+    };
     if filter.is_none() {
+        let begun = Instant::now();
         let (p, f) = cargo_tests(&paths)?;
         tally.passed += p;
         tally.failed += f;
@@ -73,15 +87,42 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
         let start = Instant::now();
         let problems = lint_check(&paths)?;
         tally.record("lint check".into(), start.elapsed().as_secs_f64(), "", &problems);
+        phase("cargo test, fmt, clippy", begun);
     }
     // With the kernel's seed built: the kernels of the tests below copy it.
+    let start = Instant::now();
     ensure(&paths, true)?;
-    let notebooks = notebooks::list_notebooks(&paths.root.join("notebooks"))?;
-    for nb in notebooks.iter().filter(|nb| filter.is_none_or(|f| nb.to_string_lossy().contains(f))) {
-        let name = nb.strip_prefix(&paths.root).unwrap_or(nb).display().to_string();
+    phase("setup", start);
+    let start = Instant::now();
+    let mut selected = Vec::new();
+    for nb in notebooks::list_notebooks(&paths.root.join("notebooks"))? {
+        let name = nb.strip_prefix(&paths.root).unwrap_or(&nb).display().to_string();
+        if !filter.is_none_or(|f| nb.to_string_lossy().contains(f)) {
+            continue;
+        }
+        // The browser test runs these and checks what JupyterLab saved as this check does: once
+        // is enough in a whole run (they took 44 s and 79 s here). Named alone, they run here.
+        if filter.is_none() && browser::NOTEBOOKS.contains(&name.as_str()) {
+            eprintln!("==> notebook {name}: run in the browser test, below");
+            continue;
+        }
+        selected.push((name, nb));
+    }
+    if selected.len() > 1 {
+        eprintln!(
+            "==> {} notebooks, {NOTEBOOK_JOBS} at a time (each reported when it and those before it are done)",
+            selected.len()
+        );
+    }
+    notebooks::run_notebooks(&paths, &selected, NOTEBOOK_JOBS, |name, report| {
         eprintln!("==> notebook {name}");
-        let report = notebooks::run_notebook(&paths, nb)?;
-        tally.record(name, report.seconds, "", &report.problems);
+        let mut report = report?;
+        report.problems.extend(explain_dlopen(&report.problems));
+        tally.record(name.to_string(), report.seconds, "", &report.problems);
+        Ok(())
+    })?;
+    if !selected.is_empty() {
+        phase("notebooks", start);
     }
     let timed = |test: &GroupTest| -> CliResult<(f64, Vec<String>)> {
         let start = Instant::now();
@@ -161,11 +202,14 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
         if filter.is_none_or(|f| f == group) {
             eprintln!("==> {banner}");
             // A test that could not run at all is one failure; the groups after it still run.
+            let start = Instant::now();
             let (seconds, problems) = timed(test).unwrap_or_else(|e| (0.0, vec![format!("could not run: {e}")]));
             tally.record(name.into(), seconds, extra, &problems);
+            phase(group, start);
         }
     }
     if filter.is_none_or(|f| f == "browser") {
+        let start = Instant::now();
         eprintln!("==> browser test: {} in JupyterLab, headless Chromium", browser::NOTEBOOKS.join(" and "));
         let report = browser::test(&paths)?;
         let shots: Vec<String> = report.screenshots.iter().map(|s| s.display().to_string()).collect();
@@ -175,8 +219,12 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
             &format!("; screenshots: {}", shots.join(", ")),
             &report.problems,
         );
+        phase("browser", start);
     }
     println!();
+    let minutes = |s: f64| format!("{}:{:02}", (s / 60.0) as u64, s as u64 % 60);
+    let spent: Vec<String> = phases.iter().map(|(n, s)| format!("{n} {}", minutes(*s))).collect();
+    println!("time (min:s): {}; in all {}", spent.join(", "), minutes(whole.elapsed().as_secs_f64()));
     if !tally.failures.is_empty() {
         println!("failed: {}", tally.failures.join(", "));
     }
@@ -257,4 +305,76 @@ fn format_check(paths: &Paths) -> CliResult<Vec<String>> {
         files.join(", "),
         last_lines(&String::from_utf8_lossy(&out.stderr), 3)
     )])
+}
+
+/// When a cell failed with evcxr's "dlopen failed" (which drops the system's reason), what the
+/// failed cell's build folder says about it: when lab-support's shared library and the cell's were
+/// written, the builds of lab-support the folder holds (two means it was rebuilt with other
+/// settings, replacing the file a running kernel had loaded), and whether the cell's library loads
+/// in a new process, with the loader's own message if not.
+pub fn explain_dlopen(problems: &[String]) -> Option<String> {
+    let text = problems.iter().find(|p| p.contains("dlopen failed"))?;
+    let so = text.split("LOAD_AND_RUN ").nth(1)?.split_whitespace().next()?;
+    let so = std::path::Path::new(so);
+    let debug = so.parent()?;
+    let now = std::time::SystemTime::now();
+    let age = |p: &std::path::Path| match std::fs::metadata(p).and_then(|m| m.modified()) {
+        Ok(t) => format!("written {:.0} s ago", now.duration_since(t).unwrap_or_default().as_secs_f64()),
+        Err(e) => format!("not readable: {e}"),
+    };
+    let lab = debug.join("deps").join("liblab_support.so");
+    let builds: Vec<String> = std::fs::read_dir(debug.join(".fingerprint"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("lab-support-"))
+        .map(|e| format!("{} ({})", e.file_name().to_string_lossy(), age(&e.path())))
+        .collect();
+    let load = Command::new("python3")
+        .args(["-c", "import ctypes, sys; ctypes.CDLL(sys.argv[1]); print('loads')"])
+        .arg(so)
+        .env("LD_LIBRARY_PATH", debug.join("deps"))
+        .output();
+    let load = match load {
+        Ok(out) if out.status.success() => "it loads in a new process".to_string(),
+        Ok(out) => format!("in a new process: {}", last_lines(&String::from_utf8_lossy(&out.stderr), 1).trim()),
+        Err(e) => format!("could not try it in a new process: {e}"),
+    };
+    Some(format!(
+        "about the dlopen failure: {} {}; {} {}; lab-support's builds in that folder: {}; {load}",
+        so.display(),
+        age(so),
+        lab.display(),
+        age(&lab),
+        if builds.is_empty() { "none found".to_string() } else { builds.join(", ") }
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::explain_dlopen;
+
+    #[test]
+    fn a_dlopen_failure_is_explained_from_the_cells_build_folder() {
+        let root = std::env::temp_dir().join(format!("lab-dlopen-test-{}", std::process::id()));
+        let debug = root.join("slot-0/target/x86_64-unknown-linux-gnu/debug");
+        std::fs::create_dir_all(debug.join("deps")).unwrap();
+        std::fs::create_dir_all(debug.join(".fingerprint/lab-support-1111")).unwrap();
+        std::fs::create_dir_all(debug.join(".fingerprint/lab-support-2222")).unwrap();
+        std::fs::create_dir_all(debug.join(".fingerprint/candle-core-3333")).unwrap();
+        let so = debug.join("libcode_6.so");
+        std::fs::write(&so, "not a shared library").unwrap();
+        let problem = format!(
+            "labtest1: cell 3 (`let model`): stderr: While processing instruction `Ok(\"LOAD_AND_RUN {} run_user_code_5\")`, got error: Message(\"dlopen failed\")",
+            so.display()
+        );
+        assert_eq!(explain_dlopen(&["cell 2: error output: cannot find value `x`".into()]), None);
+        let text = explain_dlopen(&["other".into(), problem]).unwrap();
+        assert!(text.contains("libcode_6.so written"), "{text}");
+        assert!(text.contains("liblab_support.so not readable"), "{text}");
+        assert!(text.contains("lab-support-1111") && text.contains("lab-support-2222"), "{text}");
+        assert!(!text.contains("candle-core"), "{text}");
+        assert!(text.contains("in a new process: ") && !text.contains("it loads"), "{text}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }
