@@ -1,5 +1,5 @@
 //! The grading test of `cargo lab test`: the nbgrader round trip of `cargo lab course` and
-//! `cargo lab grade`: notebook 03 solved and untouched, graded twice; then a small assignment (03's
+//! `cargo lab grade`: notebook 03 solved and untouched; then a small assignment (03's
 //! first two TODOs and their checks) handed in ten times alike and once in each way a class breaks
 //! a notebook.
 
@@ -44,7 +44,9 @@ const PROBE_TIMEOUT: u64 = 60;
 
 /// The nbgrader round trip, in a fresh course under `target/grading-test/`: generate every
 /// assignment (each must hold the same cells as `cargo lab student` writes); autograde 03 solved
-/// (full marks) and untouched (zero), twice, with the same points cell by cell; then the probe.
+/// (full marks) and untouched (zero); then the probe, whose submissions alike must get the same
+/// points (a grade decided by a race would differ among them). Until 2026-12-06 03 was graded a
+/// second time and compared too: 80 s, for what the probe's ten checks the same way.
 pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
     let course_dir = paths.root.join("target/grading-test/course");
     let _ = std::fs::remove_dir_all(&course_dir);
@@ -82,17 +84,9 @@ pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
     submit("solved", a, &filled_in(&released, &solution)?)?;
     submit("untouched", a, &released)?;
     let options = GradeOptions { jobs: 2, timeout: None };
-    let first = grade(paths, &course_dir, a, options)?;
-    let second = grade(paths, &course_dir, a, options)?;
-    expect_scores(&first, "solved", &mut problems, |s, max| s == max && max > 0.0, "full marks");
-    expect_scores(&first, "untouched", &mut problems, |s, _| s == 0.0, "zero");
-    if cell_points(&first) != cell_points(&second) {
-        problems.push(format!(
-            "grading 03 twice gave different points: {:?} then {:?}",
-            cell_points(&first),
-            cell_points(&second)
-        ));
-    }
+    let grades = grade(paths, &course_dir, a, options)?;
+    expect_scores(&grades, "solved", &mut problems, |s, max| s == max && max > 0.0, "full marks");
+    expect_scores(&grades, "untouched", &mut problems, |s, _| s == 0.0, "zero");
     problems.extend(probe(paths, &course_dir, &solution)?);
     Ok(problems)
 }
@@ -211,10 +205,6 @@ fn cells_of(g: &StudentGrade) -> Vec<(String, f64)> {
         Graded::Scored { cells, .. } => cells.iter().map(|c| (c.cell.clone(), c.score)).collect(),
         Graded::NotGraded(_) => Vec::new(),
     }
-}
-
-fn cell_points(grades: &[StudentGrade]) -> Vec<(String, Vec<(String, f64)>)> {
-    grades.iter().map(|g| (g.student.clone(), cells_of(g))).collect()
 }
 
 fn expect_scores(

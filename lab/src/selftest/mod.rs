@@ -29,11 +29,6 @@ pub const LAB_KERNEL_MANAGER_LINE: &str = "lab kernel pool: kernels are managed 
 /// notebook 03 takes about 120 s.
 pub const CELL_LIMIT: Duration = Duration::from_secs(300);
 
-/// Notebooks executed at once. One kernel keeps about one core and a quarter busy (the hub test:
-/// four students' notebook 03 at once kept two cores busy 57 s each, in a notebook of 45 s alone),
-/// so two at a time finish the notebooks sooner on two cores.
-const NOTEBOOK_JOBS: usize = 2;
-
 /// One test group after the notebooks: it returns the problems it found.
 type GroupTest = dyn Fn(&Paths) -> CliResult<Vec<String>>;
 
@@ -108,19 +103,12 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
         }
         selected.push((name, nb));
     }
-    if selected.len() > 1 {
-        eprintln!(
-            "==> {} notebooks, {NOTEBOOK_JOBS} at a time (each reported when it and those before it are done)",
-            selected.len()
-        );
-    }
-    notebooks::run_notebooks(&paths, &selected, NOTEBOOK_JOBS, |name, report| {
+    for (name, nb) in selected.iter() {
         eprintln!("==> notebook {name}");
-        let mut report = report?;
+        let mut report = notebooks::run_notebook(&paths, nb)?;
         report.problems.extend(explain_dlopen(&report.problems));
-        tally.record(name.to_string(), report.seconds, "", &report.problems);
-        Ok(())
-    })?;
+        tally.record(name.clone(), report.seconds, "", &report.problems);
+    }
     if !selected.is_empty() {
         phase("notebooks", start);
     }
@@ -183,7 +171,7 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
         (
             "grading",
             format!(
-                "grading test: nbgrader generate_assignment, then autograde a solved and an untouched {} twice, and a small assignment handed in 18 ways",
+                "grading test: nbgrader generate_assignment, then autograde a solved and an untouched {}, and a small assignment handed in 18 ways",
                 grading::TEST_ASSIGNMENT
             ),
             "grading test",

@@ -6,11 +6,8 @@ use crate::jupyter::{check_outputs, Report};
 use crate::paths::Paths;
 use crate::sys::text::last_lines;
 use crate::sys::{At, CliResult};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::time::Instant;
 
 /// Every `.ipynb` in `dir` and its `solutions/` folder, sorted.
@@ -27,46 +24,6 @@ pub fn list_notebooks(dir: &Path) -> CliResult<Vec<PathBuf>> {
     }
     found.sort();
     Ok(found)
-}
-
-/// Runs `notebooks` (name, path), `jobs` at a time, and hands each report to `done` in the list's
-/// order as soon as it and those before it are finished. `done`'s first error stops the reports
-/// (the runs under way finish) and is returned.
-pub fn run_notebooks(
-    paths: &Paths,
-    notebooks: &[(String, PathBuf)],
-    jobs: usize,
-    mut done: impl FnMut(&str, CliResult<Report>) -> CliResult<()>,
-) -> CliResult<()> {
-    let next = AtomicUsize::new(0);
-    let (tx, rx) = mpsc::channel();
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.clamp(1, notebooks.len().max(1)) {
-            let (tx, next) = (tx.clone(), &next);
-            scope.spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some((_, nb)) = notebooks.get(i) else { break };
-                if tx.send((i, run_notebook(paths, nb))).is_err() {
-                    break;
-                }
-            });
-        }
-        drop(tx);
-        let mut waiting = BTreeMap::new();
-        let mut first = 0;
-        for (i, report) in rx {
-            waiting.insert(i, report);
-            while let Some(report) = waiting.remove(&first) {
-                if let Err(e) = done(&notebooks[first].0, report) {
-                    // The workers take no new notebook once the next index is past the end.
-                    next.store(notebooks.len(), Ordering::SeqCst);
-                    return Err(e);
-                }
-                first += 1;
-            }
-        }
-        Ok(())
-    })
 }
 
 /// Executes a notebook headless (its outputs go under target/notebook-runs/, the original is
