@@ -257,11 +257,27 @@ fn cargo_tests(paths: &Paths) -> CliResult<(usize, usize)> {
     Ok((passed, failed))
 }
 
-/// `cargo clippy -- -D warnings` on lab-support, lab-model and lab: any lint is a failure. It
-/// builds in `target/debug`, so the running tool (`target/release/lab`) is left alone.
+/// `cargo clippy -- -D warnings` on lab-support, lab-model and lab: any lint is a failure. It only
+/// checks (no linking), so the running tool (`target/release/lab`) is left alone.
 fn lint_check(paths: &Paths) -> CliResult<Vec<String>> {
     eprintln!("==> lint check: cargo clippy -D warnings on lab-support, lab-model and lab");
-    let args = ["clippy", "-p", "lab-support", "-p", "lab-model", "-p", "lab", "--all-targets", "--", "-D", "warnings"];
+    // `--release`, the profile `cargo test` just built: clippy then reuses its build scripts and
+    // proc-macros. Measured on a new clone after `cargo test`: 72 s, against 229 s in the dev
+    // profile (which builds them again, at the opt-level 3 the workspace gives dependencies).
+    let args = [
+        "clippy",
+        "--release",
+        "-p",
+        "lab-support",
+        "-p",
+        "lab-model",
+        "-p",
+        "lab",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ];
     let out = cargo(paths).args(args).output().map_err(|e| format!("could not run cargo clippy: {e}"))?;
     if out.status.success() {
         return Ok(vec![]);
