@@ -109,6 +109,21 @@ def warm_up_cells(lab_support):
     ]
 
 
+def lab_support_for(cwd, env):
+    """The lab-support the notebooks in `cwd` load (`:dep lab-support = { path = "../lab-support" }`),
+    else the lab's own (LAB_SUPPORT_DIR, from the kernel spec).
+
+    The spare must warm up on the same one: with another, the notebook's `:dep` cell would build a
+    second lab-support in the kernel's build folder over the one the spare has loaded, and the
+    first cell built against it could not load ("dlopen failed"; measured in the hub test with
+    students' `lab-support` links to another checkout: every kernel handed a spare died at the
+    model cell)."""
+    beside = os.path.join(cwd, os.pardir, "lab-support")
+    if os.path.isfile(os.path.join(beside, "Cargo.toml")):
+        return os.path.realpath(beside)
+    return env.get("LAB_SUPPORT_DIR", "")
+
+
 def source_stamp(lab_support):
     """Names, sizes and times of what the spare's rust-analyzer read of lab-support: its manifest,
     its sources and the workspace's Cargo.lock. The spare never reads them again."""
@@ -133,7 +148,7 @@ class Spare:
 
     def __init__(self, argv, cwd, env, log, delay=0):
         self.argv, self.cwd, self.env, self.log = argv, cwd, dict(env), log
-        self.lab_support = self.env.get("LAB_SUPPORT_DIR", "")
+        self.lab_support = lab_support_for(cwd, self.env)
         self.process = None
         self.connection_file = None
         self.ports = {}

@@ -103,9 +103,9 @@ fn password(dir: &Path) -> CliResult<String> {
     Ok(p)
 }
 
-/// A user's home: the student notebooks (only those not there yet) and the lab-support link,
-/// made as `owner`'s (their Unix user) where there is one (see `isolation::install`: the student
-/// owns the home, so nothing there is followed).
+/// A user's home: the student notebooks (only those not there yet) and the lab-support link (made
+/// again when it points to another checkout), made as `owner`'s (their Unix user) where there is
+/// one (see `isolation::install`: the student owns the home, so nothing there is followed).
 fn prepare_home(paths: &Paths, home: &Path, owner: Option<&str>) -> CliResult<()> {
     let mut notebooks = Vec::new();
     for (_, student) in super::student::pairs(&paths.root)? {
@@ -125,6 +125,19 @@ fn prepare_home(paths: &Paths, home: &Path, owner: Option<&str>) -> CliResult<()
         }
     }
     let link = home.join("lab-support");
+    // A link to another checkout is replaced, a folder of that name kept (as `isolation::install`).
+    match std::fs::read_link(&link) {
+        Ok(old) if old != lab_support => {
+            std::fs::remove_file(&link).at(&link)?;
+            eprintln!(
+                "note: {} pointed to {}; it now points to {}",
+                link.display(),
+                old.display(),
+                lab_support.display()
+            );
+        }
+        _ => {}
+    }
     if std::fs::symlink_metadata(&link).is_err() {
         std::os::unix::fs::symlink(&lab_support, &link).at(&link)?;
     }

@@ -248,7 +248,8 @@ fn ensure_user(name: &str) -> CliResult<PathBuf> {
 
 /// Puts `notebooks` (name and bytes) into `home/notebooks/` and a `home/lab-support` link to
 /// `lab_support`, each only if nothing of that name is there (a student's work is never
-/// overwritten), all owned by the Unix user `owner`. The student owns `home` and could put a
+/// overwritten; a `lab-support` link to elsewhere is the lab's and is replaced), all owned by the
+/// Unix user `owner`. The student owns `home` and could put a
 /// symbolic link where this writes, so every step goes through a descriptor of the folder above,
 /// with `O_NOFOLLOW` and `O_EXCL`: nothing the student made is followed, and no path is looked up
 /// twice.
@@ -296,7 +297,25 @@ pub fn install(home: &Path, owner: &str, notebooks: &[(String, Vec<u8>)], lab_su
         drop(nbs_dir);
     }
     let link = c(b"lab-support")?;
-    if unsafe { libc::symlinkat(c(lab_support.as_os_str().as_bytes())?.as_ptr(), home_fd, link.as_ptr()) } == 0 {
+    let target = lab_support.as_os_str().as_bytes();
+    // A link to another checkout (the lab moved, or another clone's hub made this home) is
+    // replaced: the notebooks would build that lab-support while the spare kernel loaded this one,
+    // and the first cell built against the second could not load ("dlopen failed"). A folder of
+    // that name is the student's own and stays.
+    let mut old = vec![0u8; 4096];
+    let n = unsafe { libc::readlinkat(home_fd, link.as_ptr(), old.as_mut_ptr().cast(), old.len()) };
+    if n >= 0 && &old[..n as usize] != target {
+        if unsafe { libc::unlinkat(home_fd, link.as_ptr(), 0) } != 0 {
+            return Err(error(&format!("replacing {}", home.join("lab-support").display())));
+        }
+        eprintln!(
+            "note: {} pointed to {}; it now points to {}",
+            home.join("lab-support").display(),
+            String::from_utf8_lossy(&old[..n as usize]),
+            lab_support.display()
+        );
+    }
+    if unsafe { libc::symlinkat(c(target)?.as_ptr(), home_fd, link.as_ptr()) } == 0 {
         unsafe { libc::fchownat(home_fd, link.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) };
     }
     drop(home_dir);
@@ -358,12 +377,21 @@ mod tests {
         assert_eq!(std::fs::read_to_string(home.join("notebooks/b.ipynb")).unwrap(), "the student's work");
         assert_eq!(std::fs::read_to_string(home.join("notebooks/c.ipynb")).unwrap(), "C");
         assert_eq!(std::fs::read_link(home.join("lab-support")).unwrap(), Path::new("/nowhere/lab-support"));
+        // The lab moved (CI's clone of a checkout whose hub made these homes): the link follows it.
+        install(&home, &me, &files, Path::new("/moved/lab-support")).unwrap();
+        assert_eq!(std::fs::read_link(home.join("lab-support")).unwrap(), Path::new("/moved/lab-support"));
+        assert_eq!(std::fs::read_to_string(home.join("notebooks/c.ipynb")).unwrap(), "C");
         // `notebooks` itself a link: nothing is copied, and the hub goes on.
         let second = root.join("home2");
         std::fs::create_dir_all(&second).unwrap();
         std::os::unix::fs::symlink(&outside, second.join("notebooks")).unwrap();
         install(&second, &me, &files, Path::new("/nowhere/lab-support")).unwrap();
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "wrote into the folder the link names");
+        // A `lab-support` folder of the student's own stays.
+        let third = root.join("home3");
+        std::fs::create_dir_all(third.join("lab-support/src")).unwrap();
+        install(&third, &me, &files, Path::new("/moved/lab-support")).unwrap();
+        assert!(third.join("lab-support/src").is_dir(), "the student's own lab-support folder was replaced");
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

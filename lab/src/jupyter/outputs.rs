@@ -22,6 +22,9 @@ pub const FIGURES: [&str; 8] =
 /// implemented", and checks may answer FAIL or NOT DONE. Compile errors are never allowed.
 pub fn check_outputs(nb: &Value, student: bool) -> Vec<String> {
     let mut problems = Vec::new();
+    // After evcxr's process that runs the cells died, every variable is gone: the errors of later
+    // cells that used one only repeat that, and are counted instead of listed.
+    let (mut died, mut lost) = (false, 0);
     let cells = nb["cells"].as_array().cloned().unwrap_or_default();
     for (i, cell) in cells.iter().enumerate().filter(|(_, c)| c["cell_type"] == "code") {
         let first_line = source_text(cell).lines().next().unwrap_or("").chars().take(60).collect::<String>();
@@ -32,6 +35,11 @@ pub fn check_outputs(nb: &Value, student: bool) -> Vec<String> {
         let outputs = cell["outputs"].as_array().cloned().unwrap_or_default();
         for out in outputs.iter().filter(|o| o["output_type"] == "error") {
             let text = format!("{}: {}", out["ename"].as_str().unwrap_or(""), out["evalue"].as_str().unwrap_or(""));
+            if died && text.contains("cannot find value") {
+                lost += 1;
+                continue;
+            }
+            died |= text.contains("Subprocess terminated");
             problems.push(format!("{label}: error output: {}", last_lines(&text, 6)));
         }
         // evcxr sends a panic in several stderr pieces, and the last pieces (the backtrace) can
@@ -73,6 +81,11 @@ pub fn check_outputs(nb: &Value, student: bool) -> Vec<String> {
                 break;
             }
         }
+    }
+    if lost > 0 {
+        problems.push(format!(
+            "and {lost} error(s) in later cells that used a variable the kernel's process lost when it died"
+        ));
     }
     problems
 }
@@ -184,6 +197,27 @@ mod tests {
         let unexecuted =
             json!({"cells": [{"cell_type": "code", "execution_count": null, "source": "let x = 1;", "outputs": []}]});
         assert!(check_outputs(&unexecuted, true)[0].contains("not executed"));
+    }
+
+    /// After the kernel's process died, the errors of cells that used its lost variables are
+    /// counted: the first cause stays in view, not buried under its echoes.
+    #[test]
+    fn errors_after_the_kernels_process_died_are_counted_not_listed() {
+        let error = |text: &str| json!([{"output_type": "error", "ename": "Error", "evalue": text, "traceback": []}]);
+        let cell =
+            |outputs: Value| json!({"cell_type": "code", "execution_count": 1, "source": "x", "outputs": outputs});
+        let died = json!({"cells": [
+            cell(error("cannot find value `y` in this scope")),
+            cell(error("Subprocess terminated with status: exit status: 99")),
+            cell(error("cannot find value `model` in this scope")),
+            cell(error("cannot find value `x` in this scope")),
+            cell(error("mismatched types")),
+        ]});
+        let problems = check_outputs(&died, false);
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems[0].contains("`y`") && problems[1].contains("Subprocess terminated"), "{problems:?}");
+        assert!(problems[2].contains("mismatched types"), "{problems:?}");
+        assert!(problems[3].starts_with("and 2 error(s) in later cells"), "{problems:?}");
     }
 
     #[test]

@@ -169,7 +169,10 @@ fn run_test(paths: &Paths, log: &Path) -> CliResult<Vec<String>> {
             Err(e) => problems.push(format!("{u}: {e}")),
         }
     }
-    problems.extend(super::explain_dlopen(&problems));
+    // First: CI may show only the start and the end of a long list.
+    if let Some(why) = super::explain_dlopen(&problems) {
+        problems.insert(0, why);
+    }
     if hub.isolated {
         problems.extend(isolation_check(paths, &dir, &hub, &users, &tokens[&users[0]]).err());
     } else {

@@ -32,12 +32,12 @@ pub const CELL_LIMIT: Duration = Duration::from_secs(300);
 /// One test group after the notebooks: it returns the problems it found.
 type GroupTest = dyn Fn(&Paths) -> CliResult<Vec<String>>;
 
-/// Passed and failed tests, and the names of the failed ones.
+/// Passed and failed tests, and the names and first problems of the failed ones.
 #[derive(Default)]
 struct Tally {
     passed: usize,
     failed: usize,
-    failures: Vec<String>,
+    failures: Vec<(String, Vec<String>)>,
 }
 
 impl Tally {
@@ -52,7 +52,9 @@ impl Tally {
                 eprintln!("      {p}");
             }
             self.failed += 1;
-            self.failures.push(name);
+            // Repeated at the end: CI may show only the start and the end of a long output.
+            let first = problems.iter().take(2).map(|p| p.chars().take(400).collect()).collect();
+            self.failures.push((name, first));
         }
     }
 }
@@ -70,11 +72,11 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
     };
     if filter.is_none() {
         let begun = Instant::now();
-        let (p, f) = cargo_tests(&paths)?;
+        let (p, f, names) = cargo_tests(&paths)?;
         tally.passed += p;
         tally.failed += f;
         if f > 0 {
-            tally.failures.push(format!("{f} lab-support test(s)"));
+            tally.failures.push((format!("{f} cargo test(s)"), names));
         }
         let start = Instant::now();
         let problems = format_check(&paths)?;
@@ -106,7 +108,9 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
     for (name, nb) in selected.iter() {
         eprintln!("==> notebook {name}");
         let mut report = notebooks::run_notebook(&paths, nb)?;
-        report.problems.extend(explain_dlopen(&report.problems));
+        if let Some(why) = explain_dlopen(&report.problems) {
+            report.problems.insert(0, why);
+        }
         tally.record(name.clone(), report.seconds, "", &report.problems);
     }
     if !selected.is_empty() {
@@ -214,7 +218,13 @@ pub fn test(filter: Option<&str>) -> CliResult<()> {
     let spent: Vec<String> = phases.iter().map(|(n, s)| format!("{n} {}", minutes(*s))).collect();
     println!("time (min:s): {}; in all {}", spent.join(", "), minutes(whole.elapsed().as_secs_f64()));
     if !tally.failures.is_empty() {
-        println!("failed: {}", tally.failures.join(", "));
+        println!("failed: {}", tally.failures.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "));
+        for (name, first) in &tally.failures {
+            println!("  {name}, first problems:");
+            for p in first {
+                println!("    {p}");
+            }
+        }
     }
     println!("{} passed, {} failed", tally.passed, tally.failed);
     if tally.failed > 0 {
@@ -231,7 +241,7 @@ fn cargo(paths: &Paths) -> Command {
 }
 
 /// Runs `cargo test` on the workspace and counts its results.
-fn cargo_tests(paths: &Paths) -> CliResult<(usize, usize)> {
+fn cargo_tests(paths: &Paths) -> CliResult<(usize, usize, Vec<String>)> {
     eprintln!("==> cargo test (lab-support and the lab tool)");
     let out = cargo(paths)
         .args(["test", "--release", "--workspace"])
@@ -254,7 +264,12 @@ fn cargo_tests(paths: &Paths) -> CliResult<(usize, usize)> {
     if !out.status.success() && failed == 0 {
         return Err("cargo test failed before running the tests (a build error?); see above".into());
     }
-    Ok((passed, failed))
+    let names = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("test ")?.strip_suffix(" ... FAILED"))
+        .map(|n| format!("{n} failed (its output is above)"))
+        .collect();
+    Ok((passed, failed, names))
 }
 
 /// `cargo clippy -- -D warnings` on lab-support, lab-model and lab: any lint is a failure. It only
