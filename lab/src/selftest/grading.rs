@@ -7,6 +7,7 @@ use crate::cmd::course::{add_assignment, assignments, course};
 use crate::cmd::grade::{grade, GradeOptions, Graded, StudentGrade};
 use crate::cmd::student::expected_text;
 use crate::ipynb::{self, source_text};
+use crate::jupyter::check_outputs;
 use crate::paths::Paths;
 use crate::sys::CliResult;
 use serde_json::Value;
@@ -34,6 +35,10 @@ pub fn filled_in(student: &Value, solution: &Value) -> CliResult<Value> {
 
 /// The assignment `cargo lab test` grades for real.
 pub const TEST_ASSIGNMENT: &str = "03-adversarial";
+/// The student notebook the grading test runs whole (the untouched submission of
+/// `TEST_ASSIGNMENT`) and checks as a headless run would: a whole `cargo lab test` does not run it
+/// headless too (51 s).
+pub const STUDENT_NOTEBOOK_GRADED: &str = "notebooks/03-adversarial.ipynb";
 
 /// The small assignment: 03's first cell, its first two TODOs and their checks.
 const PROBE: &str = "grading-probe";
@@ -87,6 +92,12 @@ pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
     let grades = grade(paths, &course_dir, a, options)?;
     expect_scores(&grades, "solved", &mut problems, |s, max| s == max && max > 0.0, "full marks");
     expect_scores(&grades, "untouched", &mut problems, |s, _| s == 0.0, "zero");
+    // The untouched submission is the student notebook run whole: the check a headless run of it
+    // makes (only todo!() panics and unfinished checks), on what nbgrader executed. A whole `cargo
+    // lab test` runs it here alone (see `STUDENT_NOTEBOOK_GRADED`).
+    let untouched = course_dir.join("autograded/untouched").join(a).join(format!("{a}.ipynb"));
+    let executed = ipynb::read(&untouched)?;
+    problems.extend(check_outputs(&executed, true).into_iter().map(|p| format!("untouched {a}, as autograded: {p}")));
     problems.extend(probe(paths, &course_dir, &solution)?);
     Ok(problems)
 }
