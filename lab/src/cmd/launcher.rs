@@ -190,8 +190,19 @@ fn prepare(paths: &Paths, slot: &Path) -> CliResult<()> {
     // (measured: four hub students' kernels, each rebuilding gemm and candle in its slot, did not
     // finish `:dep` in 300 s).
     let older = seed_key(slot) != seed_key(&seed);
-    if from_seed && slot.join("target").exists() && (stale(slot) || older) {
-        let why = if older { "an older build of the seed" } else { "another cargo home" };
+    // lab-support is a dylib whose file name carries no hash: builds of it for two paths (a
+    // `lab-support` link that pointed to another checkout) share one `liblab_support.so`, and cargo
+    // may take the other's file for this one's (measured: a kernel whose lab-support read the data
+    // of a checkout since deleted). A slot that holds two builds is not trusted.
+    let mixed = lab_support_builds(slot) > 1;
+    if from_seed && slot.join("target").exists() && (stale(slot) || older || mixed) {
+        let why = if older {
+            "an older build of the seed"
+        } else if mixed {
+            "two builds of lab-support, which share one library file"
+        } else {
+            "another cargo home"
+        };
         eprintln!("lab kernel: {} was built with {why}; copying the seed again", slot.display());
         let _ = std::fs::remove_dir_all(slot);
     }
@@ -230,6 +241,19 @@ const BUILT_WITH: &str = ".lab-cargo-home";
 /// The file in the seed that names the build it holds (the key `cargo lab up` keeps it by); a
 /// slot copied from the seed carries it along.
 pub const SEED_KEY: &str = ".lab-seed-key";
+
+/// How many builds of lab-support a slot holds (cargo's fingerprint folders for it, one per
+/// package path, profile and dependency set).
+fn lab_support_builds(slot: &Path) -> usize {
+    let Ok(targets) = std::fs::read_dir(slot.join("target")) else { return 0 };
+    targets
+        .flatten()
+        .filter_map(|t| std::fs::read_dir(t.path().join("debug/.fingerprint")).ok())
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("lab-support-"))
+        .count()
+}
 
 fn seed_key(dir: &Path) -> Option<String> {
     std::fs::read_to_string(dir.join(SEED_KEY)).ok()
@@ -298,7 +322,7 @@ mod tests {
     /// A slot copied from an older seed is copied again; one from the current seed keeps what its
     /// kernels built.
     #[test]
-    fn a_slot_from_an_older_seed_is_copied_again_and_a_current_one_kept() {
+    fn a_slot_from_an_older_seed_or_with_two_lab_supports_is_copied_again_and_a_current_one_kept() {
         let root = std::env::temp_dir().join(format!("lab-slot-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let paths = Paths { venv: root.join(".venv"), state: root.join(".lab"), root: root.clone() };
@@ -317,8 +341,15 @@ mod tests {
         assert_eq!((read("target/build"), read(SEED_KEY)), ("new".into(), "new seed".into()));
         assert_eq!(read("Cargo.lock"), "# lock");
         std::fs::write(slot.join("target/cell"), "a kernel's own build").unwrap();
+        let fingerprints = slot.join("target/x86_64-unknown-linux-gnu/debug/.fingerprint");
+        std::fs::create_dir_all(fingerprints.join("lab-support-1111")).unwrap();
         prepare(&paths, &slot).unwrap();
         assert!(slot.join("target/cell").exists(), "a slot of the current seed was copied again");
+        // A second build of lab-support (for another path) beside the first: copied again.
+        std::fs::create_dir_all(fingerprints.join("lab-support-2222")).unwrap();
+        prepare(&paths, &slot).unwrap();
+        assert!(!slot.join("target/cell").exists(), "a slot with two builds of lab-support was kept");
+        assert_eq!(read("target/build"), "new");
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
