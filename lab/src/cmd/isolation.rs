@@ -249,10 +249,9 @@ fn ensure_user(name: &str) -> CliResult<PathBuf> {
 /// Puts `notebooks` (name and bytes) into `home/notebooks/` and a `home/lab-support` link to
 /// `lab_support`, each only if nothing of that name is there (a student's work is never
 /// overwritten; a `lab-support` link to elsewhere is the lab's and is replaced), all owned by the
-/// Unix user `owner`. The student owns `home` and could put a
-/// symbolic link where this writes, so every step goes through a descriptor of the folder above,
-/// with `O_NOFOLLOW` and `O_EXCL`: nothing the student made is followed, and no path is looked up
-/// twice.
+/// Unix user `owner`. The student owns `home` and could put a symbolic link where this writes, so
+/// every step goes through a descriptor of the folder above, with `O_NOFOLLOW` and `O_EXCL`:
+/// nothing the student made is followed, and no path is looked up twice.
 pub fn install(home: &Path, owner: &str, notebooks: &[(String, Vec<u8>)], lab_support: &Path) -> CliResult<()> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
