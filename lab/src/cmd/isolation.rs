@@ -304,15 +304,22 @@ pub fn install(home: &Path, owner: &str, notebooks: &[(String, Vec<u8>)], lab_su
     let mut old = vec![0u8; 4096];
     let n = unsafe { libc::readlinkat(home_fd, link.as_ptr(), old.as_mut_ptr().cast(), old.len()) };
     if n >= 0 && &old[..n as usize] != target {
-        if unsafe { libc::unlinkat(home_fd, link.as_ptr(), 0) } != 0 {
-            return Err(error(&format!("replacing {}", home.join("lab-support").display())));
+        // What the student's link named is theirs to choose: shown quoted, never as raw bytes.
+        let was = String::from_utf8_lossy(&old[..n as usize]).into_owned();
+        if unsafe { libc::unlinkat(home_fd, link.as_ptr(), 0) } == 0 {
+            eprintln!(
+                "note: {} pointed to {was:?}; it now points to {}",
+                home.join("lab-support").display(),
+                lab_support.display()
+            );
+        } else {
+            // Changed meanwhile (a folder now): the hub goes on for everyone else.
+            eprintln!(
+                "warning: could not replace {} (it pointed to {was:?}): {}",
+                home.join("lab-support").display(),
+                std::io::Error::last_os_error()
+            );
         }
-        eprintln!(
-            "note: {} pointed to {}; it now points to {}",
-            home.join("lab-support").display(),
-            String::from_utf8_lossy(&old[..n as usize]),
-            lab_support.display()
-        );
     }
     if unsafe { libc::symlinkat(c(target)?.as_ptr(), home_fd, link.as_ptr()) } == 0 {
         unsafe { libc::fchownat(home_fd, link.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) };

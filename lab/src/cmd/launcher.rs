@@ -242,17 +242,28 @@ const BUILT_WITH: &str = ".lab-cargo-home";
 /// slot copied from the seed carries it along.
 pub const SEED_KEY: &str = ".lab-seed-key";
 
-/// How many builds of lab-support a slot holds (cargo's fingerprint folders for it, one per
-/// package path, profile and dependency set).
+/// How many lab-supports (package paths) a slot holds builds of: cargo's fingerprint folders for
+/// it, one per path, profile and dependency set, each naming its path's hash. Not the folders
+/// themselves: evcxr runs `cargo check` when its analyzer cannot tell a variable's type, which
+/// adds a folder for the same path (another profile, no library file).
 fn lab_support_builds(slot: &Path) -> usize {
     let Ok(targets) = std::fs::read_dir(slot.join("target")) else { return 0 };
-    targets
+    let paths: std::collections::HashSet<String> = targets
         .flatten()
         .filter_map(|t| std::fs::read_dir(t.path().join("debug/.fingerprint")).ok())
         .flatten()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("lab-support-"))
-        .count()
+        .map(|e| {
+            let json = std::fs::read_to_string(e.path().join("lib-lab_support.json")).unwrap_or_default();
+            // A folder cargo's format does not match counts as a path of its own.
+            serde_json::from_str::<serde_json::Value>(&json)
+                .ok()
+                .and_then(|v| v["path"].as_u64())
+                .map_or_else(|| e.file_name().to_string_lossy().into_owned(), |p| p.to_string())
+        })
+        .collect();
+    paths.len()
 }
 
 fn seed_key(dir: &Path) -> Option<String> {
@@ -342,11 +353,18 @@ mod tests {
         assert_eq!(read("Cargo.lock"), "# lock");
         std::fs::write(slot.join("target/cell"), "a kernel's own build").unwrap();
         let fingerprints = slot.join("target/x86_64-unknown-linux-gnu/debug/.fingerprint");
-        std::fs::create_dir_all(fingerprints.join("lab-support-1111")).unwrap();
+        let build = |folder: &str, path: u64, profile: u64| {
+            std::fs::create_dir_all(fingerprints.join(folder)).unwrap();
+            let json = format!("{{\"rustc\":1,\"features\":\"[]\",\"path\":{path},\"profile\":{profile}}}");
+            std::fs::write(fingerprints.join(folder).join("lib-lab_support.json"), json).unwrap();
+        };
+        build("lab-support-1111", 30826, 165);
+        // The same path checked (`cargo check`, another profile): kept.
+        build("lab-support-3333", 30826, 716);
         prepare(&paths, &slot).unwrap();
         assert!(slot.join("target/cell").exists(), "a slot of the current seed was copied again");
-        // A second build of lab-support (for another path) beside the first: copied again.
-        std::fs::create_dir_all(fingerprints.join("lab-support-2222")).unwrap();
+        // A build of lab-support for another path beside the first: copied again.
+        build("lab-support-2222", 16695, 165);
         prepare(&paths, &slot).unwrap();
         assert!(!slot.join("target/cell").exists(), "a slot with two builds of lab-support was kept");
         assert_eq!(read("target/build"), "new");
