@@ -105,43 +105,17 @@ fn password(dir: &Path) -> CliResult<String> {
 
 /// A user's home: the student notebooks (only those not there yet) and the lab-support link (made
 /// again when it points to another checkout), made as `owner`'s (their Unix user) where there is
-/// one (see `isolation::install`: the student owns the home, so nothing there is followed).
+/// one, by `isolation::install` (the student owns the home, so nothing there is followed).
 fn prepare_home(paths: &Paths, home: &Path, owner: Option<&str>) -> CliResult<()> {
     let mut notebooks = Vec::new();
     for (_, student) in super::student::pairs(&paths.root)? {
         let name = student.file_name().unwrap_or_default().to_string_lossy().into_owned();
         notebooks.push((name, std::fs::read(&student).at(&student)?));
     }
-    let lab_support = paths.root.join("lab-support");
-    if let Some(owner) = owner {
-        return super::isolation::install(home, owner, &notebooks, &lab_support);
+    if owner.is_none() {
+        std::fs::create_dir_all(home).at(home)?;
     }
-    let nbs = home.join("notebooks");
-    std::fs::create_dir_all(&nbs).at(&nbs)?;
-    for (name, bytes) in &notebooks {
-        let to = nbs.join(name);
-        if !to.exists() {
-            std::fs::write(&to, bytes).at(&to)?;
-        }
-    }
-    let link = home.join("lab-support");
-    // A link to another checkout is replaced, a folder of that name kept (as `isolation::install`).
-    match std::fs::read_link(&link) {
-        Ok(old) if old != lab_support => {
-            std::fs::remove_file(&link).at(&link)?;
-            eprintln!(
-                "note: {} pointed to {}; it now points to {}",
-                link.display(),
-                old.display(),
-                lab_support.display()
-            );
-        }
-        _ => {}
-    }
-    if std::fs::symlink_metadata(&link).is_err() {
-        std::os::unix::fs::symlink(&lab_support, &link).at(&link)?;
-    }
-    Ok(())
+    super::isolation::install(home, owner, &notebooks, &paths.root.join("lab-support"))
 }
 
 /// jupyterhub_config.py: secrets come from the environment, everything else is written here.

@@ -249,14 +249,20 @@ fn ensure_user(name: &str) -> CliResult<PathBuf> {
 /// Puts `notebooks` (name and bytes) into `home/notebooks/` and a `home/lab-support` link to
 /// `lab_support`, each only if nothing of that name is there (a student's work is never
 /// overwritten; a `lab-support` link to elsewhere is the lab's and is replaced), all owned by the
-/// Unix user `owner`. The student owns `home` and could put a symbolic link where this writes, so
+/// Unix user `owner` (without one, as the user running this: a hub without root). The student owns
+/// `home` and could put a symbolic link where this writes, so
 /// every step goes through a descriptor of the folder above, with `O_NOFOLLOW` and `O_EXCL`:
 /// nothing the student made is followed, and no path is looked up twice.
-pub fn install(home: &Path, owner: &str, notebooks: &[(String, Vec<u8>)], lab_support: &Path) -> CliResult<()> {
+pub fn install(home: &Path, owner: Option<&str>, notebooks: &[(String, Vec<u8>)], lab_support: &Path) -> CliResult<()> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::io::FromRawFd;
-    let (uid, gid) = ids(owner)?;
+    // An id of -1 leaves a file's owner as it is (chown(2)).
+    let (uid, gid) = match owner {
+        Some(name) => ids(name)?,
+        None => (libc::uid_t::MAX, libc::gid_t::MAX),
+    };
+    let owner = owner.unwrap_or("this user");
     let c = |s: &[u8]| CString::new(s).map_err(|_| format!("a NUL byte in {}", String::from_utf8_lossy(s)));
     let error = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
     let dir_flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
@@ -378,26 +384,32 @@ mod tests {
         let files = [("a.ipynb", "A"), ("b.ipynb", "B"), ("c.ipynb", "C")]
             .map(|(n, t)| (n.to_string(), t.as_bytes().to_vec()))
             .to_vec();
-        install(&home, &me, &files, Path::new("/nowhere/lab-support")).unwrap();
+        install(&home, Some(&me), &files, Path::new("/nowhere/lab-support")).unwrap();
         assert!(!outside.join("a.ipynb").exists(), "wrote through the student's link");
         assert_eq!(std::fs::read_to_string(home.join("notebooks/b.ipynb")).unwrap(), "the student's work");
         assert_eq!(std::fs::read_to_string(home.join("notebooks/c.ipynb")).unwrap(), "C");
         assert_eq!(std::fs::read_link(home.join("lab-support")).unwrap(), Path::new("/nowhere/lab-support"));
         // The lab moved (CI's clone of a checkout whose hub made these homes): the link follows it.
-        install(&home, &me, &files, Path::new("/moved/lab-support")).unwrap();
+        install(&home, Some(&me), &files, Path::new("/moved/lab-support")).unwrap();
         assert_eq!(std::fs::read_link(home.join("lab-support")).unwrap(), Path::new("/moved/lab-support"));
         assert_eq!(std::fs::read_to_string(home.join("notebooks/c.ipynb")).unwrap(), "C");
         // `notebooks` itself a link: nothing is copied, and the hub goes on.
         let second = root.join("home2");
         std::fs::create_dir_all(&second).unwrap();
         std::os::unix::fs::symlink(&outside, second.join("notebooks")).unwrap();
-        install(&second, &me, &files, Path::new("/nowhere/lab-support")).unwrap();
+        install(&second, Some(&me), &files, Path::new("/nowhere/lab-support")).unwrap();
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "wrote into the folder the link names");
         // A `lab-support` folder of the student's own stays.
         let third = root.join("home3");
         std::fs::create_dir_all(third.join("lab-support/src")).unwrap();
-        install(&third, &me, &files, Path::new("/moved/lab-support")).unwrap();
+        install(&third, Some(&me), &files, Path::new("/moved/lab-support")).unwrap();
         assert!(third.join("lab-support/src").is_dir(), "the student's own lab-support folder was replaced");
+        // Without an owner (a hub without root): the same, as the user running it.
+        let fourth = root.join("home4");
+        std::fs::create_dir_all(&fourth).unwrap();
+        install(&fourth, None, &files, Path::new("/moved/lab-support")).unwrap();
+        assert_eq!(std::fs::read_to_string(fourth.join("notebooks/c.ipynb")).unwrap(), "C");
+        assert_eq!(std::fs::read_link(fourth.join("lab-support")).unwrap(), Path::new("/moved/lab-support"));
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
