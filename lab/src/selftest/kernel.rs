@@ -136,8 +136,9 @@ pub fn analyzer(paths: &Paths) -> CliResult<Vec<String>> {
             problems.push(format!("the analyzer's graph lost {kept}, whose types notebooks hold"));
         }
     }
-    // A skipped crate (gemm), one only a skipped one pulls in (tokenizers), a proc-macro crate.
-    for dropped in ["gemm", "tokenizers", "thiserror-impl"] {
+    // Skipped crates (gemm, serde, rand), ones only skipped ones pull in (tokenizers, zerocopy), a
+    // proc-macro crate.
+    for dropped in ["gemm", "serde", "rand", "tokenizers", "zerocopy", "thiserror-impl"] {
         if names.contains(&dropped) {
             problems.push(format!("the analyzer's graph still holds {dropped} ({} crates)", names.len()));
         }
