@@ -97,10 +97,8 @@ fn left_out(rel: &Path) -> bool {
         // module), portable SIMD (core's), the compiler's builtins, start-up objects. rust-analyzer
         // adds `test` to every crate and std's others as std's dependencies; no notebook's type
         // comes from them. 0.015 GB per kernel.
-        [
-            "test" | "proc_macro" | "panic_abort" | "panic_unwind" | "unwind" | "profiler_builtins" | "std_detect"
-            | "backtrace" | "portable-simd" | "compiler-builtins" | "rtstartup" | "windows_link" | "sysroot",
-        ] => true,
+        ["test" | "proc_macro" | "panic_abort" | "panic_unwind" | "unwind" | "profiler_builtins" | "std_detect"
+        | "backtrace" | "portable-simd" | "compiler-builtins" | "rtstartup" | "windows_link" | "sysroot"] => true,
         ["stdarch", "crates", "std_detect"] => true,
         // Of stdarch, core includes core_arch.
         ["stdarch", "crates", name] => *name != "core_arch",
