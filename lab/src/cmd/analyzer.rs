@@ -24,13 +24,15 @@
 //!   nothing anyway), crates that only build scripts use, and the crates lab-support's manifest
 //!   lists under `[package.metadata.lab] analyzer-skips`, with what only they pull in: the matrix
 //!   products and threads inside candle and lab-support, candle's tokenizer and archive support,
-//!   image decoding, compression, hashing, progress bars, system bindings. evcxr builds with its own
-//!   cargo, so builds see the whole graph: only what the analyzer reads changes, 169 crates down to
-//!   49. A crate a notebook `:dep`s itself is kept whole.
+//!   image decoding, compression, hashing, progress bars, system bindings, and what candle uses
+//!   inside (serialisation, random numbers, byte casts, hash tables, locks). evcxr builds with its
+//!   own cargo, so builds see the whole graph: only what the analyzer reads changes, 169 crates down
+//!   to 12. A crate a notebook `:dep`s itself is kept whole.
 //! - **`RUST_SRC_PATH`**, which rust-analyzer reads before asking rustc for its sysroot, points to a
 //!   copy of the toolchain's `library/` without what no notebook's types come from: the test and
-//!   bench crates and folders, and the processors' intrinsics (`core::arch`), 52 MB of source down
-//!   to 17 MB. Cargo and rustc do not read the variable: builds are unchanged.
+//!   bench crates and folders, the processors' intrinsics (`core::arch`), the runtime's crates
+//!   beside core, alloc and std, and the items of thirteen modules (`STUBBED`), 52 MB of source
+//!   down to 13 MB. Cargo and rustc do not read the variable: builds are unchanged.
 //! - mimalloc commits its arenas as it uses them (`MIMALLOC_ARENA_EAGER_COMMIT=0`) instead of
 //!   whole when it creates them, its default on Linux. Its other settings changed nothing measurable
 //!   (`MIMALLOC_PURGE_DELAY=0`: 0.955 GB against 0.951 GB).
@@ -38,7 +40,9 @@
 //! Measured by `cargo lab bench --kernel` (docs/performance.md has the table): with the trimmed
 //! sources (then keeping this processor's intrinsics) and mimalloc's setting alone, a kernel after
 //! its first cells held 1.04-1.06 GB and peaked at 1.41 GB while a cell compiled; with the narrowed
-//! graph, 0.58-0.61 GB and 0.94 GB; without the intrinsics too, 0.50-0.55 GB and 0.81-0.85 GB.
+//! graph, 0.58-0.61 GB and 0.94 GB; without the intrinsics too, 0.50-0.55 GB and 0.81-0.85 GB;
+//! with 12 crates of the graph instead of 49 and the standard library trimmed further,
+//! 0.33-0.34 GB and 0.63 GB (6 December 2026).
 
 use crate::paths::Paths;
 use crate::sys::process::output_of;
@@ -56,7 +60,7 @@ pub const MIMALLOC_ENV: [(&str, &str); 1] = [("MIMALLOC_ARENA_EAGER_COMMIT", "0"
 /// The variable rust-analyzer reads for the standard library's sources.
 pub const RUST_SRC_ENV: &str = "RUST_SRC_PATH";
 /// Names the rules of `left_out`: a copy made under other rules is made again.
-const TRIM_RULES: &str = "2026-12-06, no intrinsics, no runtime crates, stubs";
+const TRIM_RULES: &str = "2026-12-06, no intrinsics, no runtime crates, 13 stubs";
 /// Files whose size and time say whether the toolchain's sources changed since the copy.
 const WITNESSES: [&str; 3] = ["core/src/lib.rs", "alloc/src/lib.rs", "std/src/lib.rs"];
 
@@ -96,7 +100,7 @@ fn left_out(rel: &Path) -> bool {
         // strategies, unwinding, profiling, CPU feature detection, backtraces (std's `#[path]`
         // module), portable SIMD (core's), the compiler's builtins, start-up objects. rust-analyzer
         // adds `test` to every crate and std's others as std's dependencies; no notebook's type
-        // comes from them. 0.015 GB per kernel.
+        // comes from them. 0.015 GB per kernel (measured without `cargo lab`'s other trims).
         ["test" | "proc_macro" | "panic_abort" | "panic_unwind" | "unwind" | "profiler_builtins" | "std_detect"
         | "backtrace" | "portable-simd" | "compiler-builtins" | "rtstartup" | "windows_link" | "sysroot"] => true,
         ["stdarch", "crates", "std_detect"] => true,
@@ -115,16 +119,21 @@ fn left_out(rel: &Path) -> bool {
 /// Files the copy keeps empty (relative to `library/`): their modules stay, without items. Each is
 /// a part of core or std whose items no notebook's variable holds, and which the analyzer would
 /// otherwise expand and index for every kernel: IP addresses, the unstable `f16` and `f128`,
-/// portable-SIMD intrinsics, C variadics, async iterators, the Unicode tables behind `char`'s
-/// methods (the methods' signatures stay). Together 0.015 GB per kernel. What they cost a student:
-/// the analyzer cannot name `std::net` types, so a `let` holding one needs its type written out.
-const STUBBED: [&str; 10] = [
+/// `Wrapping` and `Saturating` integers, the big integers behind float formatting, portable-SIMD
+/// intrinsics, C variadics, async iterators, the Unicode tables behind `char`'s methods (the
+/// methods' signatures stay). Measured: 0.04 GB per kernel (0.024 GB of it `Wrapping`,
+/// `Saturating` and the big integers). What they cost a student: a `let` that holds one of those
+/// types needs its type written out (`let w: Wrapping<u8> = ...`), since the analyzer cannot name it.
+const STUBBED: [&str; 13] = [
     "core/src/net/mod.rs",
     "std/src/net/mod.rs",
     "core/src/num/f16.rs",
     "core/src/num/f128.rs",
     "std/src/num/f16.rs",
     "std/src/num/f128.rs",
+    "core/src/num/wrapping.rs",
+    "core/src/num/saturating.rs",
+    "core/src/num/bignum.rs",
     "core/src/intrinsics/simd.rs",
     "core/src/ffi/va_list.rs",
     "core/src/async_iter/mod.rs",
