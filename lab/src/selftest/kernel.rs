@@ -136,7 +136,7 @@ pub fn analyzer(paths: &Paths) -> CliResult<Vec<String>> {
             problems.push(format!("the analyzer's graph lost {kept}, whose types notebooks hold"));
         }
     }
-    // Skipped crates (gemm, serde, rand), ones only skipped ones pull in (tokenizers, zerocopy), a
+    // Skipped crates (gemm, serde, rand, zerocopy), one only skipped ones pull in (tokenizers), a
     // proc-macro crate.
     for dropped in ["gemm", "serde", "rand", "tokenizers", "zerocopy", "thiserror-impl"] {
         if names.contains(&dropped) {
