@@ -27,7 +27,8 @@
 //!   image decoding, compression, hashing, progress bars, system bindings, and what candle uses
 //!   inside (serialisation, random numbers, byte casts, hash tables, locks). evcxr builds with its
 //!   own cargo, so builds see the whole graph: only what the analyzer reads changes, 169 crates down
-//!   to 12. A crate a notebook `:dep`s itself is kept whole.
+//!   to 12. A crate a notebook `:dep`s itself is kept whole, with all it needs, skipped crates
+//!   included: the skips hold only below lab-support.
 //! - **`RUST_SRC_PATH`**, which rust-analyzer reads before asking rustc for its sysroot, points to a
 //!   copy of the toolchain's `library/` without what no notebook's types come from: the test and
 //!   bench crates and folders, the processors' intrinsics (`core::arch`), the runtime's crates
@@ -98,13 +99,13 @@ fn left_out(rel: &Path) -> bool {
     match parts.as_slice() {
         // The runtime's crates beside core, alloc and std: the test harness, proc_macro, panic
         // strategies, unwinding, profiling, CPU feature detection, backtraces (std's `#[path]`
-        // module), portable SIMD (core's), the compiler's builtins, start-up objects. rust-analyzer
-        // adds `test` to every crate and std's others as std's dependencies; no notebook's type
-        // comes from them. 0.015 GB per kernel (measured without `cargo lab`'s other trims).
+        // module), portable SIMD (core's), the compiler's builtins, start-up objects, Windows
+        // bindings, the sysroot's own manifest crate. rust-analyzer adds `test` to every crate and
+        // std's others as std's dependencies; no notebook's type comes from them. 0.016 GB per
+        // kernel (measured on a kernel with no `:dep`: 0.279 GB to 0.263 GB).
         ["test" | "proc_macro" | "panic_abort" | "panic_unwind" | "unwind" | "profiler_builtins" | "std_detect"
         | "backtrace" | "portable-simd" | "compiler-builtins" | "rtstartup" | "windows_link" | "sysroot"] => true,
-        ["stdarch", "crates", "std_detect"] => true,
-        // Of stdarch, core includes core_arch.
+        // Of stdarch, core includes core_arch (std_detect is left out with the runtime's crates).
         ["stdarch", "crates", name] => *name != "core_arch",
         // The processors' intrinsics, this one's too (`core::arch::x86_64::_mm_add_ps` and the
         // like): 8 MB of macro-made functions that no notebook calls. The analyzer's name table for
@@ -121,8 +122,8 @@ fn left_out(rel: &Path) -> bool {
 /// otherwise expand and index for every kernel: IP addresses, the unstable `f16` and `f128`,
 /// `Wrapping` and `Saturating` integers, the big integers behind float formatting, portable-SIMD
 /// intrinsics, C variadics, async iterators, the Unicode tables behind `char`'s methods (the
-/// methods' signatures stay). Measured: 0.04 GB per kernel (0.024 GB of it `Wrapping`,
-/// `Saturating` and the big integers). What they cost a student: a `let` that holds one of those
+/// methods' signatures stay). Measured on a kernel with no `:dep`: 0.03 GB (0.263 GB to 0.233 GB;
+/// 0.024 GB of it `Wrapping`, `Saturating` and the big integers). What they cost a student: a `let` that holds one of those
 /// types needs its type written out (`let w: Wrapping<u8> = ...`), since the analyzer cannot name it.
 const STUBBED: [&str; 13] = [
     "core/src/net/mod.rs",
@@ -321,9 +322,11 @@ pub fn act_as_cargo() -> ExitCode {
 
 /// Narrows `cargo metadata`'s answer for a kernel's crate to what a variable's type can come from
 /// (see the module's comment): the crates reachable from the root by normal dependencies, not
-/// through a proc-macro crate, nor through a crate some package's manifest lists in
-/// `analyzer-skips` unless the root itself depends on it (a notebook's own `:dep`). An answer with
-/// no root (the standard library's workspace, or `--no-deps`) is left whole. Returns how many
+/// through a proc-macro crate, nor, below a package whose manifest lists `analyzer-skips`
+/// (lab-support), through a crate listed there. A notebook's own `:dep` is kept with all it needs,
+/// skipped crates included (`:dep rand_distr` keeps `rand`, whose traits its types implement),
+/// since only below lab-support are the skips known to hold no notebook's types. An answer with no
+/// root (the standard library's workspace, or `--no-deps`) is left whole. Returns how many
 /// packages it kept, of how many, when it narrowed.
 pub fn analyzer_graph(metadata: &mut Value) -> Option<(usize, usize)> {
     let root = metadata["resolve"]["root"].as_str()?.to_string();
@@ -345,19 +348,31 @@ pub fn analyzer_graph(metadata: &mut Value) -> Option<(usize, usize)> {
             .any(|t| t["kind"].as_array().into_iter().flatten().any(|k| k == "proc-macro"))
     };
     let node_of: HashMap<&str, &Value> = nodes.iter().filter_map(|n| Some((n["id"].as_str()?, n))).collect();
+    let lists_skips = |id: &str| by_id.get(id).is_some_and(|p| p["metadata"]["lab"][SKIPS_KEY].is_array());
+    // First what the root needs outside the packages that list skips, then what those need, less
+    // the skips: a crate reached both ways is kept with all it needs.
     let mut keep: HashSet<String> = HashSet::new();
-    let mut todo = vec![root.clone()];
-    while let Some(id) = todo.pop() {
-        if !keep.insert(id.clone()) {
-            continue;
-        }
-        for dep in node_of.get(id.as_str()).and_then(|n| n["deps"].as_array()).into_iter().flatten() {
-            let Some(package) = dep["pkg"].as_str().and_then(|pkg| by_id.get(pkg)) else { continue };
-            // Without dep_kinds (cargo before 1.41), every dependency counts as a normal one.
-            let normal = dep["dep_kinds"].as_array().is_none_or(|kinds| kinds.iter().any(|k| k["kind"].is_null()));
-            let skipped = id != root && package["name"].as_str().is_some_and(|name| skips.contains(name));
-            if normal && !skipped && !proc_macro(package) {
-                todo.extend(package["id"].as_str().map(str::to_string));
+    let mut below_skips: Vec<String> = Vec::new();
+    for filtered in [false, true] {
+        let mut todo = if filtered { std::mem::take(&mut below_skips) } else { vec![root.clone()] };
+        let mut seen: HashSet<String> = HashSet::new();
+        while let Some(id) = todo.pop() {
+            if !seen.insert(id.clone()) || (filtered && keep.contains(&id) && !lists_skips(&id)) {
+                continue;
+            }
+            keep.insert(id.clone());
+            if !filtered && lists_skips(&id) {
+                below_skips.push(id);
+                continue;
+            }
+            for dep in node_of.get(id.as_str()).and_then(|n| n["deps"].as_array()).into_iter().flatten() {
+                let Some(package) = dep["pkg"].as_str().and_then(|pkg| by_id.get(pkg)) else { continue };
+                // Without dep_kinds (cargo before 1.41), every dependency counts as a normal one.
+                let normal = dep["dep_kinds"].as_array().is_none_or(|kinds| kinds.iter().any(|k| k["kind"].is_null()));
+                let skipped = filtered && package["name"].as_str().is_some_and(|name| skips.contains(name));
+                if normal && !skipped && !proc_macro(package) {
+                    todo.extend(package["id"].as_str().map(str::to_string));
+                }
             }
         }
     }
@@ -384,7 +399,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_copy_leaves_out_tests_intrinsics_and_other_stdarch_crates() {
+    fn the_copy_leaves_out_tests_intrinsics_and_the_runtimes_other_crates() {
         for out in [
             "coretests",
             "alloctests",
@@ -537,6 +552,53 @@ mod tests {
         );
         analyzer_graph(&mut m);
         assert_eq!(names(&m), ["ctx", "lab-support"]);
+    }
+
+    #[test]
+    fn a_notebooks_own_dep_keeps_the_skipped_crates_it_needs_and_lab_supports_stay_out() {
+        let mut m = metadata(
+            &[
+                ("ctx", false, &[]),
+                ("lab-support", false, &["rand", "serde"]),
+                ("candle-core", false, &[]),
+                ("rand", false, &[]),
+                ("rand_core", false, &[]),
+                ("serde", false, &[]),
+                ("rand_distr", false, &[]),
+            ],
+            &[
+                ("ctx", "lab-support", None),
+                // A notebook's own `:dep rand_distr`, whose types implement `rand`'s traits.
+                ("ctx", "rand_distr", None),
+                ("rand_distr", "rand", None),
+                ("rand", "rand_core", None),
+                ("lab-support", "candle-core", None),
+                ("candle-core", "rand", None),
+                ("candle-core", "serde", None),
+            ],
+        );
+        assert_eq!(analyzer_graph(&mut m), Some((6, 7)));
+        assert_eq!(names(&m), ["candle-core", "ctx", "lab-support", "rand", "rand_core", "rand_distr"]);
+        // Without the notebook's own `:dep`, lab-support's skips hold: rand, and what only it needs.
+        let mut m = metadata(
+            &[
+                ("ctx", false, &[]),
+                ("lab-support", false, &["rand", "serde"]),
+                ("candle-core", false, &[]),
+                ("rand", false, &[]),
+                ("rand_core", false, &[]),
+                ("serde", false, &[]),
+            ],
+            &[
+                ("ctx", "lab-support", None),
+                ("rand", "rand_core", None),
+                ("lab-support", "candle-core", None),
+                ("candle-core", "rand", None),
+                ("candle-core", "serde", None),
+            ],
+        );
+        assert_eq!(analyzer_graph(&mut m), Some((3, 6)));
+        assert_eq!(names(&m), ["candle-core", "ctx", "lab-support"]);
     }
 
     #[test]

@@ -136,9 +136,9 @@ pub fn analyzer(paths: &Paths) -> CliResult<Vec<String>> {
             problems.push(format!("the analyzer's graph lost {kept}, whose types notebooks hold"));
         }
     }
-    // Skipped crates (gemm, serde, rand, zerocopy), one only skipped ones pull in (tokenizers), a
-    // proc-macro crate.
-    for dropped in ["gemm", "serde", "rand", "tokenizers", "zerocopy", "thiserror-impl"] {
+    // Skipped crates (gemm, serde, rand, zerocopy, tokenizers), crates only skipped ones pull in
+    // (rand_chacha, pulp), a proc-macro crate.
+    for dropped in ["gemm", "serde", "rand", "zerocopy", "tokenizers", "rand_chacha", "pulp", "thiserror-impl"] {
         if names.contains(&dropped) {
             problems.push(format!("the analyzer's graph still holds {dropped} ({} crates)", names.len()));
         }
