@@ -176,7 +176,7 @@ c.Spawner.environment = {{
             // toolchain's own, which a student cannot: it is made here.
             rust_src = super::analyzer::kernel_env(paths)
                 .into_iter()
-                .filter(|(k, _)| *k == super::analyzer::RUST_SRC_ENV)
+                .filter(|(k, _)| *k == super::rust_src::RUST_SRC_ENV)
                 .map(|(k, v)| format!("{}: {}, ", py(k), py(&v.to_string_lossy())))
                 .collect::<String>(),
         ),

@@ -148,7 +148,7 @@ fn ensure_rust_src(paths: &Paths, n: usize, total: usize) {
         }
         None => step(n, total, "rust-src: rustup not found, skipped (only code completion needs it)"),
     }
-    match super::analyzer::ensure_sources(paths) {
+    match super::rust_src::ensure_sources(paths) {
         Ok(what) => eprintln!("    {what}"),
         // The kernel works without the copy; it holds more memory.
         Err(e) => {
