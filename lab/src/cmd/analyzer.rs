@@ -342,49 +342,31 @@ mod tests {
 
     #[test]
     fn a_notebooks_own_dep_keeps_the_skipped_crates_it_needs_and_lab_supports_stay_out() {
-        let mut m = metadata(
-            &[
-                ("ctx", false, &[]),
-                ("lab-support", false, &["rand", "serde"]),
-                ("candle-core", false, &[]),
-                ("rand", false, &[]),
-                ("rand_core", false, &[]),
-                ("serde", false, &[]),
-                ("rand_distr", false, &[]),
-            ],
-            &[
-                ("ctx", "lab-support", None),
-                // A notebook's own `:dep rand_distr`, whose types implement `rand`'s traits.
-                ("ctx", "rand_distr", None),
-                ("rand_distr", "rand", None),
-                ("rand", "rand_core", None),
-                ("lab-support", "candle-core", None),
-                ("candle-core", "rand", None),
-                ("candle-core", "serde", None),
-            ],
-        );
+        let packages: &[(&str, bool, &[&str])] = &[
+            ("ctx", false, &[]),
+            ("lab-support", false, &["rand", "serde"]),
+            ("candle-core", false, &[]),
+            ("rand", false, &[]),
+            ("rand_core", false, &[]),
+            ("serde", false, &[]),
+            ("rand_distr", false, &[]),
+        ];
+        let lab_support = [
+            ("ctx", "lab-support", None),
+            ("lab-support", "candle-core", None),
+            ("candle-core", "rand", None),
+            ("candle-core", "serde", None),
+            ("rand", "rand_core", None),
+        ];
+        // Without a `:dep` of the notebook's own, lab-support's skips hold: rand, and what only it needs.
+        let mut m = metadata(packages, &lab_support);
+        assert_eq!(analyzer_graph(&mut m), Some((3, 7)));
+        assert_eq!(names(&m), ["candle-core", "ctx", "lab-support"]);
+        // A notebook's own `:dep rand_distr`, whose types implement `rand`'s traits: rand is kept.
+        let own = [("ctx", "rand_distr", None), ("rand_distr", "rand", None)];
+        let mut m = metadata(packages, &[&lab_support[..], &own[..]].concat());
         assert_eq!(analyzer_graph(&mut m), Some((6, 7)));
         assert_eq!(names(&m), ["candle-core", "ctx", "lab-support", "rand", "rand_core", "rand_distr"]);
-        // Without the notebook's own `:dep`, lab-support's skips hold: rand, and what only it needs.
-        let mut m = metadata(
-            &[
-                ("ctx", false, &[]),
-                ("lab-support", false, &["rand", "serde"]),
-                ("candle-core", false, &[]),
-                ("rand", false, &[]),
-                ("rand_core", false, &[]),
-                ("serde", false, &[]),
-            ],
-            &[
-                ("ctx", "lab-support", None),
-                ("rand", "rand_core", None),
-                ("lab-support", "candle-core", None),
-                ("candle-core", "rand", None),
-                ("candle-core", "serde", None),
-            ],
-        );
-        assert_eq!(analyzer_graph(&mut m), Some((3, 6)));
-        assert_eq!(names(&m), ["candle-core", "ctx", "lab-support"]);
     }
 
     #[test]
