@@ -203,9 +203,11 @@ pub fn analyzer_graph(metadata: &mut Value) -> Option<(usize, usize)> {
     let mut below_skips: Vec<String> = Vec::new();
     for filtered in [false, true] {
         let mut todo = if filtered { std::mem::take(&mut below_skips) } else { vec![root.clone()] };
-        let mut seen: HashSet<String> = HashSet::new();
+        // Below the skip lists, what the first pass kept has been walked whole already.
+        let mut seen: HashSet<String> =
+            if filtered { keep.iter().filter(|id| !lists_skips(id)).cloned().collect() } else { HashSet::new() };
         while let Some(id) = todo.pop() {
-            if !seen.insert(id.clone()) || (filtered && keep.contains(&id) && !lists_skips(&id)) {
+            if !seen.insert(id.clone()) {
                 continue;
             }
             keep.insert(id.clone());
