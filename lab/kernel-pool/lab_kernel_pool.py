@@ -1,15 +1,15 @@
 """A warm spare kernel for the lab's `rust` kernel.
 
 After a kernel start or restart, the first two cells of a lab notebook (`:dep lab-support` and the
-one that loads the model) wait about 9 s: evcxr's embedded rust-analyzer reads and analyses the
-crates under lab-support (49 of them, as the launcher narrows its graph) and the standard library
-before it can tell the types of a cell's variables, and cargo checks the build. That work can be
-done before the student asks for it.
+one that loads the model) wait 5-7 s (measured on 6 December 2026): evcxr's embedded rust-analyzer
+reads and analyses the crates under lab-support (12 of them, as the launcher narrows its graph) and
+the standard library before it can tell the types of a cell's variables, and cargo checks the
+build. That work can be done before the student asks for it.
 
 `SpareProvisioner` is a jupyter_client kernel provisioner (the `kernel_provisioner` named in the
 kernel spec). When spares are on (LAB_SPARE_KERNEL=1 in the Jupyter server's environment; `cargo
 lab up` and `cargo lab hub` set it), one spare kernel waits per server. It was started in a folder, has run the lab's
-first two cells there and dropped the variables they made. The next kernel launch in that folder
+first two cells there, then a small cell, and dropped the variables they made. The next kernel launch in that folder
 (a restart, or another notebook) takes the spare over instead of starting a kernel from nothing:
 the student gets a fresh kernel, with no variables, whose build and rust-analyzer are already warm.
 Then a new spare starts, a few seconds later.
@@ -83,8 +83,9 @@ PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port
 # With 10 s, a restart 20 s after the previous start found its spare still warming up, and started
 # cold; a launch now waits for a spare that is warming up.
 NEXT_SPARE_DELAY = 5
-# How long a launch waits for a spare that is warming up (it takes 12-20 s, from its start, on a
-# set-up machine); a cold kernel's first two cells take about as long.
+# How long a launch waits for a spare that is warming up (it took 9-11 s, from its start, on a
+# set-up machine with no other load, in the spare kernel test of 6 December 2026); a cold
+# kernel's first two cells took 5-7 s together (`cargo lab bench --kernel`), more under load.
 SPARE_WAIT = 30
 
 
@@ -93,19 +94,30 @@ def spares_enabled():
 
 
 def warm_up_cells(lab_support):
-    """The lab's first two cells, then a cell that drops what they defined.
+    """The lab's first two cells, a small cell of the kind that follows them, then a cell that
+    drops what they defined.
 
     evcxr makes the `:dep` path absolute; the spare gives it absolute already, so the notebook's
     `:dep lab-support = { path = "../lab-support" }` finds the same dependency and nothing is
     reloaded. Full paths instead of the prelude: a `use` would stay in the kernel handed over.
     `drop` makes evcxr forget the variables, so the kernel handed over has none.
+
+    The third cell is for evcxr's rust-analyzer. It learns the types of a cell's variables, and
+    the first cell that shows a value computed from them (`let`s, then a last expression through
+    `?` and an index) makes it read and expand parts of the standard library and candle it had not
+    needed before; later cells of that kind find them read. Measured in fresh kernels (evcxr's
+    time for `let (x, label) = test.get(0)?;` then `model.predict(&x)?[0].class`, the notebooks'
+    usual shape): 0.73-1.17 s as the first such cell, 0.38-0.45 s the next time; after this
+    warm-up, 0.46-0.47 s as the first (its other small cells 0.36-0.55 s on that busy box).
     """
     path = os.path.realpath(lab_support).replace("\\", "\\\\").replace('"', '\\"')
     return [
         f':dep lab-support = {{ path = "{path}" }}',
         "let lab_spare_model = lab_support::model::Classifier::pretrained()?;\n"
         "let lab_spare_test = lab_support::data::mnist::test()?;",
-        "drop(lab_spare_model);\ndrop(lab_spare_test);",
+        "let (lab_spare_x, lab_spare_label) = lab_spare_test.get(0)?;\n"
+        "lab_spare_model.predict(&lab_spare_x)?[0].class",
+        "drop(lab_spare_model);\ndrop(lab_spare_test);\ndrop(lab_spare_x);\ndrop(lab_spare_label);",
     ]
 
 

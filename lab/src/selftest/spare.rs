@@ -232,6 +232,7 @@ pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
                 "std::env::var(\"LAB_KERNEL_SPARE\").is_ok()",
                 "x",
                 "lab_spare_model",
+                "lab_spare_x",
                 "Classifier::pretrained().is_ok()",
                 DEP,
                 LOAD,
@@ -245,7 +246,8 @@ pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
         for (cell, name, why) in [
             (&after[1], "x", "the old kernel's variable"),
             (&after[2], "lab_spare_model", "the warm-up's variable"),
-            (&after[3], "Classifier", "the prelude, before the notebook's `use`"),
+            (&after[3], "lab_spare_x", "the warm-up's variable from its small cell"),
+            (&after[4], "Classifier", "the prelude, before the notebook's `use`"),
         ] {
             if !cell.failed || !cell.text.contains(name) {
                 problems.push(format!(
@@ -254,15 +256,15 @@ pub fn test(paths: &Paths) -> CliResult<Vec<String>> {
                 ));
             }
         }
-        expect(&mut problems, "the `:dep` cell after the restart", &after[4], |t| t.trim().is_empty());
-        expect(&mut problems, "the load cell after the restart", &after[5], |t| t.trim().is_empty());
-        expect(&mut problems, "`test.len()` after the restart", &after[6], |t| t.trim() == "10000");
-        expect(&mut problems, "the first test digit's prediction and label", &after[7], |t| {
+        expect(&mut problems, "the `:dep` cell after the restart", &after[5], |t| t.trim().is_empty());
+        expect(&mut problems, "the load cell after the restart", &after[6], |t| t.trim().is_empty());
+        expect(&mut problems, "`test.len()` after the restart", &after[7], |t| t.trim() == "10000");
+        expect(&mut problems, "the first test digit's prediction and label", &after[8], |t| {
             t.trim().trim_matches('"') == "7 7"
         });
         eprintln!(
             "    first spare warm {first_warm:.0} s after the server started; the next {warm:.0} s after the first kernel's cells; restart {restart:.1} s; then `:dep` {:.1} s, load {:.1} s",
-            after[4].seconds, after[5].seconds
+            after[5].seconds, after[6].seconds
         );
 
         // lab-support changed after the spare read it (an instructor's edit, a `git pull`): its
