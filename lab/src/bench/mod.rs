@@ -3,8 +3,10 @@
 //!
 //! A small notebook runs in a fresh kernel, twice, one kernel after the other: the `:dep` cell
 //! that loads lab-support, the cell that loads the model and the test set, then small cells (a
-//! `let`, one prediction, a formatted string, a bar chart), then a cell that reads the kernel's
-//! memory (`MEMORY`). Meanwhile the kernel's processes (evcxr_jupyter, cargo, rustc, the process
+//! `let`, one prediction, a formatted string, a bar chart), then six cells that need only the
+//! standard library (`PLAIN`), then a cell that reads the kernel's memory (`MEMORY`). After each of
+//! these runs a kernel with no `:dep` runs the same six cells, its peer on the same machine at
+//! nearly the same moment. Meanwhile the kernel's processes (evcxr_jupyter, cargo, rustc, the process
 //! that runs the cells) are sampled for their peak. Then restarts in `cargo lab up`'s JupyterLab
 //! (`restarts`). Then, three times, two kernels start at the same moment on the first cells, as
 //! two notebooks opened together would. Each figure is printed as one JSON line; times are the
@@ -33,6 +35,21 @@ const SMALL: [&str; 4] = [
     "let (x, label) = test.get(0)?;\nmodel.predict(&x)?[0].class",
     "format!(\"{} test digits, the first is a {label}\", test.len())",
     "BarChart::probabilities(&model, &x, \"digit #0\")?",
+];
+
+/// Cells that need only the standard library. Each fresh kernel runs them after the small cells,
+/// and a kernel with no `:dep` runs them alone, one after the other: the ratio of their medians is
+/// what lab-support's dependency graph adds to every cell (cargo checks its 169 packages, rustc
+/// reads their metadata), whatever this shared machine's speed is at the time. Measured on 6
+/// December 2026, the same small cells took 0.31-0.39 s, then 0.45-0.67 s an hour later, a model's
+/// forward pass inside them 1.5-1.8 times slower too.
+const PLAIN: [&str; 6] = [
+    "let p1 = 1 + 2;\np1",
+    "let p2 = p1 * 2;\np2",
+    "let p3 = vec![p1, p2];\np3.len()",
+    "let p4 = format!(\"{p1} {p2}\");\np4",
+    "let p5 = p3.iter().sum::<i32>();\np5",
+    "let p6 = p4.len() + p5 as usize;\np6",
 ];
 
 /// A cell that reports the kernel's memory as it idles (it only reads `/proc`): the PSS of
@@ -69,6 +86,28 @@ pub fn labelled(mut line: Value, labels: &Value) -> Value {
         line.extend(labels.clone());
     }
     line
+}
+
+/// Runs `PLAIN` in a kernel with no `:dep` and prints both kernels' median for those cells, and
+/// their ratio (`lab_plain`: the lab kernel's times for them, from the run just made).
+fn compare_plain(paths: &Paths, run: usize, lab_plain: &[f64]) -> CliResult<()> {
+    eprintln!("==> the same plain cells in a kernel with no `:dep`, run {run} of 2");
+    let (executed, ok) = execute_cells(paths, "kernel-bench-plain", &PLAIN)?;
+    let problems = check_outputs(&executed, false);
+    if !ok || !problems.is_empty() {
+        return Err(format!("the plain benchmark notebook failed in run {run}:\n{}", problems.join("\n")));
+    }
+    let sorted = |times: &[f64]| {
+        let mut v = times.to_vec();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let (lab, bare) = (median(&sorted(lab_plain)), median(&sorted(&cell_seconds(&executed)?)));
+    println!(
+        "{}",
+        json!({"figure": "plain_cell_median_s", "run": run, "lab_kernel_s": round(lab), "no_dep_kernel_s": round(bare), "ratio": round(lab / bare), "note": "the same std-only cells, in the lab's kernel after its small cells and in a kernel with no :dep, one after the other"})
+    );
+    Ok(())
 }
 
 /// The peak PSS (kB) of the processes whose environment holds `marker`, but Jupyter's own
@@ -110,6 +149,7 @@ pub fn bench() -> CliResult<()> {
     for run in 1..=2 {
         eprintln!("==> a fresh kernel, run {run} of 2");
         let mut with_memory = cells.clone();
+        with_memory.extend(PLAIN);
         with_memory.push(MEMORY);
         let (outcome, peak_kb) = peak_while(&marker, || {
             execute_cells_with(&paths, "kernel-bench", &with_memory, &[("LAB_BENCH_KERNEL", &token)])
@@ -126,9 +166,11 @@ pub fn bench() -> CliResult<()> {
             "{}",
             json!({"figure": "kernel_peak_gb", "run": run, "gb": round(peak_kb as f64 / 1e6), "goal": PEAK_GOAL_GB, "note": "evcxr_jupyter, cargo, rustc and the cell runner, sampled every 0.1 s"})
         );
-        let times = cell_seconds(&executed)?;
-        // Not the memory cell: it is no student's cell.
-        let times = &times[..cells.len()];
+        let all_times = cell_seconds(&executed)?;
+        let plain = all_times.get(cells.len()..cells.len() + PLAIN.len()).ok_or("the benchmark notebook lost cells")?;
+        compare_plain(&paths, run, plain)?;
+        // Neither the plain cells nor the memory cell: they are no student's cells.
+        let times = &all_times[..cells.len()];
         let mut small = times[2..].to_vec();
         small.sort_by(f64::total_cmp);
         println!("{}", json!({"figure": "dep_cell_s", "run": run, "seconds": round(times[0]), "goal": 3.0}));
