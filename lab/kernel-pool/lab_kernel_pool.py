@@ -100,7 +100,9 @@ def warm_up_cells(lab_support):
     evcxr makes the `:dep` path absolute; the spare gives it absolute already, so the notebook's
     `:dep lab-support = { path = "../lab-support" }` finds the same dependency and nothing is
     reloaded. Full paths instead of the prelude: a `use` would stay in the kernel handed over.
-    `drop` makes evcxr forget the variables, so the kernel handed over has none.
+    `drop` makes evcxr forget the variables, so the kernel handed over has none; evcxr forgets a
+    variable only when it is moved, so the warm-up keeps none whose type is `Copy` (the label is
+    `_`: `drop` of a `u32` copies it, and the kernel handed over would still know it).
 
     The third cell is for evcxr's rust-analyzer. It learns the types of a cell's variables, and
     the first cell that shows a value computed from them (`let`s, then a last expression through
@@ -108,16 +110,16 @@ def warm_up_cells(lab_support):
     needed before; later cells of that kind find them read. Measured in fresh kernels (evcxr's
     time for `let (x, label) = test.get(0)?;` then `model.predict(&x)?[0].class`, the notebooks'
     usual shape): 0.73-1.17 s as the first such cell, 0.38-0.45 s the next time; after this
-    warm-up, 0.46-0.47 s as the first (its other small cells 0.36-0.55 s on that busy box).
+    warm-up, 0.46-0.62 s as the first, as fast as the kernel's other small cells then (0.36-0.63 s,
+    the machine's speed moved between runs); without it, in the same hour, 1.27 s.
     """
     path = os.path.realpath(lab_support).replace("\\", "\\\\").replace('"', '\\"')
     return [
         f':dep lab-support = {{ path = "{path}" }}',
         "let lab_spare_model = lab_support::model::Classifier::pretrained()?;\n"
         "let lab_spare_test = lab_support::data::mnist::test()?;",
-        "let (lab_spare_x, lab_spare_label) = lab_spare_test.get(0)?;\n"
-        "lab_spare_model.predict(&lab_spare_x)?[0].class",
-        "drop(lab_spare_model);\ndrop(lab_spare_test);\ndrop(lab_spare_x);\ndrop(lab_spare_label);",
+        "let (lab_spare_x, _) = lab_spare_test.get(0)?;\nlab_spare_model.predict(&lab_spare_x)?[0].class",
+        "drop(lab_spare_model);\ndrop(lab_spare_test);\ndrop(lab_spare_x);",
     ]
 
 
