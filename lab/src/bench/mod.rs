@@ -104,11 +104,6 @@ fn compare_plain(paths: &Paths, run: usize, lab_plain: &[f64], marker: &str, tok
     if !ok || !problems.is_empty() {
         return Err(format!("the plain benchmark notebook failed in run {run}:\n{}", problems.join("\n")));
     }
-    let sorted = |times: &[f64]| {
-        let mut v = times.to_vec();
-        v.sort_by(f64::total_cmp);
-        v
-    };
     let bare_times = cell_seconds(&executed)?;
     let bare_plain = bare_times.get(1..).unwrap_or_default();
     let (lab, bare) = (median(&sorted(lab_plain)), median(&sorted(bare_plain)));
@@ -180,8 +175,7 @@ pub fn bench() -> CliResult<()> {
         compare_plain(&paths, run, plain, &marker, &token)?;
         // Neither the plain cells nor the memory cell: they are no student's cells.
         let times = &all_times[..cells.len()];
-        let mut small = times[2..].to_vec();
-        small.sort_by(f64::total_cmp);
+        let small = sorted(&times[2..]);
         println!("{}", json!({"figure": "dep_cell_s", "run": run, "seconds": round(times[0]), "goal": 3.0}));
         println!("{}", json!({"figure": "load_cell_s", "run": run, "seconds": round(times[1]), "goal": 1.5}));
         println!(
@@ -226,6 +220,13 @@ pub fn bench() -> CliResult<()> {
 
 pub fn round(s: f64) -> f64 {
     (s * 100.0).round() / 100.0
+}
+
+/// A sorted copy of `times` (for `median` and the slowest, its last).
+pub fn sorted(times: &[f64]) -> Vec<f64> {
+    let mut v = times.to_vec();
+    v.sort_by(f64::total_cmp);
+    v
 }
 
 pub fn median(sorted: &[f64]) -> f64 {

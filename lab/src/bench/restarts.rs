@@ -5,7 +5,7 @@
 //! thread, as a machine shared with other work is. Every run's cells are timed, and the kernel's
 //! idle memory read.
 
-use super::{labelled, median, print_memory, round, MEMORY};
+use super::{labelled, median, print_memory, round, sorted, MEMORY};
 use crate::selftest::spare::{run, Lab, Ran};
 use crate::sys::CliResult;
 use serde_json::json;
@@ -58,8 +58,7 @@ fn report(ran: &[Ran], labels: serde_json::Value) -> CliResult<()> {
         return Err(format!("a benchmark cell failed ({labels}): {}", c.text.chars().take(300).collect::<String>()));
     }
     let (cells, memory) = ran.split_at(ran.len() - 1);
-    let mut small: Vec<f64> = cells[2..].iter().map(|t| t.seconds).collect();
-    small.sort_by(f64::total_cmp);
+    let small = sorted(&cells[2..].iter().map(|t| t.seconds).collect::<Vec<f64>>());
     let first_two = cells[0].seconds + cells[1].seconds;
     let line = json!({
         "figure": "first_two_cells_s", "seconds": round(first_two), "goal": WARM_GOAL_S,
