@@ -106,7 +106,7 @@ fn compare_plain(paths: &Paths, run: usize, lab_plain: &[f64], marker: &str, tok
     }
     let bare_times = cell_seconds(&executed)?;
     let bare_plain = bare_times.get(1..).unwrap_or_default();
-    let (lab, bare) = (median(&sorted(lab_plain)), median(&sorted(bare_plain)));
+    let (lab, bare) = (median(&sorted(lab_plain.iter().copied())), median(&sorted(bare_plain.iter().copied())));
     println!(
         "{}",
         json!({"figure": "plain_cell_median_s", "run": run, "lab_kernel_s": round(lab), "no_dep_kernel_s": round(bare), "ratio": round(lab / bare), "note": "the same std-only cells, in the lab's kernel after its small cells and in a kernel with no :dep after one cell, one kernel after the other"})
@@ -175,7 +175,7 @@ pub fn bench() -> CliResult<()> {
         compare_plain(&paths, run, plain, &marker, &token)?;
         // Neither the plain cells nor the memory cell: they are no student's cells.
         let times = &all_times[..cells.len()];
-        let small = sorted(&times[2..]);
+        let small = sorted(times[2..].iter().copied());
         println!("{}", json!({"figure": "dep_cell_s", "run": run, "seconds": round(times[0]), "goal": 3.0}));
         println!("{}", json!({"figure": "load_cell_s", "run": run, "seconds": round(times[1]), "goal": 1.5}));
         println!(
@@ -222,9 +222,9 @@ pub fn round(s: f64) -> f64 {
     (s * 100.0).round() / 100.0
 }
 
-/// A sorted copy of `times` (for `median` and the slowest, its last).
-pub fn sorted(times: &[f64]) -> Vec<f64> {
-    let mut v = times.to_vec();
+/// `times`, sorted (for `median` and the slowest, its last).
+pub fn sorted(times: impl IntoIterator<Item = f64>) -> Vec<f64> {
+    let mut v: Vec<f64> = times.into_iter().collect();
     v.sort_by(f64::total_cmp);
     v
 }

@@ -58,7 +58,7 @@ fn report(ran: &[Ran], labels: serde_json::Value) -> CliResult<()> {
         return Err(format!("a benchmark cell failed ({labels}): {}", c.text.chars().take(300).collect::<String>()));
     }
     let (cells, memory) = ran.split_at(ran.len() - 1);
-    let small = sorted(&cells[2..].iter().map(|t| t.seconds).collect::<Vec<f64>>());
+    let small = sorted(cells[2..].iter().map(|t| t.seconds));
     let first_two = cells[0].seconds + cells[1].seconds;
     let line = json!({
         "figure": "first_two_cells_s", "seconds": round(first_two), "goal": WARM_GOAL_S,
